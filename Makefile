@@ -1,0 +1,85 @@
+# rsvl — developer and user entry points. See README.md ("Quick start").
+#   make demo     install if needed, then run the main job on the bundled sample scene
+#   make test     install if needed, then run the test suite (what CI runs)
+#   make install  Debian packages + .venv + Python requirements + qgis_process shim (idempotent)
+#   make lint | bench | package | clean
+
+SHELL := /bin/bash
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+PLUGIN_DIR := $(VENV)/qgis-plugins
+DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin python3-venv python3-pip
+REQ_HASH := $(shell sha256sum $(ROOT)/requirements.txt | cut -c1-16)
+STAMP := $(VENV)/.rsvl-requirements-$(REQ_HASH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+DIST ?= $(ROOT)/dist
+export QT_QPA_PLATFORM ?= offscreen
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-all lint bench package clean debs
+
+install: debs $(STAMP) $(VENV)/bin/qgis_process $(PLUGIN_DIR)/rsvl
+
+# Debian packages: installed only when one is missing (dpkg-query is quick).
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "rsvl: installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/bin/activate:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+# Python requirements: re-installed only when requirements.txt changes (stamp keyed on its hash).
+$(STAMP): $(VENV)/bin/activate $(ROOT)/requirements.txt
+	$(VENV)/bin/pip install -q -r $(ROOT)/requirements.txt
+	rm -f $(VENV)/.rsvl-requirements-*
+	touch $@
+
+# The repository is the plugin folder; QGIS and Python know it by the name `rsvl`.
+$(PLUGIN_DIR)/rsvl: $(VENV)/bin/activate
+	mkdir -p $(PLUGIN_DIR)
+	ln -sfn $(ROOT) $(PLUGIN_DIR)/rsvl
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' | \
+	  xargs -I{} sh -c 'echo $(PLUGIN_DIR) > {}/rsvl.pth'
+
+$(VENV)/bin/qgis_process: $(ROOT)/resources/qgis_process.in $(VENV)/bin/activate
+	sed -e 's|@PLUGIN_DIR@|$(PLUGIN_DIR)|g' \
+	    -e "s|@SITE_PACKAGES@|$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')|g" \
+	    $< > $@
+	chmod +x $@
+
+demo: install
+	$(PY) -m rsvl.backend demo --sample $(ROOT)/resources/sample --out $(ROOT)/demo-output
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check $(ROOT)
+
+bench: install
+	$(PY) $(ROOT)/bench/run.py
+
+# A zip for QGIS's "Install from ZIP": top folder rsvl/, only what the plugin needs.
+package:
+	@rm -rf $(DIST)/stage $(DIST)/rsvl.zip && mkdir -p $(DIST)/stage/rsvl
+	cd $(ROOT) && git ls-files -z --cached --others --exclude-standard | \
+	  grep -zvE '^(tests/|bench/|\.ci/|\.gitignore|Makefile|requirements\.txt|pyproject\.toml|resources/qgis_process\.in)' | \
+	  xargs -0 -I{} sh -c 'test -e "{}" && cp --parents "{}" $(DIST)/stage/rsvl/ || true'
+	cd $(DIST)/stage && python3 -m zipfile -c ../rsvl.zip rsvl
+	rm -rf $(DIST)/stage
+	@echo "rsvl: plugin zip at $(DIST)/rsvl.zip"
+
+clean:
+	rm -rf $(VENV) $(ROOT)/dist $(ROOT)/demo-output .pytest_cache .ruff_cache
+	find $(ROOT) -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,334 @@
+"""Backend entry points: :func:`train`, :func:`classify`, :func:`query`, :func:`evaluate`.
+
+Each takes plain values (file paths, numbers, strings), a ``progress(fraction, message)``
+callback and an ``is_cancelled()`` callback, writes its outputs atomically and returns a
+dataclass with what it did. Errors are :class:`rsvl.backend.errors.RsvlError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, LabelError
+from .jobs import IsCancelled, Job, Progress
+from .labels import ClassInfo, read_label_raster, read_labels
+from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
+from .raster import LayerSpec, RasterStack, compute_band_stats
+from .text import DEFAULT_TEMPLATE, apply_template
+
+log = logging.getLogger("rsvl")
+
+
+def _as_layers(layers) -> List[LayerSpec]:
+    out = []
+    for layer in layers:
+        if isinstance(layer, LayerSpec):
+            out.append(layer)
+        elif isinstance(layer, (tuple, list)) and len(layer) == 2:
+            out.append(LayerSpec(path=str(layer[1]), modality=str(layer[0])))
+        else:
+            raise InputError(f"an input layer must be a LayerSpec or (modality, path), got {layer!r}")
+    return out
+
+
+@dataclass
+class TrainResult:
+    model_path: str
+    classes: List[ClassInfo]
+    history: List[dict]
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    samples_per_s: float
+    n_train: int
+    n_val: int
+    validation: Optional[Accuracy]
+    device: str
+    header: dict = field(default_factory=dict)
+
+
+def train(
+    layers: Sequence[LayerSpec],
+    labels: str,
+    output_model: str,
+    *,
+    class_field: Optional[str] = None,
+    prompt_template: str = DEFAULT_TEMPLATE,
+    text_encoder: str = "minilm",
+    patch_size: int = 11,
+    epochs: int = 100,
+    batch_size: int = 128,
+    learning_rate: float = 1e-4,
+    validation_fraction: float = 0.2,
+    patience: int = 15,
+    device: str = "auto",
+    seed: int = 0,
+    reference: Optional[int] = None,
+    align: bool = True,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> TrainResult:
+    """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
+    with ``class_field``) and save it to ``output_model`` (.safetensors)."""
+    import torch
+
+    from .device import resolve_device
+    from .mmlgnet import MMLGNet, ModelConfig
+    from .modelfile import ModelHeader, save_model
+    from .samples import extract_patches
+    from .text import get_text_encoder
+    from .training import TrainSettings
+    from .training import train as train_loop
+
+    for name, value, lo in (("EPOCHS", epochs, 1), ("BATCH_SIZE", batch_size, 2), ("PATIENCE", patience, 1)):
+        if int(value) < lo:
+            raise InputError(f"{name} must be at least {lo} (got {value})")
+    if not 0 <= validation_fraction < 1:
+        raise InputError(f"VALIDATION_FRACTION must be in [0, 1) (got {validation_fraction})")
+    if learning_rate <= 0:
+        raise InputError(f"LEARNING_RATE must be positive (got {learning_rate})")
+    if patch_size < 1 or patch_size % 2 == 0:
+        raise InputError(f"PATCH_SIZE must be a positive odd number (got {patch_size})")
+    apply_template(prompt_template, ["x"])  # validates the template early
+    job = Job(progress, is_cancelled)
+    dev = resolve_device(device)
+    layers = _as_layers(layers)
+    with RasterStack(layers, reference=reference, align=align) as stack:
+        job.step(0.0, "reading labels")
+        label_map = read_labels(labels, stack.grid, class_field)
+        if not label_map.classes:
+            raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
+        stats = compute_band_stats(stack, job=job.span(0.0, 0.1))
+        patches, codes, _pos = extract_patches(stack, label_map.codes, stats, patch_size, job=job.span(0.1, 0.15))
+        band_counts, band_names, grid = stack.band_counts(), stack.band_names(), stack.grid
+    classes = [c for c in label_map.classes if c.code in set(codes.tolist())]
+    if len(classes) < 2:
+        raise LabelError(
+            f"TRAINING holds {len(classes)} class(es) on valid pixels; a classifier needs at least two"
+        )
+    index_of = {c.code: i for i, c in enumerate(classes)}
+    y = np.asarray([index_of[c] for c in codes], dtype=np.int64)
+
+    job.step(0.15, "encoding class prompts")
+    encoder = get_text_encoder(text_encoder)
+    prompts = apply_template(prompt_template, [c.name for c in classes])
+    text = encoder.encode(prompts)
+
+    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size)
+    torch.manual_seed(seed)
+    model = MMLGNet(config, n_classes=len(classes))
+    model.class_embeddings.copy_(text)
+    settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device)
+    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97))
+
+    validation = None
+    if outcome.val_index is not None and outcome.val_index.size:
+        matrix = confusion_matrix(y[outcome.val_index], outcome.val_pred, range(len(classes)))
+        validation = accuracy_from_matrix(matrix, [c.code for c in classes], [c.name for c in classes])
+    training = {
+        "labels": os.path.basename(labels), "class_field": class_field,
+        "n_samples": int(y.size), "n_train": int(y.size - (outcome.val_index.size if outcome.val_index is not None else 0)),
+        "n_val": int(outcome.val_index.size if outcome.val_index is not None else 0),
+        "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
+        "epochs_run": outcome.epochs_run, "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
+        "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
+        "device": str(dev), "seed": seed, "epochs": epochs, "batch_size": batch_size,
+        "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
+        "history": outcome.history, "validation": validation.to_json() if validation else None,
+        "reference_grid": grid.to_json(), "torch": torch.__version__,
+    }
+    header = ModelHeader(
+        config=config, band_names=band_names, stats=stats, classes=classes, prompt_template=prompt_template,
+        text_encoder=encoder.id, training=training,
+    )
+    job.check()
+    save_model(output_model, model.cpu(), header)
+    job.report(1.0, f"model saved to {output_model}")
+    log.info("trained %d classes on %d samples in %.1f s; model: %s", len(classes), y.size, outcome.seconds, output_model)
+    return TrainResult(
+        model_path=output_model, classes=classes, history=outcome.history, epochs_run=outcome.epochs_run,
+        best_epoch=outcome.best_epoch, seconds=outcome.seconds, samples_per_s=outcome.samples_per_s,
+        n_train=training["n_train"], n_val=training["n_val"], validation=validation, device=str(dev),
+        header=header.to_json(),
+    )
+
+
+@dataclass
+class ClassifyResult:
+    output: Optional[str]
+    confidence: Optional[str]
+    similarity: Optional[str]
+    classes: List[ClassInfo]
+    pixels: int
+    seconds: float
+    method: str
+
+
+def _open_for_model(model_path: str, layers, reference, align, device):
+    from .device import resolve_device
+    from .modelfile import load_model
+
+    dev = resolve_device(device)
+    model, header = load_model(model_path, dev)
+    stack = RasterStack(_as_layers(layers), reference=reference, align=align)
+    try:
+        header.check_inputs(stack.band_counts())
+    except Exception:
+        stack.close()
+        raise
+    return model, header, stack, dev
+
+
+def classify(
+    model_path: str,
+    layers: Sequence[LayerSpec],
+    output: str,
+    *,
+    confidence: Optional[str] = None,
+    similarity: Optional[str] = None,
+    method: str = "dense",
+    tile_size: int = 256,
+    batch_size: int = 4096,
+    device: str = "auto",
+    reference: Optional[int] = None,
+    align: bool = True,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> ClassifyResult:
+    """Classify a whole scene with a trained model into a class raster (codes, colour
+    table and class names), optionally a confidence raster and a per-class similarity stack."""
+    from .inference import run_inference
+
+    if not output:
+        raise InputError("OUTPUT is required")
+    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device)
+    with stack:
+        res = run_inference(
+            model, stack, header.stats, model.class_embeddings, classes=header.classes, class_path=output,
+            confidence_path=confidence, similarity_path=similarity, method=method, tile=tile_size,
+            batch_size=batch_size, device=dev, job=Job(progress, is_cancelled),
+        )
+    return ClassifyResult(output, confidence, similarity, header.classes, res.pixels, res.seconds, method)
+
+
+@dataclass
+class QueryResult:
+    similarity: str
+    output: Optional[str]
+    prompts: List[str]
+    texts: List[str]
+    classes: List[ClassInfo]
+    seconds: float
+
+
+def query(
+    model_path: str,
+    layers: Sequence[LayerSpec],
+    prompts: Sequence[str],
+    output_similarity: str,
+    *,
+    output: Optional[str] = None,
+    threshold: Optional[float] = None,
+    use_template: bool = True,
+    method: str = "dense",
+    tile_size: int = 256,
+    device: str = "auto",
+    reference: Optional[int] = None,
+    align: bool = True,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> QueryResult:
+    """Open-vocabulary query: cosine similarity of every pixel's embedding to each free-text
+    prompt (one float band per prompt, named after it) and optionally the argmax map, with
+    pixels whose best similarity is below ``threshold`` left as nodata."""
+    from .inference import run_inference
+    from .palette import default_colour
+    from .text import get_text_encoder
+
+    prompts = [p.strip() for p in prompts if p and p.strip()]
+    if not prompts:
+        raise InputError("PROMPTS is empty: give at least one text prompt, one per line")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise InputError(f"THRESHOLD is a cosine similarity in [-1, 1] (got {threshold})")
+    job = Job(progress, is_cancelled)
+    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device)
+    with stack:
+        job.step(0.0, "encoding prompts")
+        encoder = get_text_encoder(header.text_encoder)
+        if encoder.dim != header.config.embed_dim:
+            raise InputError(
+                f"text encoder {encoder.id} gives {encoder.dim}-d embeddings, the model expects {header.config.embed_dim}"
+            )
+        texts = apply_template(header.prompt_template, prompts) if use_template else list(prompts)
+        text = encoder.encode(texts)
+        classes = [ClassInfo(i + 1, p, default_colour(i)) for i, p in enumerate(prompts)]
+        res = run_inference(
+            model, stack, header.stats, text, classes=classes, class_path=output, similarity_path=output_similarity,
+            similarity_names=prompts, threshold=threshold, method=method, tile=tile_size, device=dev,
+            job=job.span(0.05, 1.0),
+        )
+    return QueryResult(output_similarity, output, prompts, texts, classes, res.seconds)
+
+
+@dataclass
+class EvaluateResult:
+    accuracy: Accuracy
+    json_path: Optional[str]
+    csv_path: Optional[str]
+    n_unclassified: int
+
+
+def evaluate(
+    classification: str,
+    reference: str,
+    *,
+    class_field: Optional[str] = None,
+    output_json: Optional[str] = None,
+    output_csv: Optional[str] = None,
+    progress: Optional[Progress] = None,
+    is_cancelled: Optional[IsCancelled] = None,
+) -> EvaluateResult:
+    """Compare a class raster with reference labels (raster, or vector + class field,
+    matched to the classification's class names) on the classification's grid."""
+    import rasterio
+
+    from .raster import Grid
+
+    job = Job(progress, is_cancelled)
+    if not os.path.exists(classification):
+        raise InputError(f"INPUT classification {classification!r} does not exist")
+    with rasterio.open(classification) as ds:
+        grid = Grid.of(ds)
+    predicted = read_label_raster(classification, grid)
+    job.step(0.3, "reading reference labels")
+    ref = read_labels(reference, grid, class_field, classes=predicted.classes)
+    labelled = ref.codes > 0
+    if not labelled.any():
+        raise LabelError(f"REFERENCE {os.path.basename(reference)!r} has no labelled pixel on the classification grid")
+    classified = predicted.codes > 0
+    n_unclassified = int((labelled & ~classified).sum())
+    by_code: Dict[int, ClassInfo] = {c.code: c for c in ref.classes}
+    by_code.update({c.code: c for c in predicted.classes})
+    codes = sorted(by_code)
+    both = labelled & classified
+    matrix = confusion_matrix(ref.codes[both], predicted.codes[both], codes)
+    acc = accuracy_from_matrix(matrix, codes, [by_code[c].name for c in codes])
+    write_accuracy(acc, output_json, output_csv)
+    job.report(1.0, acc.summary())
+    return EvaluateResult(acc, output_json, output_csv, n_unclassified)
+
+
+def describe_model(model_path: str) -> dict:
+    """The model file's JSON header (no weights loaded)."""
+    from .modelfile import read_header
+
+    return read_header(model_path).to_json()
+
+
+__all__ = ["train", "classify", "query", "evaluate", "describe_model", "LayerSpec", "__version__"]

@@ -1,0 +1,195 @@
+"""Command line of the headless backend: ``python -m rsvl.backend <command> …``.
+
+Errors in the user's input print one line (``rsvl: error: …``) and exit with status 2;
+a cancelled job exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .errors import CancelledError, RsvlError
+from .raster import MODALITIES, LayerSpec
+from .text import DEFAULT_TEMPLATE
+
+
+def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
+    g = p.add_argument_group("input layers (at least one; a modality may be given several times)")
+    for m in MODALITIES:
+        g.add_argument(f"--{m}", action="append", default=[], metavar="PATH", help=f"{m} raster ({required_hint})")
+    g.add_argument(
+        "--nodata", action="append", default=[], metavar="MODALITY=VALUE",
+        help="override the nodata value of that modality's layers, e.g. --nodata hsi=0",
+    )
+    g.add_argument("--reference", type=int, default=None, metavar="INDEX",
+                   help="index of the layer whose grid is used (default: first hsi, else ms, sar, lidar)")
+    g.add_argument("--no-align", action="store_true",
+                   help="refuse layers not on the reference grid instead of warping them onto it")
+
+
+def _layers(args) -> List[LayerSpec]:
+    overrides = {}
+    for item in args.nodata:
+        if "=" not in item:
+            raise RsvlError(f"--nodata expects MODALITY=VALUE (got {item!r})")
+        m, v = item.split("=", 1)
+        overrides[m.strip().lower()] = float(v)
+    layers = []
+    for m in MODALITIES:
+        for path in getattr(args, m):
+            layers.append(LayerSpec(path=path, modality=m, nodata=overrides.get(m)))
+    return layers
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    last = {"pct": -1}
+
+    def report(fraction: float, message: str) -> None:
+        pct = int(fraction * 100)
+        if pct != last["pct"]:
+            last["pct"] = pct
+            print(f"\r{pct:3d}% {message[:60]:<60}", end="", file=sys.stderr, flush=True)
+            if pct >= 100:
+                print(file=sys.stderr)
+
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rsvl.backend",
+        description="rsvl headless backend: train, classify, query and evaluate multi-sensor rasters "
+        "(hsi, lidar, sar, ms) with text-aligned encoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"rsvl {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or info messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an MMLGNet model from labelled pixels or polygons")
+    _add_layer_args(p, "training inputs")
+    p.add_argument("--labels", required=True, help="class raster (0/nodata = unlabelled) or vector file")
+    p.add_argument("--class-field", help="class field of vector labels (string or integer)")
+    p.add_argument("--output", "-o", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--prompt-template", default=DEFAULT_TEMPLATE, help="class prompt; {} is the class name")
+    p.add_argument("--text-encoder", default="minilm",
+                   help="minilm (built-in), a local HF dir, open_clip:DIR or open_clip:ARCH:CHECKPOINT")
+    p.add_argument("--patch-size", type=int, default=11)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=15)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("classify", help="classify a scene with a trained model")
+    p.add_argument("--model", "-m", required=True)
+    _add_layer_args(p, "the modalities the model was trained on")
+    p.add_argument("--output", "-o", required=True, help="class raster to write (GeoTIFF)")
+    p.add_argument("--confidence", help="optional float32 confidence raster")
+    p.add_argument("--similarity", help="optional per-class cosine similarity stack")
+    p.add_argument("--method", default="dense", choices=["dense", "patch"])
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4096, help="pixels per batch of the patch method")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = sub.add_parser("query", help="open-vocabulary query: similarity of every pixel to text prompts")
+    p.add_argument("--model", "-m", required=True)
+    _add_layer_args(p, "the modalities the model was trained on")
+    p.add_argument("--prompt", action="append", required=True, help="a text prompt (repeat for several)")
+    p.add_argument("--output-similarity", required=True, help="float raster, one band per prompt")
+    p.add_argument("--output", "-o", help="optional argmax class raster over the prompts")
+    p.add_argument("--threshold", type=float, default=None, help="best cosine similarity below this = nodata")
+    p.add_argument("--raw-prompts", action="store_true", help="do not wrap prompts in the model's template")
+    p.add_argument("--method", default="dense", choices=["dense", "patch"])
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = sub.add_parser("evaluate", help="accuracy of a class raster against reference labels")
+    p.add_argument("--classification", "-c", required=True)
+    p.add_argument("--reference", "-r", required=True, help="reference class raster or vector file")
+    p.add_argument("--class-field", help="class field of vector reference labels")
+    p.add_argument("--json", help="write the figures as JSON")
+    p.add_argument("--csv", help="write the confusion matrix as CSV")
+
+    p = sub.add_parser("info", help="print a model file's header as JSON")
+    p.add_argument("model")
+
+    p = sub.add_parser("demo", help="train → classify → query → evaluate on the bundled sample scene")
+    p.add_argument("--sample", required=True, help="folder with the sample scene (resources/sample)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--epochs", type=int, default=100)
+    return parser
+
+
+def run(args) -> int:
+    from . import api
+
+    progress = _progress(args.quiet)
+    if args.command == "train":
+        res = api.train(
+            _layers(args), args.labels, args.output, class_field=args.class_field,
+            prompt_template=args.prompt_template, text_encoder=args.text_encoder, patch_size=args.patch_size,
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+            validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
+            seed=args.seed, reference=args.reference, align=not args.no_align, progress=progress,
+        )
+        val = res.validation.summary() if res.validation else "no validation split"
+        print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
+              f"epochs: {res.epochs_run} (best {res.best_epoch}), {res.seconds:.1f} s, "
+              f"{res.samples_per_s:.0f} samples/s on {res.device}\nvalidation: {val}")
+    elif args.command == "classify":
+        res = api.classify(
+            args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
+            method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
+            reference=args.reference, align=not args.no_align, progress=progress,
+        )
+        print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
+              + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
+              + f"\n{res.pixels} pixels in {res.seconds:.2f} s ({res.method})")
+    elif args.command == "query":
+        res = api.query(
+            args.model, _layers(args), args.prompt, args.output_similarity, output=args.output,
+            threshold=args.threshold, use_template=not args.raw_prompts, method=args.method,
+            tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
+            progress=progress,
+        )
+        print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
+    elif args.command == "evaluate":
+        res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
+                           output_json=args.json, output_csv=args.csv)
+        print(res.accuracy.summary())
+        for name, acc, n in zip(res.accuracy.class_names, res.accuracy.per_class_accuracy, res.accuracy.support):
+            print(f"  {name:<24} {acc:7.4f}  (n={n})")
+    elif args.command == "info":
+        print(json.dumps(api.describe_model(args.model), indent=2))
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.sample, args.out, epochs=args.epochs, progress=progress)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return run(args)
+    except CancelledError as exc:
+        print(f"rsvl: cancelled: {exc}", file=sys.stderr)
+        return 130
+    except RsvlError as exc:
+        print(f"\nrsvl: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2

@@ -1,0 +1,254 @@
+"""Training and reference labels on the reference grid.
+
+Labels come from a class raster (0 or nodata = unlabelled; category names and colour
+table are kept) or from a vector file (points or polygons, any CRS) with a class field
+(string or integer), rasterised onto the reference grid. Each class has an integer
+``code`` (the value written in class rasters, never 0), a ``name`` and an RGB colour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from .errors import LabelError
+from .palette import default_colour
+from .raster import Grid
+
+log = logging.getLogger("rsvl")
+
+
+@dataclass
+class ClassInfo:
+    code: int
+    name: str
+    colour: Tuple[int, int, int]
+
+    def to_json(self) -> dict:
+        return {"code": self.code, "name": self.name, "colour": list(self.colour)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ClassInfo:
+        return cls(int(d["code"]), str(d["name"]), tuple(int(c) for c in d["colour"]))
+
+
+@dataclass
+class LabelMap:
+    """Class codes on the reference grid (0 = unlabelled) and the class table."""
+
+    codes: np.ndarray  # (height, width) int32
+    classes: List[ClassInfo]
+
+    def counts(self) -> dict:
+        values, counts = np.unique(self.codes[self.codes > 0], return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def _category_names(path: str) -> List[str]:
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    ds = gdal.Open(path)
+    band = ds.GetRasterBand(1)
+    band.GetMetadata()  # GDAL 3.6 GTiff loads the .aux.xml (PAM) lazily: touch it first
+    names = band.GetCategoryNames() or []
+    band = None
+    ds = None
+    return list(names)
+
+
+def read_label_raster(path: str, grid: Grid) -> LabelMap:
+    """Read a class raster onto ``grid`` (nearest-neighbour when it must be warped)."""
+    if not os.path.exists(path):
+        raise LabelError(f"TRAINING label raster {path!r} does not exist")
+    with rasterio.open(path) as ds:
+        if ds.count < 1:
+            raise LabelError(f"TRAINING label raster {path!r} has no band")
+        if ds.crs is None:
+            raise LabelError(f"TRAINING label raster {path!r} has no CRS")
+        dtype = np.dtype(ds.dtypes[0])
+        if dtype.kind == "f":
+            raise LabelError(
+                f"TRAINING label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
+            )
+        nodata = ds.nodata
+        if grid.differences(Grid.of(ds)):
+            with WarpedVRT(
+                ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                resampling=Resampling.nearest, nodata=nodata if nodata is not None else 0,
+            ) as vrt:
+                codes = vrt.read(1).astype(np.int64)
+        else:
+            codes = ds.read(1).astype(np.int64)
+        try:
+            colormap = ds.colormap(1)
+        except ValueError:
+            colormap = {}
+    if nodata is not None:
+        codes[codes == int(nodata)] = 0
+    if (codes < 0).any():
+        raise LabelError(f"TRAINING label raster {path!r} has negative class codes: use 1, 2, … (0 = unlabelled)")
+    codes = codes.astype(np.int32)
+    names = _category_names(path)
+    present = sorted(int(v) for v in np.unique(codes) if v > 0)
+    classes = []
+    for code in present:
+        name = names[code] if code < len(names) and names[code] else f"class {code}"
+        colour = colormap.get(code)
+        rgb = tuple(colour[:3]) if colour is not None and any(colour[:3]) else default_colour(len(classes))
+        classes.append(ClassInfo(code, name, rgb))
+    return LabelMap(codes, classes)
+
+
+def _open_vector(path: str, layer_name: Optional[str]):
+    from osgeo import ogr
+
+    ogr.UseExceptions()
+    if not os.path.exists(path.split("|")[0]):
+        raise LabelError(f"TRAINING vector {path!r} does not exist")
+    # QGIS style "file.gpkg|layername=LULC"
+    if "|layername=" in path:
+        path, layer_name = path.split("|layername=", 1)
+        layer_name = layer_name.split("|")[0]
+    try:
+        ds = ogr.Open(path)
+    except RuntimeError as exc:
+        raise LabelError(f"TRAINING vector {path!r} cannot be read by OGR: {exc}") from exc
+    if ds is None:
+        raise LabelError(f"TRAINING vector {path!r} cannot be read by OGR")
+    layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
+    if layer is None:
+        raise LabelError(f"TRAINING vector {path!r} has no layer {layer_name!r}")
+    return ds, layer
+
+
+def read_label_vector(
+    path: str, grid: Grid, class_field: str, layer_name: Optional[str] = None,
+    classes: Optional[Sequence[ClassInfo]] = None,
+) -> LabelMap:
+    """Rasterise points/polygons onto ``grid`` by the values of ``class_field``.
+
+    String values become classes named after them with codes 1..C in sorted order;
+    integer values are used as codes (0 and NULL = unlabelled). When ``classes`` is
+    given (evaluation against a model's classes), names and codes are matched to it.
+    """
+    from osgeo import ogr, osr
+    from rasterio.features import rasterize
+
+    ds, layer = _open_vector(path, layer_name)
+    defn = layer.GetLayerDefn()
+    fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    if class_field not in fields:
+        raise LabelError(
+            f"CLASS_FIELD {class_field!r} is not a field of {os.path.basename(path)!r}; fields are: {', '.join(fields)}"
+        )
+    field_defn = defn.GetFieldDefn(defn.GetFieldIndex(class_field))
+    is_int = field_defn.GetType() in (ogr.OFTInteger, ogr.OFTInteger64)
+
+    target = osr.SpatialReference()
+    target.ImportFromWkt(grid.crs.to_wkt())
+    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    source = layer.GetSpatialRef()
+    transform = None
+    if source is not None:
+        source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        if not source.IsSame(target):
+            transform = osr.CoordinateTransformation(source, target)
+    else:
+        log.warning("TRAINING vector %s has no CRS; assuming the reference grid's CRS", path)
+
+    raw: List[Tuple[dict, object]] = []
+    skipped = 0
+    for feature in layer:
+        geom = feature.GetGeometryRef()
+        value = feature.GetField(class_field)
+        if geom is None or value is None or (isinstance(value, str) and not value.strip()) or (is_int and int(value) == 0):
+            skipped += 1
+            continue
+        geom = geom.Clone()
+        if transform is not None:
+            geom.Transform(transform)
+        raw.append((json.loads(geom.ExportToJson()), value.strip() if isinstance(value, str) else int(value)))
+    del layer, ds  # close the OGR data source
+    if skipped:
+        log.info("TRAINING vector: %d features without geometry or class value were skipped", skipped)
+    if not raw:
+        raise LabelError(f"TRAINING vector {os.path.basename(path)!r} has no feature with a value in {class_field!r}")
+
+    values = sorted({v for _, v in raw}, key=lambda v: (str(type(v)), v))
+    if classes is not None:
+        by_name = {c.name.lower(): c for c in classes}
+        by_code = {c.code: c for c in classes}
+        mapping = {}
+        for v in values:
+            c = by_code.get(v) if is_int else by_name.get(str(v).lower())
+            if c is None:
+                raise LabelError(
+                    f"class {v!r} of field {class_field!r} is not one of the classes: "
+                    f"{', '.join(c.name for c in classes)}"
+                )
+            mapping[v] = c.code
+        out_classes = [c for c in classes if c.code in set(mapping.values())]
+    elif is_int:
+        if min(values) < 0:
+            raise LabelError(f"CLASS_FIELD {class_field!r} has negative values: use 1, 2, … (0 = unlabelled)")
+        mapping = {v: int(v) for v in values}
+        out_classes = [ClassInfo(int(v), f"class {v}", default_colour(i)) for i, v in enumerate(values)]
+    else:
+        mapping = {v: i + 1 for i, v in enumerate(values)}
+        out_classes = [ClassInfo(i + 1, str(v), default_colour(i)) for i, v in enumerate(values)]
+
+    shapes = [(geom, mapping[v]) for geom, v in raw]
+    codes = rasterize(
+        shapes, out_shape=(grid.height, grid.width), transform=grid.transform, fill=0, dtype="int32",
+    )
+    return LabelMap(codes, out_classes)
+
+
+def read_labels(
+    path: str, grid: Grid, class_field: Optional[str] = None, classes: Optional[Sequence[ClassInfo]] = None,
+) -> LabelMap:
+    """Raster or vector labels, decided by what GDAL/OGR can open the file as."""
+    base = path.split("|")[0]
+    if not os.path.exists(base):
+        raise LabelError(f"label file {path!r} does not exist")
+    is_raster = False
+    if "|" not in path:
+        try:
+            with rasterio.open(path) as ds:
+                is_raster = ds.count > 0 and ds.width > 0
+        except rasterio.errors.RasterioIOError:
+            is_raster = False
+    if is_raster:
+        labels = read_label_raster(path, grid)
+        if classes is not None:
+            known = {c.code: c for c in classes}
+            labels.classes = [known.get(c.code, c) for c in labels.classes]
+        return labels
+    if not class_field:
+        raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
+    return read_label_vector(path, grid, class_field, classes=classes)
+
+
+def stratified_split(codes: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Split labelled pixels per class: ``fraction`` of each class (at least one pixel)
+    goes to the first map, the rest to the second. Both maps keep 0 = unlabelled."""
+    rng = np.random.default_rng(seed)
+    first = np.zeros_like(codes)
+    second = np.zeros_like(codes)
+    flat = codes.ravel()
+    for code in np.unique(flat[flat > 0]):
+        idx = np.flatnonzero(flat == code)
+        rng.shuffle(idx)
+        k = max(1, int(round(fraction * idx.size)))
+        first.ravel()[idx[:k]] = code
+        second.ravel()[idx[k:]] = code
+    return first, second

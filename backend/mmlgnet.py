@@ -1,0 +1,176 @@
+"""MMLGNet encoders: per-modality CNNs fused into one embedding aligned to text.
+
+Paper configuration (Chaudhary et al., MMLGNet): each modality has three blocks of
+Conv3x3 → BatchNorm → ReLU → MaxPool2x2 (HSI 64/128/256 filters, LiDAR 32/64/128),
+a flatten and a fully connected layer to 256 features; the modality features are
+concatenated and a linear fusion layer projects them into the text embedding space.
+
+rsvl makes the blocks *exactly convolutional*: convolutions are "valid" (no zero
+padding at the patch border) and the last blocks shrink their kernel when the patch is
+already small. A pixel's output then depends only on the patch pixels, identically
+wherever the patch sits, so :meth:`MMLGNet.forward_dense` can compute every pixel of a
+window at once (stride-2 pooling becomes dilated "à trous" pooling) and give the same
+numbers as the per-patch :meth:`MMLGNet.forward` used for training. For the paper's
+11×11 patches the spatial sizes go 11 → 9 → 4 → 2 → 1 → 1 (the paper: 11 → 5 → 2 → 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .raster import MODALITIES
+
+DEFAULT_CHANNELS: Dict[str, Tuple[int, int, int]] = {
+    "hsi": (64, 128, 256),
+    "ms": (64, 128, 256),
+    "lidar": (32, 64, 128),
+    "sar": (32, 64, 128),
+}
+MODALITY_FEATURES = 256  # per-modality embedding (the paper's D/2)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an MMLGNet model (stored in the model file)."""
+
+    bands: Dict[str, int]  # modality -> band count, canonical modality order
+    embed_dim: int  # = text embedding dimension
+    patch_size: int = 11
+    channels: Dict[str, List[int]] = field(default_factory=dict)
+    modality_features: int = MODALITY_FEATURES
+
+    def __post_init__(self):
+        self.bands = {m: int(self.bands[m]) for m in MODALITIES if m in self.bands}
+        if not self.bands:
+            raise ValueError("a model needs at least one modality")
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ValueError(f"PATCH_SIZE must be a positive odd number (got {self.patch_size})")
+        for m in self.bands:
+            self.channels.setdefault(m, list(DEFAULT_CHANNELS[m]))
+        self.channels = {m: [int(c) for c in self.channels[m]] for m in self.bands}
+
+    def to_json(self) -> dict:
+        return {
+            "bands": self.bands, "embed_dim": self.embed_dim, "patch_size": self.patch_size,
+            "channels": self.channels, "modality_features": self.modality_features,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelConfig:
+        return cls(
+            bands=dict(d["bands"]), embed_dim=int(d["embed_dim"]), patch_size=int(d["patch_size"]),
+            channels={k: list(v) for k, v in d["channels"].items()}, modality_features=int(d["modality_features"]),
+        )
+
+
+def block_plan(patch_size: int, n_blocks: int) -> Tuple[List[Tuple[int, bool]], int]:
+    """(kernel, pool) per block and the final spatial size, for valid convolutions."""
+    size = patch_size
+    plan = []
+    for _ in range(n_blocks):
+        k = min(3, size)
+        size = size - k + 1
+        pool = size >= 2
+        if pool:
+            size //= 2
+        plan.append((k, pool))
+    return plan, size
+
+
+class ConvEncoder(nn.Module):
+    """One modality's CNN: valid Conv → BN → ReLU → MaxPool blocks, flatten, FC."""
+
+    def __init__(self, in_bands: int, channels: Sequence[int], patch_size: int, out_features: int):
+        super().__init__()
+        self.plan, self.final_size = block_plan(patch_size, len(channels))
+        convs, norms = [], []
+        c_in = in_bands
+        for (k, _pool), c_out in zip(self.plan, channels):
+            convs.append(nn.Conv2d(c_in, c_out, kernel_size=k))
+            norms.append(nn.BatchNorm2d(c_out))
+            c_in = c_out
+        self.convs = nn.ModuleList(convs)
+        self.norms = nn.ModuleList(norms)
+        self.fc = nn.Linear(c_in * self.final_size * self.final_size, out_features)
+        self.patch_size = patch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, bands, P, P) patches → (N, out_features)."""
+        for (_k, pool), conv, norm in zip(self.plan, self.convs, self.norms):
+            x = F.relu(norm(conv(x)))
+            if pool:
+                x = F.max_pool2d(x, 2)
+        return self.fc(x.flatten(1))
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, bands, H + P - 1, W + P - 1), a window with a halo of P//2 pixels
+        → (N, out_features, H, W): the per-patch output of every pixel of the window.
+
+        Stride-2 pooling is replaced by stride-1 pooling whose later layers are dilated
+        (à trous), which keeps every pixel's own pooling grid. Batch norm must be in
+        eval mode (it is an affine map then)."""
+        h = x.shape[-2] - (self.patch_size - 1)
+        w = x.shape[-1] - (self.patch_size - 1)
+        d = 1
+        for (_k, pool), conv, norm in zip(self.plan, self.convs, self.norms):
+            x = F.relu(norm(F.conv2d(x, conv.weight, conv.bias, dilation=d)))
+            if pool:
+                x = F.max_pool2d(x, 2, stride=1, dilation=d)
+                d *= 2
+        s = self.final_size
+        weight = self.fc.weight.view(self.fc.out_features, -1, s, s)
+        x = F.conv2d(x, weight, self.fc.bias, dilation=d)
+        # Floor pooling ignores the last rows/columns of a patch: crop the surplus.
+        return x[..., :h, :w]
+
+
+class MMLGNet(nn.Module):
+    """Per-modality encoders → concatenation → linear fusion → embedding in text space.
+
+    The class text embeddings (frozen, from the text encoder) live in the buffer
+    ``class_embeddings`` (C, D), L2-normalised; ``logit_scale`` is CLIP's learnable
+    temperature (log of 1/τ)."""
+
+    def __init__(self, config: ModelConfig, n_classes: int):
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleDict({
+            m: ConvEncoder(b, config.channels[m], config.patch_size, config.modality_features)
+            for m, b in config.bands.items()
+        })
+        self.fusion = nn.Linear(config.modality_features * len(config.bands), config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
+        self.register_buffer("class_embeddings", torch.zeros(n_classes, config.embed_dim))
+
+    def embed(self, patches: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-patch path: dict of (N, bands, P, P) → L2-normalised (N, D)."""
+        feats = [self.encoders[m](patches[m]) for m in self.config.bands]
+        return F.normalize(self.fusion(torch.cat(feats, dim=1)), dim=1)
+
+    def embed_dense(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Dense path: dict of (N, bands, H+P-1, W+P-1) → L2-normalised (N, D, H, W)."""
+        feats = [self.encoders[m].forward_dense(windows[m]) for m in self.config.bands]
+        x = torch.cat(feats, dim=1)
+        weight = self.fusion.weight[:, :, None, None]
+        return F.normalize(F.conv2d(x, weight, self.fusion.bias), dim=1)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=float(torch.log(torch.tensor(100.0)))).exp()
+
+    def logits(self, z: torch.Tensor, text: torch.Tensor = None) -> torch.Tensor:
+        """Scaled cosine similarities of embeddings ``z`` (N, D) to text (C, D)."""
+        text = self.class_embeddings if text is None else text
+        return self.scale() * z @ text.t()
+
+
+def symmetric_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """MMLGNet eq. 4–6 (CLIP's loss): the i-th visual embedding should pick the i-th
+    text (its class prompt) among the batch's texts and vice versa; mean of both."""
+    s = scale * z_v @ z_t.t()
+    target = torch.arange(s.shape[0], device=s.device)
+    return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target))

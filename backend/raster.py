@@ -1,0 +1,321 @@
+"""Multi-sensor raster stack on one reference grid.
+
+Each input layer is a GDAL-readable raster tagged with a modality (hsi, lidar, sar, ms).
+Layers whose CRS, resolution or extent differ from the reference grid are warped onto it
+with GDAL (rasterio ``WarpedVRT``, bilinear for continuous data), or refused with
+:class:`AlignmentError` when alignment is switched off. Reads are always windowed: a
+window plus a halo of context pixels, with pixels outside the scene marked invalid.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from .errors import AlignmentError, InputError
+
+MODALITIES = ("hsi", "lidar", "sar", "ms")
+MODALITY_LABELS = {
+    "hsi": "hyperspectral (HSI)",
+    "lidar": "LiDAR / elevation",
+    "sar": "SAR",
+    "ms": "multispectral (MS)",
+}
+
+
+@dataclass
+class LayerSpec:
+    """One input raster: where it is, what it is, and an optional nodata override."""
+
+    path: str
+    modality: str
+    nodata: Optional[float] = None
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        self.modality = (self.modality or "").lower()
+        if self.modality not in MODALITIES:
+            raise InputError(
+                f"layer {self.path!r}: modality must be one of {', '.join(MODALITIES)} "
+                f"(got {self.modality!r})"
+            )
+        if self.name is None:
+            self.name = os.path.basename(str(self.path))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform and size in pixels."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, dataset) -> Grid:
+        return cls(dataset.crs, dataset.transform, dataset.width, dataset.height)
+
+    def differences(self, other: Grid) -> List[str]:
+        """What differs between two grids, in words (empty when they match)."""
+        out = []
+        if self.crs != other.crs:
+            out.append(f"CRS {other.crs} vs {self.crs}")
+        a, b = self.transform, other.transform
+        res_a, res_b = (a.a, a.e), (b.a, b.e)
+        tol = 1e-6 * max(abs(a.a), abs(a.e))
+        if any(abs(x - y) > tol for x, y in zip(res_a, res_b)) or abs(b.b - a.b) > tol or abs(b.d - a.d) > tol:
+            out.append(f"resolution {abs(b.a):g} x {abs(b.e):g} vs {abs(a.a):g} x {abs(a.e):g}")
+        if abs(a.c - b.c) > tol or abs(a.f - b.f) > tol or (self.width, self.height) != (other.width, other.height):
+            out.append(
+                f"extent/size {other.width}x{other.height} px at ({b.c:g}, {b.f:g}) "
+                f"vs {self.width}x{self.height} px at ({a.c:g}, {a.f:g})"
+            )
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "crs": self.crs.to_wkt() if self.crs else None,
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def tile_windows(width: int, height: int, tile: int) -> Iterator[Window]:
+    """Row-major windows of at most ``tile`` x ``tile`` pixels covering the grid."""
+    for row in range(0, height, tile):
+        for col in range(0, width, tile):
+            yield Window(col, row, min(tile, width - col), min(tile, height - row))
+
+
+def _band_names(dataset, layer: LayerSpec) -> List[str]:
+    names = []
+    for i, desc in enumerate(dataset.descriptions, start=1):
+        names.append(desc if desc else f"{layer.name}:band{i}")
+    return names
+
+
+class _Source:
+    """An opened layer, possibly warped onto the reference grid."""
+
+    def __init__(self, layer: LayerSpec, dataset, reader, warped: bool):
+        self.layer = layer
+        self.dataset = dataset
+        self.reader = reader
+        self.warped = warped
+        self.count = dataset.count
+        self.band_names = _band_names(dataset, layer)
+        self.nodata = layer.nodata if layer.nodata is not None else dataset.nodata
+
+    def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
+        """float32 data (bands, h, w) and a per-band validity mask for an in-bounds window."""
+        data = self.reader.read(indexes=list(range(1, self.count + 1)), window=window, out_dtype="float32")
+        valid = np.isfinite(data)
+        if self.nodata is not None and not (isinstance(self.nodata, float) and math.isnan(self.nodata)):
+            valid &= data != np.float32(self.nodata)
+        if self.warped:
+            # Outside the source's coverage the warped VRT's mask (alpha or nodata) is 0.
+            mask = self.reader.dataset_mask(window=window) if hasattr(self.reader, "dataset_mask") else None
+            if mask is not None:
+                valid &= (mask > 0)[None, :, :]
+        return data, valid
+
+    def close(self):
+        if self.reader is not self.dataset:
+            self.reader.close()
+        self.dataset.close()
+
+
+class RasterStack:
+    """Co-registered multi-sensor stack on one reference grid.
+
+    ``layers`` may hold several rasters of one modality (e.g. DSM and DTM for lidar):
+    their bands are concatenated in the given order. ``reference`` is the index of the
+    layer whose grid is used; by default the first HSI layer, else the first MS, SAR,
+    then lidar layer.
+    """
+
+    def __init__(self, layers: Sequence[LayerSpec], reference: Optional[int] = None, align: bool = True):
+        if not layers:
+            raise InputError("no input layer given: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR, INPUT_MS")
+        self.layers = list(layers)
+        self.align = align
+        datasets = []
+        try:
+            for layer in self.layers:
+                if not os.path.exists(str(layer.path)):
+                    raise InputError(f"{layer.modality} layer {layer.path!r} does not exist")
+                try:
+                    ds = rasterio.open(layer.path)
+                except rasterio.errors.RasterioIOError as exc:
+                    raise InputError(f"{layer.modality} layer {layer.path!r} cannot be read by GDAL: {exc}") from exc
+                datasets.append(ds)
+                if ds.crs is None:
+                    raise InputError(
+                        f"{layer.modality} layer {layer.name!r} has no CRS: assign one (e.g. Raster ▸ Projections ▸ "
+                        "Assign Projection) before using it"
+                    )
+            if reference is None:
+                order = {m: i for i, m in enumerate(("hsi", "ms", "sar", "lidar"))}
+                reference = min(range(len(self.layers)), key=lambda i: (order[self.layers[i].modality], i))
+            if not 0 <= reference < len(self.layers):
+                raise InputError(f"reference layer index {reference} is out of range (0..{len(self.layers) - 1})")
+            self.reference = reference
+            self.grid = Grid.of(datasets[reference])
+            self.sources: List[_Source] = []
+            for layer, ds in zip(self.layers, datasets):
+                diffs = self.grid.differences(Grid.of(ds))
+                if not diffs:
+                    self.sources.append(_Source(layer, ds, ds, warped=False))
+                    continue
+                if not align:
+                    raise AlignmentError(
+                        f"{layer.modality} layer {layer.name!r} is not on the reference grid of "
+                        f"{self.layers[reference].name!r}: {'; '.join(diffs)}. Resample it first or switch "
+                        "alignment on"
+                    )
+                nodata = layer.nodata if layer.nodata is not None else ds.nodata
+                vrt = WarpedVRT(
+                    ds,
+                    crs=self.grid.crs,
+                    transform=self.grid.transform,
+                    width=self.grid.width,
+                    height=self.grid.height,
+                    resampling=Resampling.bilinear,
+                    src_nodata=nodata,
+                    nodata=nodata,
+                    add_alpha=nodata is None,
+                )
+                self.sources.append(_Source(layer, ds, vrt, warped=True))
+        except Exception:
+            for ds in datasets:
+                ds.close()
+            raise
+        self.modalities: Dict[str, List[_Source]] = {}
+        for src in self.sources:
+            self.modalities.setdefault(src.layer.modality, []).append(src)
+        # Canonical modality order, independent of the order the user listed layers in.
+        self.modalities = {m: self.modalities[m] for m in MODALITIES if m in self.modalities}
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def width(self) -> int:
+        return self.grid.width
+
+    @property
+    def height(self) -> int:
+        return self.grid.height
+
+    def band_counts(self) -> Dict[str, int]:
+        return {m: sum(s.count for s in srcs) for m, srcs in self.modalities.items()}
+
+    def band_names(self) -> Dict[str, List[str]]:
+        return {m: [n for s in srcs for n in s.band_names] for m, srcs in self.modalities.items()}
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, window: Window, halo: int = 0) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """Read ``window`` grown by ``halo`` pixels on each side.
+
+        Returns per-modality float32 arrays (bands, h + 2*halo, w + 2*halo) and boolean
+        per-band validity masks of the same shape; pixels outside the scene are invalid.
+        """
+        row0, col0 = int(window.row_off) - halo, int(window.col_off) - halo
+        h, w = int(window.height) + 2 * halo, int(window.width) + 2 * halo
+        r0, c0 = max(row0, 0), max(col0, 0)
+        r1, c1 = min(row0 + h, self.height), min(col0 + w, self.width)
+        inner = Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
+        data, valid = {}, {}
+        for modality, srcs in self.modalities.items():
+            count = sum(s.count for s in srcs)
+            arr = np.zeros((count, h, w), dtype=np.float32)
+            ok = np.zeros((count, h, w), dtype=bool)
+            if inner.width > 0 and inner.height > 0:
+                band = 0
+                for src in srcs:
+                    d, v = src.read(inner)
+                    sl = (slice(band, band + src.count), slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
+                    arr[sl] = d
+                    ok[sl] = v
+                    band += src.count
+            data[modality] = arr
+            valid[modality] = ok
+        return data, valid
+
+    def close(self):
+        for src in self.sources:
+            src.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def pixel_validity(valid: Dict[str, np.ndarray]) -> np.ndarray:
+    """A pixel is valid only where every band of every modality is valid."""
+    out = None
+    for v in valid.values():
+        all_bands = v.all(axis=0)
+        out = all_bands if out is None else (out & all_bands)
+    return out
+
+
+@dataclass
+class BandStats:
+    """Per-band mean and standard deviation of one modality, from a streamed pass."""
+
+    mean: List[float] = field(default_factory=list)
+    std: List[float] = field(default_factory=list)
+
+
+def compute_band_stats(stack: RasterStack, tile: int = 512, job=None) -> Dict[str, BandStats]:
+    """Mean and std per band over all valid pixels, reading window by window (float64 sums)."""
+    sums = {m: np.zeros(c) for m, c in stack.band_counts().items()}
+    sq = {m: np.zeros(c) for m, c in stack.band_counts().items()}
+    n = {m: np.zeros(c) for m, c in stack.band_counts().items()}
+    windows = list(tile_windows(stack.width, stack.height, tile))
+    for i, window in enumerate(windows):
+        if job is not None:
+            job.step(i / len(windows), "computing band statistics")
+        data, valid = stack.read(window)
+        for m, arr in data.items():
+            v = valid[m]
+            x = np.where(v, arr, 0).astype(np.float64)
+            sums[m] += x.sum(axis=(1, 2))
+            sq[m] += (x * x).sum(axis=(1, 2))
+            n[m] += v.sum(axis=(1, 2))
+    stats = {}
+    for m in sums:
+        if (n[m] == 0).any():
+            names = stack.band_names()[m]
+            empty = [names[i] for i in np.flatnonzero(n[m] == 0)]
+            raise InputError(f"{m} layer has bands without any valid pixel: {', '.join(empty[:5])}")
+        mean = sums[m] / n[m]
+        var = np.maximum(sq[m] / n[m] - mean * mean, 0.0)
+        std = np.sqrt(var)
+        std[std < 1e-12] = 1.0  # constant band: leave it centred, unscaled
+        stats[m] = BandStats(mean.tolist(), std.tolist())
+    return stats
+
+
+def normalise(data: Dict[str, np.ndarray], valid: Dict[str, np.ndarray], stats: Dict[str, BandStats]) -> Dict[str, np.ndarray]:
+    """Standardise each band; invalid values become 0 (the band mean) so context pixels
+    that are nodata or outside the scene contribute nothing unusual."""
+    out = {}
+    for m, arr in data.items():
+        mean = np.asarray(stats[m].mean, dtype=np.float32)[:, None, None]
+        std = np.asarray(stats[m].std, dtype=np.float32)[:, None, None]
+        out[m] = np.where(valid[m], (arr - mean) / std, np.float32(0)).astype(np.float32)
+    return out

@@ -1,0 +1,64 @@
+"""Training samples: normalised patches around labelled pixels, read tile by tile."""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Tuple
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .errors import LabelError
+from .raster import BandStats, RasterStack, normalise, pixel_validity, tile_windows
+
+log = logging.getLogger("rsvl")
+
+
+def read_window_normalised(stack: RasterStack, window, halo: int, stats: Dict[str, BandStats]):
+    """Normalised per-modality arrays for ``window`` plus ``halo`` and the validity of the
+    window's own pixels (h, w). Shared by training, per-patch and dense inference so all
+    three see exactly the same numbers."""
+    data, valid = stack.read(window, halo)
+    norm = normalise(data, valid, stats)
+    ok = pixel_validity(valid)
+    h, w = int(window.height), int(window.width)
+    return norm, ok[halo:halo + h, halo:halo + w]
+
+
+def extract_patches(
+    stack: RasterStack, codes: np.ndarray, stats: Dict[str, BandStats], patch_size: int, tile: int = 256, job=None,
+) -> Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Patches (N, bands, P, P) per modality for every labelled pixel whose own pixel is
+    valid, their class codes (N,) and (row, col) positions (N, 2)."""
+    halo = patch_size // 2
+    patches: Dict[str, list] = {m: [] for m in stack.modalities}
+    out_codes, out_pos = [], []
+    dropped = 0
+    windows = [w for w in tile_windows(stack.width, stack.height, tile)
+               if (codes[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)] > 0).any()]
+    for i, window in enumerate(windows):
+        if job is not None:
+            job.step(i / max(len(windows), 1), "extracting training patches")
+        r0, c0 = int(window.row_off), int(window.col_off)
+        sub = codes[r0:r0 + int(window.height), c0:c0 + int(window.width)]
+        rr, cc = np.nonzero(sub > 0)
+        norm, ok = read_window_normalised(stack, window, halo, stats)
+        keep = ok[rr, cc]
+        dropped += int((~keep).sum())
+        rr, cc = rr[keep], cc[keep]
+        if rr.size == 0:
+            continue
+        for m, arr in norm.items():
+            view = sliding_window_view(arr, (patch_size, patch_size), axis=(1, 2))  # (B, h, w, P, P)
+            patches[m].append(np.ascontiguousarray(view[:, rr, cc].transpose(1, 0, 2, 3)))
+        out_codes.append(sub[rr, cc])
+        out_pos.append(np.stack([rr + r0, cc + c0], axis=1))
+    if dropped:
+        log.warning("%d labelled pixels lie on nodata in an input layer and were not used", dropped)
+    if not out_codes:
+        raise LabelError("the training set is empty: no labelled pixel falls on valid data of every input layer")
+    return (
+        {m: np.concatenate(v) for m, v in patches.items()},
+        np.concatenate(out_codes).astype(np.int64),
+        np.concatenate(out_pos),
+    )

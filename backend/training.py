@@ -1,0 +1,155 @@
+"""MMLGNet training loop: Adam, symmetric image-text contrastive loss, early stopping on
+a held-out, class-stratified validation split, best weights kept."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .jobs import Job
+
+log = logging.getLogger("rsvl")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 100
+    batch_size: int = 128
+    learning_rate: float = 1e-4
+    validation_fraction: float = 0.2
+    patience: int = 15
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class TrainOutcome:
+    history: List[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    epochs_run: int = 0
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    val_index: Optional[np.ndarray] = None
+    val_pred: Optional[np.ndarray] = None
+    stopped_early: bool = False
+
+
+def split_validation(y: np.ndarray, fraction: float, seed: int):
+    """Class-stratified split of sample indices; classes with one sample stay in training."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        k = int(round(fraction * idx.size)) if idx.size > 1 else 0
+        k = min(k, idx.size - 1)
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _seed_everything(seed: int):
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def predict_patches(model, patches: Dict[str, object], index: np.ndarray, batch_size: int, device):
+    """Class logits of the per-patch path for samples ``index`` (eval mode, no grad)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, index.size, max(batch_size, 1)):
+            b = index[s:s + batch_size]
+            z = model.embed({m: torch.from_numpy(p[b]).to(device) for m, p in patches.items()})
+            out.append(model.logits(z).cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.class_embeddings.shape[0])
+
+
+def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainSettings, device, job: Job) -> TrainOutcome:
+    """Train ``model`` in place (its ``class_embeddings`` must be set); ``y`` holds class
+    indices 0..C-1. Returns the history; the model ends with its best weights."""
+    import torch
+    import torch.nn.functional as F
+
+    from .mmlgnet import symmetric_contrastive_loss
+
+    _seed_everything(settings.seed)
+    train_idx, val_idx = split_validation(y, settings.validation_fraction, settings.seed)
+    if train_idx.size < 2:
+        from .errors import LabelError
+
+        raise LabelError(f"the training set has {train_idx.size} usable pixel(s); label at least two")
+    model.to(device)
+    text = model.class_embeddings.to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator().manual_seed(settings.seed)
+    tensors = {m: torch.from_numpy(p) for m, p in patches.items()}
+    y_t = torch.from_numpy(y)
+    outcome = TrainOutcome(val_index=val_idx)
+    best_key, best_state, bad_epochs = None, None, 0
+    start = time.perf_counter()
+    seen = 0
+    n_batches = max(1, -(-train_idx.size // settings.batch_size))
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.from_numpy(train_idx)[torch.randperm(train_idx.size, generator=generator)]
+        total, correct, count = 0.0, 0, 0
+        for bi, s in enumerate(range(0, order.numel(), settings.batch_size)):
+            job.step(((epoch - 1) + bi / n_batches) / settings.epochs, f"epoch {epoch}/{settings.epochs}")
+            b = order[s:s + settings.batch_size]
+            if b.numel() < 2:  # batch norm needs two samples
+                continue
+            batch = {m: t[b].to(device, non_blocking=True) for m, t in tensors.items()}
+            yb = y_t[b].to(device)
+            z = model.embed(batch)
+            loss = symmetric_contrastive_loss(z, text[yb], model.scale())
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * b.numel()
+            count += b.numel()
+            with torch.no_grad():
+                correct += int((model.logits(z).argmax(1) == yb).sum())
+            seen += b.numel()
+        record = {"epoch": epoch, "train_loss": total / max(count, 1), "train_oa": correct / max(count, 1)}
+        if val_idx.size:
+            logits = predict_patches(model, patches, val_idx, settings.batch_size * 4, device)
+            yv = y_t[val_idx]
+            record["val_loss"] = float(F.cross_entropy(logits, yv))
+            record["val_oa"] = float((logits.argmax(1) == yv).float().mean())
+            key = (record["val_oa"], -record["val_loss"])
+        else:
+            key = (record["train_oa"], -record["train_loss"])
+        outcome.history.append(record)
+        log.debug("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+        if best_key is None or key > best_key:
+            best_key, bad_epochs = key, 0
+            best_state = copy.deepcopy(model.state_dict())
+            outcome.best_epoch = epoch
+        else:
+            bad_epochs += 1
+        outcome.epochs_run = epoch
+        if val_idx.size and bad_epochs >= settings.patience:
+            outcome.stopped_early = True
+            log.info("early stopping after %d epochs without improvement (best epoch %d)", bad_epochs, outcome.best_epoch)
+            break
+    outcome.seconds = time.perf_counter() - start
+    outcome.samples_per_s = seen / max(outcome.seconds, 1e-9)
+    model.load_state_dict(best_state)
+    model.eval()
+    if val_idx.size:
+        outcome.val_pred = predict_patches(model, patches, val_idx, settings.batch_size * 4, device).argmax(1).numpy()
+    job.report(1.0, "training finished")
+    return outcome

@@ -1,0 +1,261 @@
+"""Shared fixtures: seeded synthetic co-registered HSI / LiDAR / SAR / MS scenes written
+with rasterio into tmp_path, vector labels, and tiny random text encoders saved to disk
+and loaded through the same loader users hit. Never the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+UTM = CRS.from_epsg(32633)
+CLASS_NAMES = ["water", "forest", "buildings", "grassland"]
+CLASS_COLOURS = {1: (0, 0, 255), 2: (0, 100, 0), 3: (200, 0, 0), 4: (150, 220, 50)}
+
+
+@dataclass
+class Scene:
+    root: Path
+    truth: np.ndarray  # (H, W) class codes 1..4
+    transform: object
+    crs: CRS
+    paths: Dict[str, Path] = field(default_factory=dict)
+    labels: Optional[Path] = None
+    polygons: Optional[Path] = None
+
+
+def class_map(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Blocky class regions (Voronoi cells of random seeds) so patches carry context."""
+    n_seeds = max(8, (height * width) // 120)
+    seeds = rng.uniform(0, [height, width], size=(n_seeds, 2))
+    classes = np.arange(n_seeds) % 4 + 1
+    rr, cc = np.mgrid[0:height, 0:width]
+    d = (rr[..., None] - seeds[:, 0]) ** 2 + (cc[..., None] - seeds[:, 1]) ** 2
+    return classes[d.argmin(-1)].astype(np.uint8)
+
+
+def spectra(n_bands: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth, physically plausible reflectance curves (0..0.6) per class (4, n_bands)."""
+    wl = np.linspace(0.4, 2.4, n_bands)
+    water = 0.08 * np.exp(-((wl - 0.5) / 0.15) ** 2) + 0.01
+    veg = 0.05 + 0.4 / (1 + np.exp(-(wl - 0.72) / 0.02)) * np.exp(-((wl - 0.9) / 1.2) ** 2)
+    built = 0.15 + 0.1 * wl
+    grass = 0.6 * veg + 0.1 * (wl > 1.5)
+    return np.stack([water, veg, built, grass]) * (1 + 0.02 * rng.standard_normal((4, 1)))
+
+
+def write_raster(path: Path, data: np.ndarray, transform, crs=UTM, nodata=None, descriptions=None, dtype=None):
+    data = data if data.ndim == 3 else data[None]
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=dtype or data.dtype.name, crs=crs, transform=transform, nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype(profile["dtype"]))
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+    return path
+
+
+def write_labels(path: Path, codes: np.ndarray, transform, crs=UTM):
+    from osgeo import gdal
+
+    with rasterio.open(path, "w", driver="GTiff", width=codes.shape[1], height=codes.shape[0], count=1,
+                       dtype="uint8", crs=crs, transform=transform, nodata=0) as dst:
+        dst.write(codes.astype(np.uint8), 1)
+        dst.write_colormap(1, {0: (0, 0, 0, 0), **{k: (*v, 255) for k, v in CLASS_COLOURS.items()}})
+    ds = gdal.Open(str(path), gdal.GA_Update)
+    band = ds.GetRasterBand(1)
+    band.GetMetadata()
+    band.SetCategoryNames(["unlabelled"] + CLASS_NAMES)
+    band = None
+    ds = None
+    return path
+
+
+def make_scene(root: Path, size: int = 48, seed: int = 0, hsi_bands: int = 24, label_fraction: float = 0.15,
+               modalities=("hsi", "lidar", "sar", "ms")) -> Scene:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = class_map(size, size, rng)
+    transform = from_origin(465000.0, 5080000.0, 10.0, 10.0)
+    scene = Scene(root, truth, transform, UTM)
+    idx = truth.astype(int) - 1
+    if "hsi" in modalities:
+        s = spectra(hsi_bands, rng)
+        refl = s[idx].transpose(2, 0, 1) * (1 + 0.05 * rng.standard_normal((1, size, size)))
+        refl += 0.01 * rng.standard_normal(refl.shape)
+        dn = np.clip(refl * 10000, 0, 32767).astype(np.int16)  # int16 DN like many HSI products
+        scene.paths["hsi"] = write_raster(root / "hsi.tif", dn, transform, nodata=-1,
+                                          descriptions=[f"b{i}" for i in range(hsi_bands)])
+    if "lidar" in modalities:
+        heights = np.array([0.0, 18.0, 9.0, 0.5])[idx] + 300 + 0.5 * rng.standard_normal((size, size))
+        scene.paths["lidar"] = write_raster(root / "dsm.tif", heights.astype(np.float32), transform,
+                                            nodata=-9999.0, descriptions=["dsm"])
+    if "sar" in modalities:
+        sigma = np.array([[-22, -28], [-8, -14], [-3, -9], [-11, -17]], dtype=np.float32)[idx].transpose(2, 0, 1)
+        sigma += 1.5 * rng.standard_normal(sigma.shape).astype(np.float32)
+        scene.paths["sar"] = write_raster(root / "sar.tif", sigma, transform, nodata=None,
+                                          descriptions=["VV", "VH"])
+    if "ms" in modalities:
+        s = spectra(6, rng)
+        refl = (s[idx].transpose(2, 0, 1) + 0.01 * rng.standard_normal((6, size, size))).astype(np.float32)
+        scene.paths["ms"] = write_raster(root / "ms.tif", refl, transform, nodata=None)
+    keep = rng.random((size, size)) < label_fraction
+    scene.labels = write_labels(root / "labels.tif", np.where(keep, truth, 0), transform)
+    return scene
+
+
+def write_polygons(path: Path, scene: Scene, crs_epsg: int = 4326, n_per_class: int = 3, half: int = 2,
+                   field_name: str = "cover") -> Path:
+    """Small square polygons centred in class regions, reprojected into ``crs_epsg``."""
+    from osgeo import ogr, osr
+
+    src = osr.SpatialReference()
+    src.ImportFromEPSG(32633)
+    dst = osr.SpatialReference()
+    dst.ImportFromEPSG(crs_epsg)
+    for s in (src, dst):
+        s.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    ct = osr.CoordinateTransformation(src, dst)
+    driver = ogr.GetDriverByName("GPKG")
+    ds = driver.CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", dst, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn(field_name, ogr.OFTString))
+    layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+    rng = np.random.default_rng(1)
+    t = scene.transform
+    h, w = scene.truth.shape
+    for code, name in enumerate(CLASS_NAMES, start=1):
+        rows, cols = np.nonzero(scene.truth == code)
+        ok = (rows >= half) & (rows < h - half) & (cols >= half) & (cols < w - half)
+        rows, cols = rows[ok], cols[ok]
+        placed = 0
+        for i in rng.permutation(rows.size):
+            r, c = rows[i], cols[i]
+            if not (scene.truth[r - half:r + half + 1, c - half:c + half + 1] == code).all():
+                continue
+            x0, y0 = t * (c - half + 0.5, r - half + 0.5)
+            x1, y1 = t * (c + half + 0.5, r + half + 0.5)
+            ring = ogr.Geometry(ogr.wkbLinearRing)
+            for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)):
+                ring.AddPoint_2D(x, y)
+            poly = ogr.Geometry(ogr.wkbPolygon)
+            poly.AddGeometry(ring)
+            poly.Transform(ct)
+            f = ogr.Feature(layer.GetLayerDefn())
+            f.SetField(field_name, name)
+            f.SetField("code", code)
+            f.SetGeometry(poly)
+            layer.CreateFeature(f)
+            placed += 1
+            if placed == n_per_class:
+                break
+    ds = None
+    return path
+
+
+@pytest.fixture
+def scene(tmp_path) -> Scene:
+    return make_scene(tmp_path / "scene")
+
+
+@pytest.fixture(scope="session")
+def shared_scene(tmp_path_factory) -> Scene:
+    return make_scene(tmp_path_factory.mktemp("shared") / "scene")
+
+
+FAST = dict(patch_size=5, epochs=40, batch_size=64, learning_rate=3e-3, patience=10, seed=0, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_model(shared_scene, tmp_path_factory):
+    """HSI + LiDAR model trained once on the shared scene (fast settings)."""
+    from rsvl.backend import api
+    from rsvl.backend.raster import LayerSpec
+
+    out = tmp_path_factory.mktemp("model") / "hsi_lidar.safetensors"
+    layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
+    result = api.train(layers, str(shared_scene.labels), str(out), **FAST)
+    return out, result, layers
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_encoder(tmp_path_factory) -> Path:
+    """A tiny random BERT in Hugging Face format with the built-in MiniLM's tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from rsvl.backend.text import builtin_minilm_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(builtin_minilm_path()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory) -> Path:
+    """A tiny random open_clip model directory (open_clip_config.json + safetensors)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("tiny-clip")
+    cfg = {
+        "embed_dim": 48,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    torch.manual_seed(0)
+    model = open_clip.create_model(f"local-dir:{path}", load_weights=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    return path
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """Run ``python -m rsvl.backend`` in a subprocess; returns CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "rsvl.backend", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def scene_factory(tmp_path):
+    def factory(name="scene", **kwargs) -> Scene:
+        return make_scene(tmp_path / name, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def helpers():
+    """Writers for tests that build their own rasters and vectors."""
+
+    class Helpers:
+        write_raster = staticmethod(write_raster)
+        write_labels = staticmethod(write_labels)
+        write_polygons = staticmethod(write_polygons)
+        fast = FAST
+        class_names = CLASS_NAMES
+
+    return Helpers
