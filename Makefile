@@ -56,7 +56,7 @@ $(VENV)/bin/qgis_process: $(ROOT)/resources/qgis_process.in $(VENV)/bin/activate
 	chmod +x $@
 
 demo: install
-	$(PY) -m rsvl.backend demo --sample $(ROOT)/resources/sample --out $(ROOT)/demo-output
+	$(ROOT)/resources/demo.sh $(VENV) $(ROOT)/demo-output
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -74,7 +74,7 @@ bench: install
 package:
 	@rm -rf $(DIST)/stage $(DIST)/rsvl.zip && mkdir -p $(DIST)/stage/rsvl
 	cd $(ROOT) && git ls-files -z --cached --others --exclude-standard | \
-	  grep -zvE '^(tests/|bench/|\.ci/|\.gitignore|Makefile|requirements\.txt|pyproject\.toml|resources/qgis_process\.in)' | \
+	  grep -zvE '^(tests/|bench/|\.ci/|\.gitignore|Makefile|requirements\.txt|pyproject\.toml|resources/qgis_process\.in|resources/demo\.sh)' | \
 	  xargs -0 -I{} sh -c 'test -e "{}" && cp --parents "{}" $(DIST)/stage/rsvl/ || true'
 	cd $(DIST)/stage && python3 -m zipfile -c ../rsvl.zip rsvl
 	rm -rf $(DIST)/stage

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--csv", help="write the confusion matrix as CSV")
 
+    p = sub.add_parser("split", help="seeded class-stratified split of a class raster (e.g. train/test)")
+    p.add_argument("--labels", required=True, help="class raster to split")
+    p.add_argument("--fraction", type=float, default=0.1, help="share of each class in the first output")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first", required=True, help="class raster with FRACTION of each class (e.g. training)")
+    p.add_argument("--second", required=True, help="class raster with the rest (e.g. test)")
+
     p = sub.add_parser("info", help="print a model file's header as JSON")
     p.add_argument("model")
 
@@ -168,6 +175,11 @@ def run(args) -> int:
         print(res.accuracy.summary())
         for name, acc, n in zip(res.accuracy.class_names, res.accuracy.per_class_accuracy, res.accuracy.support):
             print(f"  {name:<24} {acc:7.4f}  (n={n})")
+    elif args.command == "split":
+        from .labels import split_label_raster
+
+        first, second = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second)
+        print(f"{args.first}: {sum(first.values())} pixels\n{args.second}: {sum(second.values())} pixels")
     elif args.command == "info":
         print(json.dumps(api.describe_model(args.model), indent=2))
     elif args.command == "demo":

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import rasterio
-
-from .labels import read_label_raster, stratified_split
-from .raster import Grid, LayerSpec
+from .labels import split_label_raster
+from .raster import LayerSpec
 
 BASELINES = (
     "majority class: OA 0.764",
@@ -23,32 +20,9 @@ BASELINES = (
 QUERY_PROMPTS = ["forest", "grassland", "artificial surface", "cultivated land", "water"]
 
 
-def write_label_raster(path: str, codes: np.ndarray, like: str) -> None:
-    """A uint8 class raster on ``like``'s grid with its colour table and category names."""
-    from .atomic import atomic_path
-    from .inference import set_category_names
-
-    with rasterio.open(like) as src:
-        profile = src.profile.copy()
-        colormap = src.colormap(1)
-        grid = Grid.of(src)
-    classes = read_label_raster(like, grid).classes
-    profile.update(dtype="uint8", count=1, nodata=0, compress="deflate")
-    with atomic_path(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(codes.astype(np.uint8), 1)
-            dst.write_colormap(1, colormap)
-        set_category_names(tmp, classes)
-
-
 def split_sample(sample: str, out: str, fraction: float = 0.1, seed: int = 0):
-    labels = os.path.join(sample, "lulc.tif")
-    with rasterio.open(labels) as ds:
-        codes = ds.read(1)
-    train, test = stratified_split(codes, fraction, seed)
     train_path, test_path = os.path.join(out, "train_labels.tif"), os.path.join(out, "test_labels.tif")
-    write_label_raster(train_path, train, labels)
-    write_label_raster(test_path, test, labels)
+    split_label_raster(os.path.join(sample, "lulc.tif"), fraction, seed, train_path, test_path)
     return train_path, test_path
 
 

@@ -163,7 +163,7 @@ def read_label_vector(
         if not source.IsSame(target):
             transform = osr.CoordinateTransformation(source, target)
     else:
-        log.warning("TRAINING vector %s has no CRS; assuming the reference grid's CRS", path)
+        log.warning("vector labels %s have no CRS; assuming the reference grid CRS", path)
 
     raw: List[Tuple[dict, object]] = []
     skipped = 0
@@ -179,7 +179,7 @@ def read_label_vector(
         raw.append((json.loads(geom.ExportToJson()), value.strip() if isinstance(value, str) else int(value)))
     del layer, ds  # close the OGR data source
     if skipped:
-        log.info("TRAINING vector: %d features without geometry or class value were skipped", skipped)
+        log.info("%s: %d features without geometry or class value were skipped", os.path.basename(path), skipped)
     if not raw:
         raise LabelError(f"TRAINING vector {os.path.basename(path)!r} has no feature with a value in {class_field!r}")
 
@@ -252,3 +252,34 @@ def stratified_split(codes: np.ndarray, fraction: float, seed: int) -> Tuple[np.
         first.ravel()[idx[:k]] = code
         second.ravel()[idx[k:]] = code
     return first, second
+
+
+def split_label_raster(path: str, fraction: float, seed: int, first_path: str, second_path: str):
+    """Write a seeded, class-stratified split of a class raster into two class rasters on
+    the same grid (same colour table and category names): ``fraction`` of each class's
+    pixels in the first (e.g. training), the rest in the second (e.g. test)."""
+    from .atomic import atomic_path
+    from .inference import set_category_names
+
+    if not 0 < fraction < 1:
+        raise LabelError(f"the split fraction must be in (0, 1) (got {fraction})")
+    with rasterio.open(path) as src:
+        grid = Grid.of(src)
+        profile = src.profile.copy()
+        try:
+            colormap = src.colormap(1)
+        except ValueError:
+            colormap = None
+    labels = read_label_raster(path, grid)
+    first, second = stratified_split(labels.codes, fraction, seed)
+    dtype = "uint8" if max(c.code for c in labels.classes) <= 255 else "uint16"
+    profile.update(dtype=dtype, count=1, nodata=0, compress="deflate")
+    for codes, out in ((first, first_path), (second, second_path)):
+        with atomic_path(out) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(codes.astype(dtype), 1)
+                if colormap:
+                    dst.write_colormap(1, colormap)
+            set_category_names(tmp, labels.classes)
+    return {c.code: int((first == c.code).sum()) for c in labels.classes}, {
+        c.code: int((second == c.code).sum()) for c in labels.classes}

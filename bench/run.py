@@ -162,8 +162,8 @@ def write_scene(folder: Path, side: int, bands: int = 64):
 
 
 def bench_memory(sides, folder: Path):
-    from rsvl.backend.modelfile import ModelHeader, save_model
     from rsvl.backend.labels import ClassInfo
+    from rsvl.backend.modelfile import ModelHeader, save_model
     from rsvl.backend.raster import BandStats
 
     model = paper_model()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qgis.core import QgsApplication
+from qgis.PyQt import sip
 
 
 class RsvlPlugin:
@@ -10,6 +11,8 @@ class RsvlPlugin:
         self.iface = iface
         self.provider = None
         self.actions = []
+        self.dialogs = []
+        self._tasks = None
 
     # Called by QGIS (and by qgis_process) to register Processing providers.
     def initProcessing(self):  # noqa: N802 (QGIS API name)
@@ -20,12 +23,44 @@ class RsvlPlugin:
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self):  # noqa: N802 (QGIS API name)
+        from qgis.PyQt.QtGui import QIcon
+        from qgis.PyQt.QtWidgets import QAction
+
+        from .provider import ICON_PATH
+
         self.initProcessing()
+        action = QAction(QIcon(ICON_PATH), "Train in background…", self.iface.mainWindow())
+        action.triggered.connect(self.open_train_in_background)
+        self.iface.addPluginToMenu("&rsvl", action)
+        self.actions.append(action)
+
+    @property
+    def tasks(self):
+        from .tasks import TaskRegistry
+
+        if self._tasks is None:
+            self._tasks = TaskRegistry()
+        return self._tasks
+
+    def open_train_in_background(self):
+        from .tasks import train_in_background_dialog
+
+        dialog = train_in_background_dialog(self.iface, self.tasks)
+        self.dialogs = [d for d in self.dialogs if not sip.isdeleted(d)] + [dialog]
+        dialog.show()
+        return dialog
 
     def unload(self):
         for action in self.actions:
             self.iface.removePluginMenu("&rsvl", action)
         self.actions = []
+        for dialog in self.dialogs:
+            if not sip.isdeleted(dialog):
+                dialog.close()
+        self.dialogs = []
+        if self._tasks is not None:
+            for task in list(self._tasks.tasks):
+                task.cancel()
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None

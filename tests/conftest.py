@@ -247,11 +247,12 @@ def scene_factory(tmp_path):
     return factory
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def helpers():
     """Writers for tests that build their own rasters and vectors."""
 
     class Helpers:
+        make_scene = staticmethod(make_scene)
         write_raster = staticmethod(write_raster)
         write_labels = staticmethod(write_labels)
         write_polygons = staticmethod(write_polygons)

@@ -34,12 +34,17 @@ def test_loading_the_plugin_imports_no_heavy_library(tmp_path):
 import sys
 from unittest import mock
 from qgis.core import QgsApplication
-app = QgsApplication([], False)
+from qgis.PyQt.QtWidgets import QMainWindow
+app = QgsApplication([], True)
 app.initQgis()
 sys.path.append('/usr/share/qgis/python/plugins')
 import rsvl
-plugin = rsvl.classFactory(mock.MagicMock())
+iface = mock.MagicMock()
+window = QMainWindow()
+iface.mainWindow.return_value = window
+plugin = rsvl.classFactory(iface)
 plugin.initGui()
+assert iface.addPluginToMenu.call_args[0][0] == '&rsvl'
 assert QgsApplication.processingRegistry().providerById('rsvl') is not None
 print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'open_clip', 'safetensors'}))
 plugin.unload()

@@ -2,4 +2,9 @@
 
 
 def all_algorithms():
-    return []
+    from .classify import ClassifyAlgorithm
+    from .evaluate import EvaluateAlgorithm
+    from .query import QueryAlgorithm
+    from .train import TrainAlgorithm
+
+    return [TrainAlgorithm(), ClassifyAlgorithm(), QueryAlgorithm(), EvaluateAlgorithm()]

@@ -1,0 +1,187 @@
+"""What every rsvl Processing algorithm shares: the group, the modality inputs, the
+QGIS → backend translation of layers into file paths, feedback/cancel/log bridging, and
+the one place where backend errors become ``QgsProcessingException``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Callable, Dict, List, Optional, Tuple
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterMultipleLayers,
+    QgsRasterLayer,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from ..provider import ICON_PATH
+
+MODALITY_PARAMS: Dict[str, str] = {
+    "hsi": "INPUT_HSI",
+    "lidar": "INPUT_LIDAR",
+    "sar": "INPUT_SAR",
+    "ms": "INPUT_MS",
+}
+MODALITY_TITLES = {
+    "hsi": "Hyperspectral (HSI) raster(s)",
+    "lidar": "LiDAR / DSM / DTM / elevation raster(s)",
+    "sar": "SAR raster(s)",
+    "ms": "Multispectral (MS) raster(s)",
+}
+DEVICES = ["auto", "cpu", "cuda"]
+
+INPUTS_HELP = (
+    "<b>INPUT_HSI, INPUT_LIDAR, INPUT_SAR, INPUT_MS</b>: co-registered raster layers of each modality (any "
+    "GDAL format, int or float; several layers of one modality are stacked band-wise, e.g. DSM + DTM). At "
+    "least one is required. Layers on another grid (CRS, resolution, extent) are warped onto the reference "
+    "grid — the first HSI layer, else MS, SAR, LiDAR — with bilinear resampling. Nodata in any input band "
+    "makes the output pixel nodata.<br>"
+)
+DEVICE_HELP = "<b>DEVICE</b>: auto (CUDA GPU when available, else CPU), cpu or cuda.<br>"
+
+
+class BackendLogHandler(logging.Handler):
+    """Routes the backend's ``rsvl`` log records to the Processing feedback."""
+
+    def __init__(self, feedback):
+        super().__init__(logging.INFO)
+        self.feedback = feedback
+
+    def emit(self, record):
+        if self.feedback is None:
+            return
+        message = self.format(record)
+        if record.levelno >= logging.WARNING:
+            self.feedback.reportError(message, fatalError=False)
+        else:
+            self.feedback.pushInfo(message)
+
+
+def raster_path(layer: QgsMapLayer, parameter: str) -> str:
+    """The GDAL path of a raster layer, or a clear error naming the parameter."""
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        raise QgsProcessingException(f"{parameter}: {layer.name() if layer else 'layer'} is not a valid raster layer")
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; rsvl reads "
+            "GDAL rasters (files): save it as a GeoTIFF first (Export ▸ Save As…)"
+        )
+    return layer.source()
+
+
+def vector_path(layer: QgsVectorLayer, parameter: str, feedback=None) -> str:
+    """A path OGR can read for a vector layer; non-file layers (memory, databases with
+    filters…) are written to a temporary GeoPackage first. Main thread only."""
+    if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
+        raise QgsProcessingException(f"{parameter}: {layer.name() if layer else 'layer'} is not a valid vector layer")
+    if layer.providerType() == "ogr" and not layer.subsetString():
+        return layer.source()
+    out = os.path.join(tempfile.mkdtemp(prefix="rsvl-"), "labels.gpkg")
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName = "GPKG"
+    from qgis.core import QgsCoordinateTransformContext
+
+    err, msg, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, out, QgsCoordinateTransformContext(), options)
+    if err != QgsVectorFileWriter.NoError:
+        raise QgsProcessingException(f"{parameter}: could not copy layer '{layer.name()}' for reading: {msg}")
+    if feedback is not None:
+        feedback.pushInfo(f"{parameter}: copied '{layer.name()}' to {out}")
+    return out
+
+
+class RsvlAlgorithm(QgsProcessingAlgorithm):
+    """Base class: group, icon, helpers. Subclasses implement ``initAlgorithm``,
+    ``backend_request`` (main thread: QGIS values → plain Python) and ``finish``."""
+
+    def group(self):
+        return "rsvl"
+
+    def groupId(self):  # noqa: N802 (QGIS API name)
+        return "rsvl"
+
+    def icon(self):
+        return QIcon(ICON_PATH)
+
+    def createInstance(self):  # noqa: N802 (QGIS API name)
+        return type(self)()
+
+    # -- parameters ------------------------------------------------------------------------
+    def add_modality_inputs(self):
+        for modality, key in MODALITY_PARAMS.items():
+            self.addParameter(QgsProcessingParameterMultipleLayers(
+                key, MODALITY_TITLES[modality], layerType=QgsProcessing.TypeRaster, optional=True))
+
+    def add_device(self):
+        self.addParameter(QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0))
+
+    def layer_specs(self, parameters, context) -> List:
+        """Backend LayerSpecs from the modality parameters (main thread)."""
+        from ...backend.raster import LayerSpec
+
+        specs = []
+        for modality, key in MODALITY_PARAMS.items():
+            for layer in self.parameterAsLayerList(parameters, key, context) or []:
+                specs.append(LayerSpec(path=raster_path(layer, key), modality=modality, name=layer.name()))
+        if not specs:
+            raise QgsProcessingException(
+                "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS")
+        return specs
+
+    def device(self, parameters, context) -> str:
+        return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
+
+    # -- running ---------------------------------------------------------------------------
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        """Resolve layers into file paths on the main thread, before the background run."""
+        self._request = self.backend_request(parameters, context, feedback)
+        return True
+
+    def backend_request(self, parameters, context, feedback) -> Tuple[Callable, dict]:
+        raise NotImplementedError
+
+    def finish(self, result, parameters, context, feedback) -> dict:
+        raise NotImplementedError
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        function, kwargs = self._request
+        result = run_backend(function, kwargs, feedback)
+        return self.finish(result, parameters, context, feedback)
+
+
+def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[Callable] = None,
+                is_cancelled: Optional[Callable] = None):
+    """Call one backend entry point with progress, cancel and logging wired to
+    ``feedback``; the one place where ``RsvlError`` becomes ``QgsProcessingException``."""
+    from ...backend.errors import CancelledError, RsvlError
+
+    last = {"message": None}
+
+    def default_progress(fraction, message):
+        feedback.setProgress(100.0 * fraction)
+        if message and message != last["message"]:
+            last["message"] = message
+            feedback.setProgressText(message)
+
+    handler = BackendLogHandler(feedback)
+    logger = logging.getLogger("rsvl")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        return function(progress=progress or default_progress, is_cancelled=is_cancelled or feedback.isCanceled,
+                        **kwargs)
+    except CancelledError as exc:
+        raise QgsProcessingException(f"Cancelled: {exc}") from exc
+    except RsvlError as exc:
+        raise QgsProcessingException(str(exc)) from exc
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

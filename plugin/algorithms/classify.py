@@ -1,0 +1,92 @@
+"""rsvl:classify — classify a whole scene with a trained model into a styled class map."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+)
+
+from ..styling import backend_classes, style_output_on_load, write_class_style
+from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+
+
+class ClassifyAlgorithm(RsvlAlgorithm):
+    def name(self):
+        return "classify"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Classify scene"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Classifies every pixel of the inputs with a model made by rsvl:train. The class map is a tiled, "
+            "compressed GeoTIFF on the reference grid with the model's class codes, its colour table and class "
+            "names embedded, a .qml style beside it, and is loaded with a paletted renderer. Pixels where any "
+            "input is nodata, or outside the inputs, are nodata (never a class).<br><br>"
+            "<b>MODEL</b>: a .safetensors model file from rsvl:train.<br>" + INPUTS_HELP +
+            "The model says which modalities and band counts it needs; other inputs are refused with the "
+            "difference named.<br>"
+            "<b>OUTPUT</b>: the class raster.<br>"
+            "<b>OUTPUT_CONFIDENCE</b>: optional float32 raster, softmax probability of the chosen class.<br>"
+            "<b>BATCH_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
+            "window side in pixels — larger is faster, uses more memory.<br>" + DEVICE_HELP
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
+        self.add_modality_inputs()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "OUTPUT_CONFIDENCE", "Confidence", optional=True, createByDefault=False))
+        p = QgsProcessingParameterNumber("BATCH_SIZE", "Window size (pixels per side)",
+                                         type=QgsProcessingParameterNumber.Integer, defaultValue=256, minValue=16,
+                                         maxValue=8192)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
+        self.add_device()
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        if not any(self.parameterAsLayerList(parameters, key, context) for key in MODALITY_PARAMS.values()):
+            return False, "No input layer: set the INPUT_* layers the model was trained on"
+        return check_model(self.parameterAsFile(parameters, "MODEL", context))
+
+    def backend_request(self, parameters, context, feedback):
+        from ...backend import api
+
+        self._output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        kwargs = dict(
+            model_path=self.parameterAsFile(parameters, "MODEL", context),
+            layers=self.layer_specs(parameters, context), output=self._output,
+            confidence=self.parameterAsOutputLayer(parameters, "OUTPUT_CONFIDENCE", context) or None,
+            tile_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+            device=self.device(parameters, context),
+        )
+        return api.classify, kwargs
+
+    def finish(self, result, parameters, context, feedback):
+        classes = backend_classes(result.classes)
+        write_class_style(result.output, classes)
+        style_output_on_load(context, result.output, classes)
+        feedback.pushInfo(f"{result.pixels} pixels classified in {result.seconds:.2f} s")
+        outputs = {"OUTPUT": result.output}
+        if result.confidence:
+            outputs["OUTPUT_CONFIDENCE"] = result.confidence
+        return outputs
+
+
+def check_model(path: str):
+    """(ok, message) for the MODEL parameter, reading only the model's JSON header."""
+    from ...backend.errors import RsvlError
+    from ...backend.modelfile import read_header
+
+    try:
+        read_header(path)
+    except RsvlError as exc:
+        return False, str(exc)
+    return True, ""

@@ -1,0 +1,109 @@
+"""rsvl:evaluate — accuracy of a class raster against reference labels."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from .base import RsvlAlgorithm, raster_path, vector_path
+
+
+class EvaluateAlgorithm(RsvlAlgorithm):
+    def name(self):
+        return "evaluate"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Evaluate classification"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Compares a class raster (e.g. from rsvl:classify) with reference labels on the class raster's grid "
+            "and reports overall accuracy (OA), average accuracy (AA, mean per-class recall), Cohen's kappa, "
+            "per-class IoU and mIoU, and the confusion matrix. Reference pixels whose prediction is nodata are "
+            "not counted (their number is logged).<br><br>"
+            "<b>INPUT</b>: the class raster.<br>"
+            "<b>REFERENCE</b>: a class raster (0/nodata = unlabelled, same class codes) or a point/polygon layer.<br>"
+            "<b>CLASS_FIELD</b>: for a vector reference, the class field: text values are matched to the class "
+            "raster's class names (case-insensitive), integers to its codes.<br>"
+            "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU.<br>"
+            "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
+            "<b>OUTPUT_REPORT</b>: HTML report with the confusion matrix as a picture.<br>"
+            "Outputs OA, AA, KAPPA and MIOU for chaining."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            "REFERENCE", "Reference labels (class raster, or points/polygons)",
+            types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
+        # A plain string: QGIS 3.22's field widget crashes when its parent map-layer parameter
+        # holds a raster, and this parameter accepts rasters too.
+        self.addParameter(QgsProcessingParameterString("CLASS_FIELD", "Class field (vector reference)", optional=True))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT_CSV", "Confusion matrix", fileFilter="CSV files (*.csv)"))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT_JSON", "Figures (JSON)", fileFilter="JSON files (*.json)", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT_REPORT", "Accuracy report", fileFilter="HTML files (*.html)", optional=True,
+            createByDefault=True))
+        for key, title in (("OA", "Overall accuracy"), ("AA", "Average accuracy"), ("KAPPA", "Cohen's kappa"),
+                           ("MIOU", "Mean IoU")):
+            self.addOutput(QgsProcessingOutputNumber(key, title))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        reference = self.parameterAsLayer(parameters, "REFERENCE", context)
+        if isinstance(reference, QgsVectorLayer):
+            field = self.parameterAsString(parameters, "CLASS_FIELD", context)
+            if not field:
+                return False, "CLASS_FIELD is required when REFERENCE is a vector layer"
+            if reference.fields().indexOf(field) < 0:
+                names = ", ".join(reference.fields().names())
+                return False, f"CLASS_FIELD '{field}' is not a field of '{reference.name()}' (fields: {names})"
+        return True, ""
+
+    def backend_request(self, parameters, context, feedback):
+        from ...backend import api
+
+        reference = self.parameterAsLayer(parameters, "REFERENCE", context)
+        if isinstance(reference, QgsRasterLayer):
+            ref_path, class_field = raster_path(reference, "REFERENCE"), None
+        elif isinstance(reference, QgsVectorLayer):
+            ref_path = vector_path(reference, "REFERENCE", feedback)
+            class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
+        else:
+            raise QgsProcessingException("REFERENCE: give a class raster or a point/polygon vector layer")
+        self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
+        kwargs = dict(
+            classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),
+            reference=ref_path, class_field=class_field,
+            output_csv=self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context),
+            output_json=self.parameterAsFileOutput(parameters, "OUTPUT_JSON", context) or None,
+        )
+        return api.evaluate, kwargs
+
+    def finish(self, result, parameters, context, feedback):
+        from ...backend.report import write_accuracy_report
+
+        acc = result.accuracy
+        feedback.pushInfo(acc.summary())
+        if result.n_unclassified:
+            feedback.pushWarning(f"{result.n_unclassified} reference pixels are nodata in INPUT and were not counted")
+        outputs = {"OA": acc.oa, "AA": acc.aa, "KAPPA": acc.kappa, "MIOU": acc.miou, "OUTPUT_CSV": result.csv_path}
+        if result.json_path:
+            outputs["OUTPUT_JSON"] = result.json_path
+        if self._report:
+            write_accuracy_report(self._report, acc)
+            outputs["OUTPUT_REPORT"] = self._report
+        return outputs

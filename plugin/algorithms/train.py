@@ -1,0 +1,162 @@
+"""rsvl:train — train an MMLGNet model from labelled pixels (class raster) or
+points/polygons (vector layer with a class field) on co-registered layers."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm, raster_path, vector_path
+
+DEFAULT_TEMPLATE = "the hyperspectral patch of {}"
+
+
+class TrainAlgorithm(RsvlAlgorithm):
+    def name(self):
+        return "train"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Train classifier (MMLGNet)"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Trains a text-aligned multi-sensor classifier (MMLGNet: one CNN per modality on a patch around each "
+            "pixel, fused and aligned with a frozen text encoder by a symmetric contrastive loss; a pixel's class "
+            "is the class prompt most similar to its embedding).<br><br>" + INPUTS_HELP +
+            "<b>TRAINING</b>: labels — a class raster (0 or nodata = unlabelled; its category names and colour "
+            "table name and colour the classes) or a point/polygon vector layer in any CRS.<br>"
+            "<b>CLASS_FIELD</b>: for vector labels, the field holding the class (text = class names; integer = "
+            "class codes, 0/NULL skipped).<br>"
+            "<b>PROMPT_TEMPLATE</b>: text prompt per class, {} is replaced by the class name.<br>"
+            "<b>TEXT_ENCODER</b>: 'minilm' (built-in all-MiniLM-L6-v2, offline) or a local model: a Hugging Face "
+            "encoder folder, an open_clip folder, or open_clip:ARCH:CHECKPOINT (e.g. the paper's ViT-B-32).<br>"
+            "<b>PATCH_SIZE</b>: odd patch side in pixels (paper: 11).<br>"
+            "<b>EPOCHS, BATCH_SIZE, LEARNING_RATE</b>: Adam optimisation (paper: 100, 128, 0.0001).<br>"
+            "<b>VALIDATION_FRACTION</b>: share of each class held out for early stopping and the validation "
+            "figures.<br><b>PATIENCE</b>: epochs without validation improvement before stopping; the best "
+            "weights are kept.<br>" + DEVICE_HELP +
+            "<b>SEED</b>: fixed seed, same model on the CPU for the same inputs.<br>"
+            "<b>OUTPUT_MODEL</b>: the model file (.safetensors weights + JSON header with classes, colours, "
+            "band names, normalisation, text encoder).<br>"
+            "<b>OUTPUT_REPORT</b>: HTML report with loss/accuracy curves, validation confusion matrix and class "
+            "table.<br>Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.add_modality_inputs()
+        self.addParameter(QgsProcessingParameterMapLayer(
+            "TRAINING", "Training labels (class raster, or points/polygons)",
+            types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
+        # A plain string: QGIS 3.22's field widget crashes when its parent map-layer parameter
+        # holds a raster, and this parameter accepts rasters too.
+        self.addParameter(QgsProcessingParameterString("CLASS_FIELD", "Class field (vector labels)", optional=True))
+        self.addParameter(QgsProcessingParameterString("PROMPT_TEMPLATE", "Class prompt template",
+                                                       defaultValue=DEFAULT_TEMPLATE))
+        self.addParameter(QgsProcessingParameterString("TEXT_ENCODER", "Text encoder (minilm or a local model path)",
+                                                       defaultValue="minilm"))
+        numbers = [
+            ("PATCH_SIZE", "Patch size (odd, pixels)", QgsProcessingParameterNumber.Integer, 11, 1, 99, False),
+            ("EPOCHS", "Maximum epochs", QgsProcessingParameterNumber.Integer, 100, 1, 100000, False),
+            ("BATCH_SIZE", "Batch size", QgsProcessingParameterNumber.Integer, 128, 2, 65536, True),
+            ("LEARNING_RATE", "Learning rate", QgsProcessingParameterNumber.Double, 1e-4, 1e-8, 10.0, True),
+            ("VALIDATION_FRACTION", "Validation fraction", QgsProcessingParameterNumber.Double, 0.2, 0.0, 0.9, True),
+            ("PATIENCE", "Early-stopping patience (epochs)", QgsProcessingParameterNumber.Integer, 15, 1, 100000, True),
+        ]
+        for key, title, kind, default, lo, hi, advanced in numbers:
+            p = QgsProcessingParameterNumber(key, title, type=kind, defaultValue=default, minValue=lo, maxValue=hi)
+            if advanced:
+                p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+        self.add_device()
+        seed = QgsProcessingParameterNumber("SEED", "Random seed", type=QgsProcessingParameterNumber.Integer,
+                                            defaultValue=0, minValue=0)
+        seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(seed)
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT_MODEL", "Model file", fileFilter="rsvl model (*.safetensors)"))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
+            createByDefault=True))
+        self.addOutput(QgsProcessingOutputNumber("VALIDATION_OA", "Validation overall accuracy"))
+        self.addOutput(QgsProcessingOutputNumber("VALIDATION_AA", "Validation average accuracy"))
+        self.addOutput(QgsProcessingOutputNumber("VALIDATION_KAPPA", "Validation kappa"))
+        self.addOutput(QgsProcessingOutputNumber("EPOCHS_RUN", "Epochs run"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        if not any(self.parameterAsLayerList(parameters, key, context) for key in MODALITY_PARAMS.values()):
+            return False, "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS"
+        training = self.parameterAsLayer(parameters, "TRAINING", context)
+        if isinstance(training, QgsVectorLayer):
+            field = self.parameterAsString(parameters, "CLASS_FIELD", context)
+            if not field:
+                return False, "CLASS_FIELD is required when TRAINING is a vector layer"
+            if training.fields().indexOf(field) < 0:
+                names = ", ".join(training.fields().names())
+                return False, f"CLASS_FIELD '{field}' is not a field of '{training.name()}' (fields: {names})"
+            if training.featureCount() == 0:
+                return False, f"TRAINING layer '{training.name()}' is empty: the training set has no feature"
+        patch = self.parameterAsInt(parameters, "PATCH_SIZE", context)
+        if patch % 2 == 0:
+            return False, f"PATCH_SIZE must be odd (got {patch})"
+        template = self.parameterAsString(parameters, "PROMPT_TEMPLATE", context)
+        if "{}" not in template:
+            return False, "PROMPT_TEMPLATE must contain {} where the class name goes"
+        return True, ""
+
+    def backend_request(self, parameters, context, feedback):
+        from ...backend import api
+
+        training = self.parameterAsLayer(parameters, "TRAINING", context)
+        if isinstance(training, QgsRasterLayer):
+            labels, class_field = raster_path(training, "TRAINING"), None
+        elif isinstance(training, QgsVectorLayer):
+            labels = vector_path(training, "TRAINING", feedback)
+            class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
+        else:
+            raise QgsProcessingException("TRAINING: give a class raster or a point/polygon vector layer")
+        self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
+        kwargs = dict(
+            layers=self.layer_specs(parameters, context), labels=labels, class_field=class_field,
+            output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context),
+            prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context),
+            text_encoder=self.parameterAsString(parameters, "TEXT_ENCODER", context) or "minilm",
+            patch_size=self.parameterAsInt(parameters, "PATCH_SIZE", context),
+            epochs=self.parameterAsInt(parameters, "EPOCHS", context),
+            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+            learning_rate=self.parameterAsDouble(parameters, "LEARNING_RATE", context),
+            validation_fraction=self.parameterAsDouble(parameters, "VALIDATION_FRACTION", context),
+            patience=self.parameterAsInt(parameters, "PATIENCE", context),
+            device=self.device(parameters, context),
+            seed=self.parameterAsInt(parameters, "SEED", context),
+        )
+        return api.train, kwargs
+
+    def finish(self, result, parameters, context, feedback):
+        from ...backend.report import write_training_report
+
+        outputs = {"OUTPUT_MODEL": result.model_path, "EPOCHS_RUN": result.epochs_run}
+        val = result.validation
+        nan = float("nan")
+        outputs.update(VALIDATION_OA=val.oa if val else nan, VALIDATION_AA=val.aa if val else nan,
+                       VALIDATION_KAPPA=val.kappa if val else nan)
+        if self._report:
+            write_training_report(self._report, result.header, val)
+            outputs["OUTPUT_REPORT"] = self._report
+        feedback.pushInfo(
+            f"classes: {', '.join(c.name for c in result.classes)}; {result.epochs_run} epochs (best "
+            f"{result.best_epoch}), {result.seconds:.1f} s on {result.device}"
+            + (f"; validation {val.summary()}" if val else ""))
+        return outputs

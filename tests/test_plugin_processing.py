@@ -1,0 +1,274 @@
+"""The rsvl Processing algorithms in a real QGIS (pytest-qgis): outputs, styling,
+cancel, parameter errors, the background QgsTask and the menu action."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+FAST = {"PATCH_SIZE": 5, "EPOCHS": 25, "LEARNING_RATE": 3e-3, "BATCH_SIZE": 64, "PATIENCE": 10, "DEVICE": 1}
+
+
+def run(alg, params, feedback=None):
+    import processing
+
+    return processing.run(alg, params, feedback=feedback or QgsProcessingFeedback())
+
+
+@pytest.fixture(scope="module")
+def plugin(qgis_app, qgis_processing, qgis_iface):
+    import rsvl
+
+    p = rsvl.classFactory(qgis_iface)
+    p.initGui()
+    yield p
+    p.unload()
+
+
+@pytest.fixture(scope="module")
+def scene(helpers, tmp_path_factory):
+    """Synthetic HSI + LiDAR scene; the HSI has a nodata hole; polygon labels in WGS 84."""
+    root = tmp_path_factory.mktemp("proc")
+    s = helpers.make_scene(root / "scene", modalities=("hsi", "lidar"))
+    with rasterio.open(s.paths["hsi"]) as ds:
+        data = ds.read()
+    data[:, 30:34, 5:12] = -1
+    s.paths["hsi_holes"] = helpers.write_raster(root / "hsi_holes.tif", data, s.transform, nodata=-1)
+    s.polygons = helpers.write_polygons(root / "labels.gpkg", s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def trained(plugin, scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    params = {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])],
+              "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST,
+              "OUTPUT_MODEL": str(out / "model.safetensors"), "OUTPUT_REPORT": str(out / "report.html")}
+    return run("rsvl:train", params), out
+
+
+def test_algorithms_are_registered_with_help(plugin):
+    registry = QgsApplication.processingRegistry()
+    for name in ("train", "classify", "query", "evaluate"):
+        alg = registry.algorithmById(f"rsvl:{name}")
+        assert alg is not None and alg.group() == "rsvl" and alg.name() == name
+        help_text = alg.shortHelpString()
+        for param in alg.parameterDefinitions():
+            assert param.name() in help_text or param.name().startswith("INPUT_"), (name, param.name())
+        assert not alg.flags() & alg.FlagNoThreading  # runs in Processing's background thread
+
+
+def test_train_outputs_model_report_and_numbers(trained):
+    result, out = trained
+    assert result["OUTPUT_MODEL"] == str(out / "model.safetensors") and os.path.exists(result["OUTPUT_MODEL"])
+    assert result["VALIDATION_OA"] > 0.8 and result["VALIDATION_KAPPA"] > 0.7
+    assert 1 <= result["EPOCHS_RUN"] <= 25
+    report = (out / "report.html").read_text()
+    assert report.count("<svg") >= 3 and "Loss per epoch" in report and "Confusion matrix" in report
+    assert "forest" in report and "the hyperspectral patch of {}" in report
+
+
+def test_classify_styled_on_input_grid_with_nodata(trained, scene, tmp_path):
+    result, out = trained
+    res = run("rsvl:classify", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi_holes"])],
+                                "INPUT_LIDAR": [str(scene.paths["lidar"])], "OUTPUT": str(tmp_path / "classes.tif"),
+                                "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif"), "DEVICE": 1})
+    assert res["OUTPUT"] == str(tmp_path / "classes.tif") and os.path.exists(res["OUTPUT_CONFIDENCE"])
+    with rasterio.open(res["OUTPUT"]) as ds, rasterio.open(scene.paths["hsi"]) as ref:
+        assert ds.crs == ref.crs and ds.transform == ref.transform
+        pred = ds.read(1)
+        cmap = ds.colormap(1)
+    assert (pred[30:34, 5:12] == 0).all() and (pred[:30] > 0).all()
+    # Classes were sorted by name (vector labels): buildings, forest, grassland, water.
+    from rsvl.backend.modelfile import read_header
+
+    classes = read_header(result["OUTPUT_MODEL"]).classes
+    assert [c.name for c in classes] == ["buildings", "forest", "grassland", "water"]
+    for c in classes:
+        assert cmap[c.code][:3] == tuple(c.colour)
+    # The .qml beside the file styles the layer when QGIS opens it.
+    assert (tmp_path / "classes.qml").exists()
+    layer = QgsRasterLayer(res["OUTPUT"], "classes", "gdal")
+    layer.loadDefaultStyle()
+    renderer = layer.renderer()
+    assert renderer.type() == "paletted"
+    assert [(k.value, k.label) for k in renderer.classes()] == [(c.code, c.name) for c in classes]
+    names = {c.code: c.name for c in classes}
+    truth = np.array(["", "water", "forest", "buildings", "grassland"])[scene.truth]
+    ok = pred > 0
+    assert (np.vectorize(names.get)(pred[ok]) == truth[ok]).mean() > 0.85
+
+
+def test_query_band_descriptions_are_the_prompts(trained, scene, tmp_path):
+    result, _ = trained
+    res = run("rsvl:query", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
+                             "INPUT_LIDAR": [str(scene.paths["lidar"])], "PROMPTS": "open water\nconifer forest\n\n",
+                             "OUTPUT_SIMILARITY": str(tmp_path / "sim.tif"), "OUTPUT": str(tmp_path / "best.tif"),
+                             "DEVICE": 1})
+    with rasterio.open(res["OUTPUT_SIMILARITY"]) as ds:
+        assert ds.descriptions == ("open water", "conifer forest")
+    layer = QgsRasterLayer(res["OUTPUT"], "best", "gdal")
+    layer.loadDefaultStyle()
+    assert [k.label for k in layer.renderer().classes()] == ["open water", "conifer forest"]
+
+
+def test_evaluate_outputs_figures_and_report(trained, scene, tmp_path, helpers):
+    result, _ = trained
+    run("rsvl:classify", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
+                          "INPUT_LIDAR": [str(scene.paths["lidar"])], "OUTPUT": str(tmp_path / "c.tif"), "DEVICE": 1})
+    res = run("rsvl:evaluate", {"INPUT": str(tmp_path / "c.tif"), "REFERENCE": str(scene.polygons),
+                                "CLASS_FIELD": "cover", "OUTPUT_CSV": str(tmp_path / "cm.csv"),
+                                "OUTPUT_JSON": str(tmp_path / "a.json"), "OUTPUT_REPORT": str(tmp_path / "a.html")})
+    assert res["OA"] > 0.85 and 0 < res["KAPPA"] <= 1 and 0 < res["MIOU"] <= 1 and res["AA"] > 0.8
+    assert (tmp_path / "cm.csv").read_text().startswith("reference \\ predicted,buildings,forest,grassland,water")
+    assert "<svg" in (tmp_path / "a.html").read_text()
+
+
+class CancelAfter(QgsProcessingFeedback):
+    def __init__(self, percent):
+        super().__init__()
+        self.percent = percent
+        self.progress_seen = []
+        self.progressChanged.connect(self._check)
+
+    def _check(self, value):
+        self.progress_seen.append(value)
+        if value >= self.percent:
+            self.cancel()
+
+
+def test_cancel_during_training_raises_and_leaves_no_output(plugin, scene, tmp_path):
+    feedback = CancelAfter(40)
+    params = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.labels), **FAST, "EPOCHS": 200,
+              "PATIENCE": 200, "OUTPUT_MODEL": str(tmp_path / "m.safetensors"),
+              "OUTPUT_REPORT": str(tmp_path / "r.html")}
+    with pytest.raises(QgsProcessingException, match="[Cc]ancel"):
+        run("rsvl:train", params, feedback)
+    assert max(feedback.progress_seen) < 60  # stopped within a batch of the request
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["no_input", "band_count", "class_field", "empty", "even_patch"])
+def test_bad_parameters_name_the_parameter(case, trained, scene, tmp_path, helpers):
+    result, _ = trained
+    train = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover",
+             **FAST, "OUTPUT_MODEL": str(tmp_path / "m.safetensors")}
+    if case == "no_input":
+        del train["INPUT_HSI"]
+        alg, params, pattern = "rsvl:train", train, "INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS"
+    elif case == "band_count":
+        other = helpers.make_scene(tmp_path / "other", size=24, hsi_bands=7, modalities=("hsi", "lidar"))
+        alg, pattern = "rsvl:classify", "hsi input has 7 bands but the model was trained on 24"
+        params = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(other.paths["hsi"])],
+                  "INPUT_LIDAR": [str(other.paths["lidar"])], "OUTPUT": str(tmp_path / "c.tif")}
+    elif case == "class_field":
+        train["CLASS_FIELD"] = "landuse"
+        alg, params, pattern = "rsvl:train", train, "CLASS_FIELD"
+    elif case == "empty":
+        empty = helpers.write_labels(tmp_path / "empty.tif", np.zeros_like(scene.truth), scene.transform)
+        train.update(TRAINING=str(empty), CLASS_FIELD=None)
+        alg, params, pattern = "rsvl:train", train, "no labelled pixel"
+    else:
+        train["PATCH_SIZE"] = 6
+        alg, params, pattern = "rsvl:train", train, "PATCH_SIZE must be odd"
+    with pytest.raises(QgsProcessingException, match=pattern):
+        run(alg, params)
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "c.tif").exists()
+
+
+def _watch(task):
+    """Record the task's end from its signals (QGIS deletes the C++ task afterwards)."""
+    state = {"end": None}
+    task.taskCompleted.connect(lambda: state.update(end="completed"))
+    task.taskTerminated.connect(lambda: state.update(end="terminated"))
+    return state
+
+
+def _wait(state, timeout=120):
+    start = time.time()
+    while state["end"] is None and time.time() - start < timeout:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    return state["end"]
+
+
+def test_background_task_classifies_and_loads_a_styled_layer(plugin, trained, scene, tmp_path, qgis_iface):
+    from rsvl.backend import api
+    from rsvl.backend.raster import LayerSpec
+    from rsvl.plugin.tasks import BackendJobTask
+
+    result, _ = trained
+    kwargs = dict(model_path=result["OUTPUT_MODEL"], output=str(tmp_path / "bg.tif"), tile_size=16, device="cpu",
+                  layers=[LayerSpec(str(scene.paths["hsi"]), "hsi"), LayerSpec(str(scene.paths["lidar"]), "lidar")])
+    task = BackendJobTask("rsvl classify", api.classify, kwargs, qgis_iface)
+    seen = []
+    task.progressChanged.connect(seen.append)
+    state = _watch(task)
+    plugin.tasks.start(task)
+    assert _wait(state) == "completed"
+    assert max(seen) > 50 and len(seen) > 3
+    assert task.layer is not None and task.layer.renderer().type() == "paletted"
+    assert QgsProject.instance().mapLayer(task.layer.id()) is not None
+    assert any("added to the project" in m for m in task.messages)
+    assert task not in plugin.tasks.tasks
+    QgsProject.instance().removeMapLayer(task.layer.id())
+
+
+def test_background_training_can_be_cancelled(plugin, scene, tmp_path, qgis_iface):
+    from rsvl.backend import api
+    from rsvl.backend.raster import LayerSpec
+    from rsvl.plugin.tasks import BackendJobTask
+
+    kwargs = dict(layers=[LayerSpec(str(scene.paths["hsi"]), "hsi")], labels=str(scene.labels),
+                  output_model=str(tmp_path / "m.safetensors"), patch_size=5, epochs=500, patience=500,
+                  device="cpu")
+    task = BackendJobTask("rsvl train", api.train, kwargs, qgis_iface)
+    seen = []
+    task.progressChanged.connect(seen.append)
+    state = _watch(task)
+    plugin.tasks.start(task)
+    start = time.time()
+    while (not seen or max(seen) < 25) and time.time() - start < 60:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    task.cancel()
+    assert _wait(state) == "terminated"
+    assert os.listdir(tmp_path) == [] and "cancelled" in task.messages[-1]
+
+
+def test_menu_action_trains_in_a_background_task(plugin, scene, tmp_path, qgis_iface, monkeypatch):
+    from qgis.gui import QgsBrowserGuiModel
+
+    browser = QgsBrowserGuiModel()
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    assert [a.text() for a in plugin.actions] == ["Train in background…"]
+    dialog = plugin.open_train_in_background()
+    assert dialog.algorithm().id() == "rsvl:train" and dialog.isVisible()
+    model = tmp_path / "bg.safetensors"
+    # Layers picked from the project, as a user does in the dialog.
+    from qgis.core import QgsVectorLayer
+
+    hsi = QgsRasterLayer(str(scene.paths["hsi"]), "hsi", "gdal")
+    labels = QgsVectorLayer(str(scene.polygons), "labels", "ogr")
+    QgsProject.instance().addMapLayers([hsi, labels])
+    dialog.setParameters({"INPUT_HSI": [hsi], "TRAINING": labels, "CLASS_FIELD": "cover", **FAST, "EPOCHS": 3,
+                          "OUTPUT_MODEL": str(model)})
+    dialog.runAlgorithm()
+    assert not dialog.isVisible()
+    task = plugin.tasks.tasks[-1]
+    state = _watch(task)
+    assert _wait(state) == "completed"
+    assert model.exists() and "model saved to" in task.messages[-1]
+    QgsProject.instance().removeMapLayers([hsi.id(), labels.id()])
