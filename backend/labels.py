@@ -184,20 +184,7 @@ def read_label_vector(
         raise LabelError(f"TRAINING vector {os.path.basename(path)!r} has no feature with a value in {class_field!r}")
 
     values = sorted({v for _, v in raw}, key=lambda v: (str(type(v)), v))
-    if classes is not None:
-        by_name = {c.name.lower(): c for c in classes}
-        by_code = {c.code: c for c in classes}
-        mapping = {}
-        for v in values:
-            c = by_code.get(v) if is_int else by_name.get(str(v).lower())
-            if c is None:
-                raise LabelError(
-                    f"class {v!r} of field {class_field!r} is not one of the classes: "
-                    f"{', '.join(c.name for c in classes)}"
-                )
-            mapping[v] = c.code
-        out_classes = [c for c in classes if c.code in set(mapping.values())]
-    elif is_int:
+    if is_int:
         if min(values) < 0:
             raise LabelError(f"CLASS_FIELD {class_field!r} has negative values: use 1, 2, … (0 = unlabelled)")
         mapping = {v: int(v) for v in values}
@@ -210,7 +197,33 @@ def read_label_vector(
     codes = rasterize(
         shapes, out_shape=(grid.height, grid.width), transform=grid.transform, fill=0, dtype="int32",
     )
-    return LabelMap(codes, out_classes)
+    labels = LabelMap(codes, out_classes)
+    return match_classes(labels, classes, by_name=not is_int) if classes is not None else labels
+
+
+def match_classes(labels: LabelMap, classes: Sequence[ClassInfo], by_name: bool = True) -> LabelMap:
+    """Express reference labels in the codes of ``classes`` (a classification's classes).
+
+    Named references (text class field, raster category names) are matched by name,
+    case-insensitively; unnamed ones ("class N") by code. Reference classes that match
+    none keep a code of their own, so they count as errors, and are logged."""
+    named = by_name and any(not c.name.startswith("class ") for c in labels.classes)
+    by_key = {(c.name.lower() if named else c.code): c for c in classes}
+    next_code = max([c.code for c in classes] + [c.code for c in labels.classes]) + 1
+    lut = np.zeros(max([0] + [c.code for c in labels.classes]) + 1, dtype=np.int32)
+    out_classes, unmatched = [], []
+    for c in labels.classes:
+        target = by_key.get(c.name.lower() if named else c.code)
+        if target is None:
+            target = ClassInfo(next_code, c.name, c.colour)
+            next_code += 1
+            unmatched.append(c.name)
+        lut[c.code] = target.code
+        out_classes.append(target)
+    if unmatched:
+        log.warning("reference classes not among the classification's classes (%s): %s — counted as errors",
+                    ", ".join(c.name for c in classes), ", ".join(unmatched))
+    return LabelMap(lut[labels.codes], out_classes)
 
 
 def read_labels(
@@ -229,10 +242,7 @@ def read_labels(
             is_raster = False
     if is_raster:
         labels = read_label_raster(path, grid)
-        if classes is not None:
-            known = {c.code: c for c in classes}
-            labels.classes = [known.get(c.code, c) for c in labels.classes]
-        return labels
+        return match_classes(labels, classes) if classes is not None else labels
     if not class_field:
         raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
     return read_label_vector(path, grid, class_field, classes=classes)

@@ -103,6 +103,12 @@ def test_vector_labels_in_another_crs(scene, tmp_path, helpers):
     truth_names = np.array(["", *helpers.class_names])[scene.truth]
     pred_names = np.vectorize(names.get)(pred)
     assert (pred_names == truth_names).mean() > 0.85
+    # Codes differ (names sorted: buildings=1 …; the truth raster has water=1 …): evaluation
+    # matches reference classes by name.
+    assert [c.code for c in res.classes if c.name == "water"] == [4]
+    truth = helpers.write_labels(tmp_path / "truth.tif", scene.truth, scene.transform)
+    ev = api.evaluate(str(out), str(truth))
+    assert ev.accuracy.oa == pytest.approx((pred_names == truth_names).mean())
 
 
 def test_unknown_class_field_and_empty_labels(scene, tmp_path, helpers):
