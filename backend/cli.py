@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="class raster (0/nodata = unlabelled) or vector file")
     p.add_argument("--class-field", help="class field of vector labels (string or integer)")
     p.add_argument("--output", "-o", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--report", help="write an HTML training report (curves, validation confusion matrix)")
     p.add_argument("--prompt-template", default=DEFAULT_TEMPLATE, help="class prompt; {} is the class name")
     p.add_argument("--text-encoder", default="minilm",
                    help="minilm (built-in), a local HF dir, open_clip:DIR or open_clip:ARCH:CHECKPOINT")
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-field", help="class field of vector reference labels")
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--csv", help="write the confusion matrix as CSV")
+    p.add_argument("--report", help="write an HTML report with the confusion matrix as a picture")
 
     p = sub.add_parser("split", help="seeded class-stratified split of a class raster (e.g. train/test)")
     p.add_argument("--labels", required=True, help="class raster to split")
@@ -148,6 +150,10 @@ def run(args) -> int:
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
             seed=args.seed, reference=args.reference, align=not args.no_align, progress=progress,
         )
+        if args.report:
+            from .report import write_training_report
+
+            write_training_report(args.report, res.header, res.validation)
         val = res.validation.summary() if res.validation else "no validation split"
         print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
               f"epochs: {res.epochs_run} (best {res.best_epoch}), {res.seconds:.1f} s, "
@@ -172,6 +178,10 @@ def run(args) -> int:
     elif args.command == "evaluate":
         res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
                            output_json=args.json, output_csv=args.csv)
+        if args.report:
+            from .report import write_accuracy_report
+
+            write_accuracy_report(args.report, res.accuracy)
         print(res.accuracy.summary())
         for name, acc, n in zip(res.accuracy.class_names, res.accuracy.per_class_accuracy, res.accuracy.support):
             print(f"  {name:<24} {acc:7.4f}  (n={n})")

@@ -121,14 +121,18 @@ def test_cli_bad_input_is_one_line(cli, tmp_path):
 def test_cli_train_classify_evaluate(cli, scene, tmp_path):
     model = tmp_path / "m.safetensors"
     out = cli("-q", "train", "--ms", scene.paths["ms"], "--lidar", scene.paths["lidar"], "--labels", scene.labels,
-              "--output", model, "--patch-size", "5", "--epochs", "15", "--learning-rate", "3e-3", "--device", "cpu")
+              "--output", model, "--report", tmp_path / "r.html",
+              "--patch-size", "5", "--epochs", "15", "--learning-rate", "3e-3", "--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert "classes: water, forest, buildings, grassland" in out.stdout
     out = cli("-q", "classify", "-m", model, "--ms", scene.paths["ms"], "--lidar", scene.paths["lidar"],
               "-o", tmp_path / "c.tif")
     assert out.returncode == 0, out.stderr
-    out = cli("-q", "evaluate", "-c", tmp_path / "c.tif", "-r", scene.labels, "--json", tmp_path / "a.json")
+    assert "Loss per epoch" in (tmp_path / "r.html").read_text()
+    out = cli("-q", "evaluate", "-c", tmp_path / "c.tif", "-r", scene.labels, "--json", tmp_path / "a.json",
+              "--report", tmp_path / "e.html")
     assert out.returncode == 0 and out.stdout.startswith("OA ")
+    assert "confusion matrix" in (tmp_path / "e.html").read_text()
     assert json.loads((tmp_path / "a.json").read_text())["oa"] > 0.8
     out = cli("info", model)
     assert json.loads(out.stdout)["modalities"]["ms"]["bands"] == 6
