@@ -272,3 +272,17 @@ def test_menu_action_trains_in_a_background_task(plugin, scene, tmp_path, qgis_i
     assert _wait(state) == "completed"
     assert model.exists() and "model saved to" in task.messages[-1]
     QgsProject.instance().removeMapLayers([hsi.id(), labels.id()])
+
+
+def test_training_from_a_memory_layer(plugin, scene, tmp_path):
+    """Layers that are not files (memory, filtered) are copied for the backend to read."""
+    from qgis.core import QgsFeatureRequest, QgsVectorLayer
+
+    source = QgsVectorLayer(str(scene.polygons), "labels", "ogr")
+    memory = source.materialize(QgsFeatureRequest())
+    assert memory.providerType() == "memory" and memory.featureCount() == source.featureCount()
+    QgsProject.instance().addMapLayer(memory)
+    res = run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": memory, "CLASS_FIELD": "cover",
+                             **FAST, "EPOCHS": 3, "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
+    assert os.path.exists(res["OUTPUT_MODEL"]) and res["EPOCHS_RUN"] == 3
+    QgsProject.instance().removeMapLayer(memory.id())

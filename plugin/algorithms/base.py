@@ -5,17 +5,17 @@ the one place where backend errors become ``QgsProcessingException``."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 from qgis.core import (
+    QgsCoordinateTransformContext,
     QgsMapLayer,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterMultipleLayers,
+    QgsProcessingUtils,
     QgsRasterLayer,
     QgsVectorFileWriter,
     QgsVectorLayer,
@@ -84,11 +84,10 @@ def vector_path(layer: QgsVectorLayer, parameter: str, feedback=None) -> str:
         raise QgsProcessingException(f"{parameter}: {layer.name() if layer else 'layer'} is not a valid vector layer")
     if layer.providerType() == "ogr" and not layer.subsetString():
         return layer.source()
-    out = os.path.join(tempfile.mkdtemp(prefix="rsvl-"), "labels.gpkg")
+    # Processing's temporary folder is removed when QGIS exits.
+    out = QgsProcessingUtils.generateTempFilename(f"rsvl_{parameter.lower()}.gpkg")
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = "GPKG"
-    from qgis.core import QgsCoordinateTransformContext
-
     err, msg, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(layer, out, QgsCoordinateTransformContext(), options)
     if err != QgsVectorFileWriter.NoError:
         raise QgsProcessingException(f"{parameter}: could not copy layer '{layer.name()}' for reading: {msg}")
