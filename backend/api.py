@@ -282,6 +282,7 @@ class EvaluateResult:
     json_path: Optional[str]
     csv_path: Optional[str]
     n_unclassified: int
+    colours: Dict[int, tuple] = field(default_factory=dict)
 
 
 def evaluate(
@@ -321,7 +322,8 @@ def evaluate(
     acc = accuracy_from_matrix(matrix, codes, [by_code[c].name for c in codes])
     write_accuracy(acc, output_json, output_csv)
     job.report(1.0, acc.summary())
-    return EvaluateResult(acc, output_json, output_csv, n_unclassified)
+    return EvaluateResult(acc, output_json, output_csv, n_unclassified,
+                          {code: tuple(c.colour) for code, c in by_code.items()})
 
 
 def describe_model(model_path: str) -> dict:

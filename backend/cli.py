@@ -181,7 +181,7 @@ def run(args) -> int:
         if args.report:
             from .report import write_accuracy_report
 
-            write_accuracy_report(args.report, res.accuracy)
+            write_accuracy_report(args.report, res.accuracy, colours=res.colours)
         print(res.accuracy.summary())
         for name, acc, n in zip(res.accuracy.class_names, res.accuracy.per_class_accuracy, res.accuracy.support):
             print(f"  {name:<24} {acc:7.4f}  (n={n})")

@@ -50,19 +50,21 @@ def set_category_names(path: str, classes: Sequence[ClassInfo]) -> None:
     """Category names for the class codes (GDAL keeps them in the .aux.xml sidecar)."""
     from osgeo import gdal
 
-    gdal.UseExceptions()
+    from .gdal_exceptions import gdal_exceptions
+
     names = [""] * (max(c.code for c in classes) + 1)
     names[0] = "nodata"
     for c in classes:
         names[c.code] = c.name
-    ds = gdal.Open(path, gdal.GA_Update)
-    band = ds.GetRasterBand(1)
-    band.GetMetadata()  # GDAL 3.6 GTiff loads PAM lazily; load it before changing it
-    band.SetCategoryNames(names)
-    band.SetDescription("class")
-    band = None
-    ds.FlushCache()
-    ds = None
+    with gdal_exceptions():
+        ds = gdal.Open(path, gdal.GA_Update)
+        band = ds.GetRasterBand(1)
+        band.GetMetadata()  # GDAL 3.6 GTiff loads PAM lazily; load it before changing it
+        band.SetCategoryNames(names)
+        band.SetDescription("class")
+        band = None
+        ds.FlushCache()
+        ds = None
 
 
 def embed_window(model, norm: Dict[str, np.ndarray], halo: int, method: str, device, batch_size: int = 4096):

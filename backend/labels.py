@@ -20,6 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from .errors import LabelError
+from .gdal_exceptions import gdal_exceptions
 from .palette import default_colour
 from .raster import Grid
 
@@ -55,29 +56,29 @@ class LabelMap:
 def _category_names(path: str) -> List[str]:
     from osgeo import gdal
 
-    gdal.UseExceptions()
-    ds = gdal.Open(path)
-    band = ds.GetRasterBand(1)
-    band.GetMetadata()  # GDAL 3.6 GTiff loads the .aux.xml (PAM) lazily: touch it first
-    names = band.GetCategoryNames() or []
-    band = None
-    ds = None
+    with gdal_exceptions():
+        ds = gdal.Open(path)
+        band = ds.GetRasterBand(1)
+        band.GetMetadata()  # GDAL 3.6 GTiff loads the .aux.xml (PAM) lazily: touch it first
+        names = band.GetCategoryNames() or []
+        band = None
+        ds = None
     return list(names)
 
 
 def read_label_raster(path: str, grid: Grid) -> LabelMap:
     """Read a class raster onto ``grid`` (nearest-neighbour when it must be warped)."""
     if not os.path.exists(path):
-        raise LabelError(f"TRAINING label raster {path!r} does not exist")
+        raise LabelError(f"label raster {path!r} does not exist")
     with rasterio.open(path) as ds:
         if ds.count < 1:
-            raise LabelError(f"TRAINING label raster {path!r} has no band")
+            raise LabelError(f"label raster {path!r} has no band")
         if ds.crs is None:
-            raise LabelError(f"TRAINING label raster {path!r} has no CRS")
+            raise LabelError(f"label raster {path!r} has no CRS")
         dtype = np.dtype(ds.dtypes[0])
         if dtype.kind == "f":
             raise LabelError(
-                f"TRAINING label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
+                f"label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
             )
         nodata = ds.nodata
         if grid.differences(Grid.of(ds)):
@@ -95,7 +96,7 @@ def read_label_raster(path: str, grid: Grid) -> LabelMap:
     if nodata is not None:
         codes[codes == int(nodata)] = 0
     if (codes < 0).any():
-        raise LabelError(f"TRAINING label raster {path!r} has negative class codes: use 1, 2, … (0 = unlabelled)")
+        raise LabelError(f"label raster {path!r} has negative class codes: use 1, 2, … (0 = unlabelled)")
     codes = codes.astype(np.int32)
     names = _category_names(path)
     present = sorted(int(v) for v in np.unique(codes) if v > 0)
@@ -111,9 +112,8 @@ def read_label_raster(path: str, grid: Grid) -> LabelMap:
 def _open_vector(path: str, layer_name: Optional[str]):
     from osgeo import ogr
 
-    ogr.UseExceptions()
     if not os.path.exists(path.split("|")[0]):
-        raise LabelError(f"TRAINING vector {path!r} does not exist")
+        raise LabelError(f"vector labels {path!r} does not exist")
     # QGIS style "file.gpkg|layername=LULC"
     if "|layername=" in path:
         path, layer_name = path.split("|layername=", 1)
@@ -121,12 +121,12 @@ def _open_vector(path: str, layer_name: Optional[str]):
     try:
         ds = ogr.Open(path)
     except RuntimeError as exc:
-        raise LabelError(f"TRAINING vector {path!r} cannot be read by OGR: {exc}") from exc
+        raise LabelError(f"vector labels {path!r} cannot be read by OGR: {exc}") from exc
     if ds is None:
-        raise LabelError(f"TRAINING vector {path!r} cannot be read by OGR")
+        raise LabelError(f"vector labels {path!r} cannot be read by OGR")
     layer = ds.GetLayerByName(layer_name) if layer_name else ds.GetLayer(0)
     if layer is None:
-        raise LabelError(f"TRAINING vector {path!r} has no layer {layer_name!r}")
+        raise LabelError(f"vector labels {path!r} has no layer {layer_name!r}")
     return ds, layer
 
 
@@ -134,6 +134,11 @@ def read_label_vector(
     path: str, grid: Grid, class_field: str, layer_name: Optional[str] = None,
     classes: Optional[Sequence[ClassInfo]] = None,
 ) -> LabelMap:
+    with gdal_exceptions():
+        return _read_label_vector(path, grid, class_field, layer_name, classes)
+
+
+def _read_label_vector(path, grid, class_field, layer_name, classes) -> LabelMap:
     """Rasterise points/polygons onto ``grid`` by the values of ``class_field``.
 
     String values become classes named after them with codes 1..C in sorted order;
@@ -181,7 +186,7 @@ def read_label_vector(
     if skipped:
         log.info("%s: %d features without geometry or class value were skipped", os.path.basename(path), skipped)
     if not raw:
-        raise LabelError(f"TRAINING vector {os.path.basename(path)!r} has no feature with a value in {class_field!r}")
+        raise LabelError(f"vector labels {os.path.basename(path)!r} has no feature with a value in {class_field!r}")
 
     values = sorted({v for _, v in raw}, key=lambda v: (str(type(v)), v))
     if is_int:

@@ -110,25 +110,32 @@ class _Source:
     """An opened layer, possibly warped onto the reference grid."""
 
     def __init__(self, layer: LayerSpec, dataset, reader, warped: bool):
+        from rasterio.enums import ColorInterp
+
         self.layer = layer
         self.dataset = dataset
         self.reader = reader
         self.warped = warped
-        self.count = dataset.count
-        self.band_names = _band_names(dataset, layer)
+        # An alpha band is a mask, not data (GDAL itself uses it as the mask only for 2- and
+        # 4-band images, so rsvl applies it for any band count).
+        self.indexes = [i for i, ci in enumerate(dataset.colorinterp, start=1) if ci != ColorInterp.alpha]
+        alphas = [i for i, ci in enumerate(dataset.colorinterp, start=1) if ci == ColorInterp.alpha]
+        self.alpha = alphas[0] if alphas else None
+        self.count = len(self.indexes)
+        names = _band_names(dataset, layer)
+        self.band_names = [names[i - 1] for i in self.indexes]
         self.nodata = layer.nodata if layer.nodata is not None else dataset.nodata
 
     def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
         """float32 data (bands, h, w) and a per-band validity mask for an in-bounds window."""
-        data = self.reader.read(indexes=list(range(1, self.count + 1)), window=window, out_dtype="float32")
+        data = self.reader.read(indexes=self.indexes, window=window, out_dtype="float32")
         valid = np.isfinite(data)
         if self.nodata is not None and not (isinstance(self.nodata, float) and math.isnan(self.nodata)):
             valid &= data != np.float32(self.nodata)
-        if self.warped:
-            # Outside the source's coverage the warped VRT's mask (alpha or nodata) is 0.
-            mask = self.reader.dataset_mask(window=window) if hasattr(self.reader, "dataset_mask") else None
-            if mask is not None:
-                valid &= (mask > 0)[None, :, :]
+        # GDAL's masks: nodata, internal/sidecar masks, alpha, and outside a warped source.
+        valid &= self.reader.read_masks(indexes=self.indexes, window=window) > 0
+        if self.alpha is not None:
+            valid &= (self.reader.read(self.alpha, window=window) > 0)[None]
         return data, valid
 
     def close(self):

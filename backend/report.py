@@ -23,17 +23,37 @@ def _e(text) -> str:
     return html.escape(str(text))
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5) -> List[float]:
+    """Round tick values (1, 2, 2.5, 5 × 10^k steps) covering [lo, hi]."""
+    span = max(hi - lo, 1e-12)
+    raw = span / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    ticks, v = [], first
+    while v <= hi + step * 1e-9:
+        ticks.append(round(v, 12))
+        v += step
+    if ticks[-1] < hi:
+        ticks.append(round(v, 12))
+    return ticks
+
+
 def line_chart(series: Sequence[Tuple[str, str, Sequence[Optional[float]]]], title: str, y_label: str,
-               width: int = 520, height: int = 260) -> str:
-    """An SVG line chart: series = [(name, colour, values per epoch)]."""
+               width: int = 520, height: int = 280, y_range: Optional[Tuple[float, float]] = None) -> str:
+    """An SVG line chart: series = [(name, colour, values per epoch)]; legend under the axis."""
     values = [v for _, _, vs in series for v in vs if v is not None and math.isfinite(v)]
     n = max((len(vs) for _, _, vs in series), default=0)
     if not values or n == 0:
         return f"<p>{_e(title)}: no data</p>"
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    left, right, top, bottom = 55, 15, 28, 38
+    if y_range is not None:
+        ticks = nice_ticks(*y_range)
+    else:
+        lo, hi = min(values), max(values)
+        pad = 0.05 * (hi - lo) if hi > lo else 0.5
+        ticks = nice_ticks(lo - pad, hi + pad)
+    lo, hi = ticks[0], ticks[-1]
+    left, right, top, bottom = 55, 15, 28, 62
     pw, ph = width - left - right, height - top - bottom
 
     def x(i):
@@ -44,23 +64,23 @@ def line_chart(series: Sequence[Tuple[str, str, Sequence[Optional[float]]]], tit
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="{_e(title)}">', f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">'
-             f'{_e(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
-    for k in range(5):
-        v = lo + (hi - lo) * k / 4
-        parts.append(f'<text x="{left - 5}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="10">{v:.3g}</text>')
+             f'{_e(title)}</text>']
+    for v in ticks:
+        parts.append(f'<text x="{left - 5}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="10">{v:g}</text>')
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>')
+    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     for k in sorted({0, (n - 1) // 2, n - 1}):
         parts.append(f'<text x="{x(k):.1f}" y="{top + ph + 14}" text-anchor="middle" font-size="10">{k + 1}</text>')
-    parts.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" font-size="11">epoch</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{top + ph + 30}" text-anchor="middle" font-size="11">epoch</text>')
     parts.append(f'<text x="12" y="{top + ph / 2}" text-anchor="middle" font-size="11" '
                  f'transform="rotate(-90 12 {top + ph / 2})">{_e(y_label)}</text>')
     for li, (name, colour, vs) in enumerate(series):
         pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(vs) if v is not None and math.isfinite(v))
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{pts}"><title>{_e(name)}'
                      f'</title></polyline>')
-        parts.append(f'<rect x="{left + 10 + 120 * li}" y="{top + 6}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{left + 24 + 120 * li}" y="{top + 15}" font-size="11">{_e(name)}</text>')
+        lx = left + 170 * li
+        parts.append(f'<rect x="{lx}" y="{height - 16}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{lx + 14}" y="{height - 7}" font-size="11">{_e(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -71,9 +91,10 @@ def matrix_svg(acc: Accuracy, cell: int = 44) -> str:
     names = acc.class_names
     n = len(names)
     label_w = max(60, 7 * max((len(s) for s in names), default=5))
-    top = label_w + 20
+    top = int(label_w * math.sin(math.radians(60))) + 20  # column labels are rotated by 60°
     left = label_w + 20
-    size_w, size_h = left + n * cell + 10, top + n * cell + 30
+    size_w = left + n * cell + int(label_w * math.cos(math.radians(60))) + 10
+    size_h = top + n * cell + 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size_w}" height="{size_h}" role="img" '
              'aria-label="confusion matrix">']
     for j, name in enumerate(names):
@@ -94,7 +115,7 @@ def matrix_svg(acc: Accuracy, cell: int = 44) -> str:
                          f'fill="{colour}" stroke="#fff"><title>{_e(name)} → {_e(names[j])}: {int(row[j])}</title>'
                          '</rect>')
             parts.append(f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell / 2 + 4}" '
-                         f'text-anchor="middle" font-size="10" fill="{"#fff" if share > 0.6 else "#000"}">'
+                         f'text-anchor="middle" font-size="10" fill="{"#fff" if a < 120 else "#000"}">'
                          f'{int(row[j])}</text>')
     parts.append(f'<text x="{left + n * cell / 2}" y="{size_h - 8}" text-anchor="middle" font-size="11">'
                  'rows: reference, columns: predicted</text></svg>')
@@ -109,14 +130,16 @@ def accuracy_section(acc: Accuracy, colours: Optional[dict] = None) -> str:
         if colours and code in colours:
             r, g, b = colours[code]
             sw = f'<span class="sw" style="background:rgb({r},{g},{b})"></span> '
-        rows.append(f'<tr><td>{code}</td><td class="l">{sw}{_e(name)}</td><td>{s}</td><td>{a:.4f}</td>'
-                    f'<td>{u:.4f}</td></tr>')
+        a_txt = "—" if not math.isfinite(a) else f"{a:.4f}"
+        u_txt = "—" if not math.isfinite(u) or s == 0 else f"{u:.4f}"
+        rows.append(f'<tr><td>{code}</td><td class="l">{sw}{_e(name)}</td><td>{s}</td><td>{a_txt}</td>'
+                    f'<td>{u_txt}</td></tr>')
     return (
         '<table class="figs"><tr><th>OA</th><th>AA</th><th>κ</th><th>mIoU</th><th>pixels</th></tr>'
         f"<tr><td>{acc.oa:.4f}</td><td>{acc.aa:.4f}</td><td>{acc.kappa:.4f}</td><td>{acc.miou:.4f}</td>"
         f"<td>{int(acc.matrix.sum())}</td></tr></table>"
-        "<h2>Confusion matrix</h2>" + matrix_svg(acc) +
-        '<h2>Classes</h2><table><tr><th>code</th><th class="l">class</th><th>reference pixels</th>'
+        "<h3>Confusion matrix</h3>" + matrix_svg(acc) +
+        '<h3>Per class</h3><table><tr><th>code</th><th class="l">class</th><th>reference pixels</th>'
         "<th>accuracy</th><th>IoU</th></tr>" + "".join(rows) + "</table>"
     )
 
@@ -130,12 +153,13 @@ def write_training_report(path: str, header: dict, validation: Optional[Accuracy
     """Training report from a model header (``ModelHeader.to_json()``)."""
     t = header["training"]
     hist: List[dict] = t.get("history", [])
-    loss = line_chart([("train loss", "#1f77b4", [h.get("train_loss") for h in hist]),
-                       ("validation loss", "#d62728", [h.get("val_loss") for h in hist])],
-                      "Loss per epoch", "loss")
-    acc = line_chart([("train OA", "#1f77b4", [h.get("train_oa") for h in hist]),
+    loss = line_chart([("image-text contrastive loss", "#1f77b4", [h.get("train_loss") for h in hist])],
+                      "Training loss per epoch (symmetric contrastive, batch)", "loss")
+    val_loss = line_chart([("cross-entropy over class prompts", "#d62728", [h.get("val_loss") for h in hist])],
+                          "Validation loss per epoch", "loss")
+    acc = line_chart([("training OA", "#1f77b4", [h.get("train_oa") for h in hist]),
                       ("validation OA", "#d62728", [h.get("val_oa") for h in hist])],
-                     "Overall accuracy per epoch", "OA")
+                     "Overall accuracy per epoch", "OA", y_range=(0.0, 1.0))
     mods = ", ".join(f"{m} ({v['bands']} bands)" for m, v in header["modalities"].items())
     summary = (
         "<table>"
@@ -158,8 +182,8 @@ def write_training_report(path: str, header: dict, validation: Optional[Accuracy
     class_rows = "".join(
         f'<tr><td>{c["code"]}</td><td class="l"><span class="sw" style="background:rgb{tuple(c["colour"])}">'
         f'</span> {_e(c["name"])}</td><td>{counts.get(c["name"], "")}</td></tr>' for c in header["classes"])
-    body = (f"<h2>Summary</h2>{summary}<h2>Curves</h2>{loss} {acc}"
-            '<h2>Classes</h2><table><tr><th>code</th><th class="l">class</th><th>training samples</th></tr>'
+    body = (f"<h2>Summary</h2>{summary}<h2>Curves</h2>{loss} {val_loss} {acc}"
+            '<h2>Classes</h2><table><tr><th>code</th><th class="l">class</th><th>samples</th></tr>'
             f"{class_rows}</table>")
     if validation is not None:
         body += "<h2>Validation</h2>" + accuracy_section(validation, colours)

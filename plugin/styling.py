@@ -65,6 +65,8 @@ class ClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
             if self.name:
                 layer.setName(self.name)
             layer.triggerRepaint()
+        if self in ClassStylePostProcessor._alive:  # QGIS calls this once per layer
+            ClassStylePostProcessor._alive.remove(self)
 
     @classmethod
     def create(cls, classes, name=None) -> ClassStylePostProcessor:

@@ -23,10 +23,11 @@ class BackendJobTask(QgsTask):
     """Run ``function(**kwargs, progress=…, is_cancelled=…)`` in the background."""
 
     def __init__(self, description: str, function: Callable, kwargs: dict, iface=None,
-                 on_finished: Optional[Callable] = None):
+                 on_finished: Optional[Callable] = None, after: Optional[Callable] = None):
         super().__init__(description, QgsTask.CanCancel)
         self.function = function
         self.kwargs = kwargs
+        self.after = after  # run in the worker thread with the result (e.g. write a report)
         self.iface = iface
         self.on_finished = on_finished
         self.result = None
@@ -42,6 +43,8 @@ class BackendJobTask(QgsTask):
 
         try:
             self.result = self.function(progress=progress, is_cancelled=self.isCanceled, **self.kwargs)
+            if self.after is not None:
+                self.after(self.result)
             return True
         except CancelledError as exc:
             self.error = str(exc)
@@ -133,7 +136,16 @@ def train_in_background_dialog(iface, registry: TaskRegistry):
             except Exception as exc:  # QgsProcessingException from layer checks
                 QMessageBox.warning(self, "rsvl", str(exc))
                 return
-            task = BackendJobTask(f"rsvl train → {os.path.basename(kwargs['output_model'])}", function, kwargs, iface)
+            report = self.algorithm()._report
+
+            def write_report(result):
+                if report:
+                    from ..backend.report import write_training_report
+
+                    write_training_report(report, result.header, result.validation)
+
+            task = BackendJobTask(f"rsvl train → {os.path.basename(kwargs['output_model'])}", function, kwargs, iface,
+                                  after=write_report)
             registry.start(task)
             iface.messageBar().pushMessage("rsvl", "training started in the background (see the task bar)",
                                            level=Qgis.Info, duration=5)

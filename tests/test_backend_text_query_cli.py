@@ -128,7 +128,7 @@ def test_cli_train_classify_evaluate(cli, scene, tmp_path):
     out = cli("-q", "classify", "-m", model, "--ms", scene.paths["ms"], "--lidar", scene.paths["lidar"],
               "-o", tmp_path / "c.tif")
     assert out.returncode == 0, out.stderr
-    assert "Loss per epoch" in (tmp_path / "r.html").read_text()
+    assert "Training loss per epoch" in (tmp_path / "r.html").read_text()
     out = cli("-q", "evaluate", "-c", tmp_path / "c.tif", "-r", scene.labels, "--json", tmp_path / "a.json",
               "--report", tmp_path / "e.html")
     assert out.returncode == 0 and out.stdout.startswith("OA ")

@@ -226,3 +226,34 @@ def test_envi_input_is_read(scene, tmp_path):
         assert stack.band_counts() == {"hsi": 24, "lidar": 1}
         data, valid = stack.read(rasterio.windows.Window(0, 0, 8, 8), halo=2)
         assert data["hsi"].shape == (24, 12, 12) and not valid["hsi"][:, 0, 0].any() and valid["hsi"][:, 2, 2].all()
+
+
+def test_alpha_band_and_gdal_masks_mark_nodata(scene, tmp_path, helpers):
+    """An RGBA-style alpha band is a mask, not data: it is not counted as a band and
+    pixels it hides are nodata in the output."""
+    from osgeo import gdal, ogr
+    from rasterio.enums import ColorInterp
+
+    from rsvl.backend.raster import RasterStack
+
+    with rasterio.open(scene.paths["ms"]) as ds:
+        data = ds.read()
+    alpha = np.full((1, *data.shape[1:]), 255, dtype=np.float32)
+    alpha[0, :6, :6] = 0
+    path = helpers.write_raster(tmp_path / "ms_alpha.tif", np.concatenate([data, alpha]), scene.transform)
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.undefined] * 6 + [ColorInterp.alpha]
+    before = (gdal.GetUseExceptions(), ogr.GetUseExceptions())
+    with RasterStack([LayerSpec(str(path), "ms")]) as stack:
+        assert stack.band_counts() == {"ms": 6}
+        _data, valid = stack.read(rasterio.windows.Window(0, 0, 10, 10))
+    assert not valid["ms"][:, :6, :6].any() and valid["ms"][:, 6:, 6:].all()
+    res = api.train([LayerSpec(str(path), "ms")], str(scene.labels), str(tmp_path / "m.safetensors"),
+                    **{**helpers.fast, "epochs": 2})
+    assert res.header["modalities"]["ms"]["bands"] == 6
+    api.classify(str(tmp_path / "m.safetensors"), [LayerSpec(str(path), "ms")], str(tmp_path / "c.tif"), device="cpu")
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        pred = ds.read(1)
+    assert (pred[:6, :6] == 0).all() and (pred[6:, 6:] > 0).all()
+    # GDAL's process-wide exception switches are left as they were (QGIS plugins rely on them).
+    assert (gdal.GetUseExceptions(), ogr.GetUseExceptions()) == before

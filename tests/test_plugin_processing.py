@@ -76,7 +76,7 @@ def test_train_outputs_model_report_and_numbers(trained):
     assert result["VALIDATION_OA"] > 0.8 and result["VALIDATION_KAPPA"] > 0.7
     assert 1 <= result["EPOCHS_RUN"] <= 25
     report = (out / "report.html").read_text()
-    assert report.count("<svg") >= 3 and "Loss per epoch" in report and "Confusion matrix" in report
+    assert report.count("<svg") >= 3 and "Training loss per epoch" in report and "Confusion matrix" in report
     assert "forest" in report and "the hyperspectral patch of {}" in report
 
 
@@ -264,13 +264,14 @@ def test_menu_action_trains_in_a_background_task(plugin, scene, tmp_path, qgis_i
     labels = QgsVectorLayer(str(scene.polygons), "labels", "ogr")
     QgsProject.instance().addMapLayers([hsi, labels])
     dialog.setParameters({"INPUT_HSI": [hsi], "TRAINING": labels, "CLASS_FIELD": "cover", **FAST, "EPOCHS": 3,
-                          "OUTPUT_MODEL": str(model)})
+                          "OUTPUT_MODEL": str(model), "OUTPUT_REPORT": str(tmp_path / "bg.html")})
     dialog.runAlgorithm()
     assert not dialog.isVisible()
     task = plugin.tasks.tasks[-1]
     state = _watch(task)
     assert _wait(state) == "completed"
     assert model.exists() and "model saved to" in task.messages[-1]
+    assert "Training loss per epoch" in (tmp_path / "bg.html").read_text()
     QgsProject.instance().removeMapLayers([hsi.id(), labels.id()])
 
 
@@ -286,3 +287,33 @@ def test_training_from_a_memory_layer(plugin, scene, tmp_path):
                              **FAST, "EPOCHS": 3, "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
     assert os.path.exists(res["OUTPUT_MODEL"]) and res["EPOCHS_RUN"] == 3
     QgsProject.instance().removeMapLayer(memory.id())
+
+
+def test_vector_layers_ogr_would_misread_are_copied(plugin, scene, tmp_path):
+    """A filter, or a CRS assigned in QGIS to a file without one, is honoured by handing
+    the backend a copy."""
+    from osgeo import ogr
+    from qgis.core import QgsCoordinateReferenceSystem, QgsVectorLayer
+
+    from rsvl.plugin.algorithms.base import vector_path
+
+    layer = QgsVectorLayer(str(scene.polygons), "labels", "ogr")
+    assert vector_path(layer, "TRAINING") == layer.source()
+    filtered = QgsVectorLayer(str(scene.polygons), "labels", "ogr")
+    filtered.setSubsetString("cover = 'water'")
+    copied = vector_path(filtered, "TRAINING")
+    assert copied.endswith(".gpkg") and ogr.Open(copied).GetLayer(0).GetFeatureCount() == 3
+    shp = tmp_path / "no_crs.shp"
+    ds = ogr.GetDriverByName("ESRI Shapefile").CreateDataSource(str(shp))
+    lyr = ds.CreateLayer("no_crs", None, ogr.wkbPoint)
+    lyr.CreateField(ogr.FieldDefn("cover", ogr.OFTString))
+    f = ogr.Feature(lyr.GetLayerDefn())
+    f.SetField("cover", "water")
+    f.SetGeometry(ogr.CreateGeometryFromWkt("POINT (15 45.9)"))
+    lyr.CreateFeature(f)
+    ds = None
+    no_crs = QgsVectorLayer(str(shp), "no_crs", "ogr")
+    no_crs.setCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
+    copied = vector_path(no_crs, "TRAINING")
+    assert copied != no_crs.source()
+    assert "4326" in ogr.Open(copied).GetLayer(0).GetSpatialRef().ExportToWkt()

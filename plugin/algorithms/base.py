@@ -5,6 +5,7 @@ the one place where backend errors become ``QgsProcessingException``."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Dict, List, Optional, Tuple
 
 from qgis.core import (
@@ -49,14 +50,16 @@ DEVICE_HELP = "<b>DEVICE</b>: auto (CUDA GPU when available, else CPU), cpu or c
 
 
 class BackendLogHandler(logging.Handler):
-    """Routes the backend's ``rsvl`` log records to the Processing feedback."""
+    """Routes the backend's ``rsvl`` log records to the Processing feedback — only those
+    of the thread running this algorithm, so parallel runs keep their own logs."""
 
     def __init__(self, feedback):
         super().__init__(logging.INFO)
         self.feedback = feedback
+        self.thread = threading.get_ident()
 
     def emit(self, record):
-        if self.feedback is None:
+        if self.feedback is None or record.thread != self.thread:
             return
         message = self.format(record)
         if record.levelno >= logging.WARNING:
@@ -78,12 +81,18 @@ def raster_path(layer: QgsMapLayer, parameter: str) -> str:
 
 
 def vector_path(layer: QgsVectorLayer, parameter: str, feedback=None) -> str:
-    """A path OGR can read for a vector layer; non-file layers (memory, databases with
-    filters…) are written to a temporary GeoPackage first. Main thread only."""
+    """A path OGR can read for a vector layer. Anything OGR would read differently from
+    QGIS — memory or database layers, filters, sub-layers by id, a CRS assigned in QGIS
+    that the file does not carry — is written to a temporary GeoPackage first."""
     if not isinstance(layer, QgsVectorLayer) or not layer.isValid():
         raise QgsProcessingException(f"{parameter}: {layer.name() if layer else 'layer'} is not a valid vector layer")
-    if layer.providerType() == "ogr" and not layer.subsetString():
-        return layer.source()
+    source = layer.source()
+    extra = source.split("|")[1:]
+    plain = (layer.providerType() == "ogr" and not layer.subsetString()
+             and all(part.startswith("layername=") for part in extra) and len(extra) <= 1
+             and layer.crs() == layer.dataProvider().crs())
+    if plain:
+        return source
     # Processing's temporary folder is removed when QGIS exits.
     out = QgsProcessingUtils.generateTempFilename(f"rsvl_{parameter.lower()}.gpkg")
     options = QgsVectorFileWriter.SaveVectorOptions()
@@ -171,9 +180,9 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
 
     handler = BackendLogHandler(feedback)
     logger = logging.getLogger("rsvl")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)  # the backend's info messages belong in the Processing log
     logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
     try:
         return function(progress=progress or default_progress, is_cancelled=is_cancelled or feedback.isCanceled,
                         **kwargs)
@@ -183,4 +192,3 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
         raise QgsProcessingException(str(exc)) from exc
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(old_level)

@@ -104,6 +104,6 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         if result.json_path:
             outputs["OUTPUT_JSON"] = result.json_path
         if self._report:
-            write_accuracy_report(self._report, acc)
+            write_accuracy_report(self._report, acc, colours=result.colours)
             outputs["OUTPUT_REPORT"] = self._report
         return outputs
