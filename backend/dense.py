@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .mmlgnet import MMLGNet
 
-COMPUTE_TILE = 96  # output pixels per side of one dense sub-tile (fastest on a 2-core AVX-512 CPU)
+COMPUTE_TILE = 64  # output pixels per side of one dense sub-tile (64 beat 32, 96, 128, 256 on a 2-core AVX-512 CPU)
 
 
 def _stride1_maxpool(x: torch.Tensor, d: int) -> torch.Tensor:
