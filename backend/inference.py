@@ -6,8 +6,15 @@ Two ways to compute a pixel's embedding, with the same result:
   convolutions of neighbouring pixels;
 - ``patch``: the reference definition used in training, one P×P patch per pixel.
 
+Streaming: windows are processed in a pipeline of three threads. A reader thread reads
+and normalises the next window (plus halo) while torch computes the current one on all
+its CPU threads, and a writer thread compresses and writes the previous window's
+outputs. At most one window waits at each stage and GDAL's block cache is capped
+(:data:`GDAL_CACHE_MB`), so peak memory does not depend on the scene size.
+
 Outputs are tiled, compressed GeoTIFFs on the reference grid, written window by window
-into temporary files that replace the destinations only when the whole scene is done.
+into temporary files that replace the destinations only when the whole scene is done;
+a cancelled or failed run leaves no file behind.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -26,11 +35,12 @@ from .atomic import atomic_path
 from .errors import InputError
 from .jobs import Job
 from .labels import ClassInfo
-from .raster import Grid, RasterStack, tile_windows
+from .raster import Grid, RasterStack, gdal_cache_limit, tile_windows
 from .samples import read_window_normalised
 
 log = logging.getLogger("rsvl")
 METHODS = ("dense", "patch")
+GDAL_CACHE_MB = 128  # GDAL block cache cap (MiB) while a scene is classified
 
 
 def gtiff_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
@@ -99,6 +109,40 @@ class InferenceOutputs:
     seconds: float = 0.0
 
 
+@dataclass
+class _WindowScores:
+    """One window's results, handed from the compute thread to the writer thread."""
+
+    window: object
+    ok: np.ndarray  # (h, w) valid input pixels
+    arg: Optional[np.ndarray] = None  # (h, w) index of the most similar text
+    best: Optional[np.ndarray] = None  # (h, w) its cosine similarity
+    conf: Optional[np.ndarray] = None  # (h, w) softmax probability of that text
+    sim: Optional[np.ndarray] = None  # (K, h, w) cosine similarities
+
+
+def _write_window(dst: dict, s: _WindowScores, codes: np.ndarray, threshold: Optional[float], k: int) -> None:
+    """Write one window of every requested output; nodata where the input is invalid."""
+    h, w = s.ok.shape
+    scored = s.arg is not None
+    if "class" in dst:
+        out = np.zeros((h, w), dtype=dst["class"].dtypes[0])
+        if scored:
+            keep = s.ok if threshold is None else (s.ok & (s.best >= threshold))
+            out[keep] = codes[s.arg[keep]]
+        dst["class"].write(out, 1, window=s.window)
+    if "conf" in dst:
+        out = np.full((h, w), np.nan, dtype=np.float32)
+        if scored:
+            out[s.ok] = s.conf[s.ok]
+        dst["conf"].write(out, 1, window=s.window)
+    if "sim" in dst:
+        out = np.full((k, h, w), np.nan, dtype=np.float32)
+        if scored:
+            out[:, s.ok] = s.sim[:, s.ok]
+        dst["sim"].write(out, window=s.window)
+
+
 def run_inference(
     model, stack: RasterStack, stats, text, *, classes: Sequence[ClassInfo], class_path: Optional[str],
     confidence_path: Optional[str] = None, similarity_path: Optional[str] = None,
@@ -110,9 +154,9 @@ def run_inference(
     class raster: code of the most similar text (0 = nodata: invalid input, or best
     cosine similarity below ``threshold``); confidence: softmax probability of that class
     with the model's temperature; similarity: K float32 bands of cosine similarity."""
-    import time
-
     import torch
+
+    from .dense import DenseEmbedder
 
     if method not in METHODS:
         raise InputError(f"METHOD must be one of {', '.join(METHODS)} (got {method!r})")
@@ -121,11 +165,14 @@ def run_inference(
     job = job or Job()
     halo = model.config.patch_size // 2
     text = text.to(device)
+    k = text.shape[0]
     codes = np.asarray([c.code for c in classes], dtype=np.int64)
     scale = float(model.scale().detach())
+    embedder = DenseEmbedder(model, device) if method == "dense" else None
     windows = list(tile_windows(stack.width, stack.height, tile))
     start = time.perf_counter()
     with contextlib.ExitStack() as ctx:
+        ctx.enter_context(gdal_cache_limit(GDAL_CACHE_MB))
         dst = {}
         if class_path:
             tmp = ctx.enter_context(atomic_path(class_path))
@@ -139,44 +186,45 @@ def run_inference(
             dst["conf"].set_band_description(1, "confidence (softmax probability of the class)")
         if similarity_path:
             tmp = ctx.enter_context(atomic_path(similarity_path))
-            k = text.shape[0]
             dst["sim"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, k, "float32", math.nan)))
             for i, name in enumerate(similarity_names or [c.name for c in classes], start=1):
                 dst["sim"].set_band_description(i, name)
+        # Entered after the outputs, so they finish (and stop touching the datasets)
+        # before the datasets are closed or the temporary files removed.
+        reader = ctx.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rsvl-read"))
+        writer = ctx.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rsvl-write"))
+        next_read: Optional[Future] = reader.submit(read_window_normalised, stack, windows[0], halo, stats)
+        pending_write: Optional[Future] = None
         for i, window in enumerate(windows):
             job.step(i / len(windows), f"window {i + 1}/{len(windows)}")
-            norm, ok = read_window_normalised(stack, window, halo, stats)
-            h, w = ok.shape
-            if not ok.any():
-                emb = None
-            else:
-                emb = embed_window(model, norm, halo, method, device, batch_size)  # (D, h, w)
-            if emb is not None:
+            norm, ok = next_read.result()
+            next_read = (reader.submit(read_window_normalised, stack, windows[i + 1], halo, stats)
+                         if i + 1 < len(windows) else None)
+            scores = _WindowScores(window, ok)
+            if ok.any():
                 with torch.no_grad():
-                    sim = torch.einsum("dhw,kd->khw", emb, text)
+                    if embedder is not None:
+                        sim = embedder.similarity(norm, text)  # (K, h, w)
+                    else:
+                        emb = embed_window(model, norm, halo, method, device, batch_size)  # (D, h, w)
+                        sim = torch.einsum("dhw,kd->khw", emb, text)
                     best, arg = sim.max(0)
-                    conf = torch.softmax(scale * sim, dim=0).max(0).values
-                sim, best, arg, conf = (t.cpu().numpy() for t in (sim, best, arg, conf))
-                keep = ok if threshold is None else (ok & (best >= threshold))
-            if "class" in dst:
-                out = np.zeros((h, w), dtype=dst["class"].dtypes[0])
-                if emb is not None:
-                    out[keep] = codes[arg[keep]]
-                dst["class"].write(out, 1, window=window)
-            if "conf" in dst:
-                out = np.full((h, w), np.nan, dtype=np.float32)
-                if emb is not None:
-                    out[ok] = conf[ok]
-                dst["conf"].write(out, 1, window=window)
-            if "sim" in dst:
-                out = np.full((text.shape[0], h, w), np.nan, dtype=np.float32)
-                if emb is not None:
-                    out[:, ok] = sim[:, ok]
-                dst["sim"].write(out, window=window)
+                    scores.best, scores.arg = best.cpu().numpy(), arg.cpu().numpy()
+                    if "conf" in dst:
+                        scores.conf = torch.softmax(scale * sim, dim=0).max(0).values.cpu().numpy()
+                    if "sim" in dst:
+                        scores.sim = sim.cpu().numpy()
+            del norm
+            if pending_write is not None:
+                pending_write.result()  # at most one window waits for the writer
+            pending_write = writer.submit(_write_window, dst, scores, codes, threshold, k)
+        pending_write.result()
         for d in dst.values():
             d.close()
         if class_path:
             set_category_names(class_tmp, classes)
         job.report(1.0, "inference finished")
-    return InferenceOutputs(class_path, confidence_path, similarity_path, stack.width * stack.height,
-                            time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    pixels = stack.width * stack.height
+    log.info("inference: %d pixels in %.1f s (%.0f pixels/s, %s)", pixels, seconds, pixels / max(seconds, 1e-9), method)
+    return InferenceOutputs(class_path, confidence_path, similarity_path, pixels, seconds)

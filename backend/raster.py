@@ -9,8 +9,10 @@ window plus a halo of context pixels, with pixels outside the scene marked inval
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -92,6 +94,61 @@ class Grid:
         }
 
 
+# GDAL options for opening input layers. GTIFF_DIRECT_IO: windowed reads of uncompressed
+# GeoTIFFs go straight to the file instead of through GDAL's block cache (the same pixels;
+# a 64-band pixel-interleaved tile would otherwise occupy the cache whole, and a capped
+# cache would re-read it for every window). Compressed files ignore it.
+READ_OPEN_OPTIONS = {"GTIFF_DIRECT_IO": "YES"}
+
+
+@contextlib.contextmanager
+def gdal_thread_config(options: Dict[str, str]) -> Iterator[None]:
+    """Set GDAL configuration options for the calling thread only, restoring them after
+    (other threads, e.g. QGIS's renderers, are unaffected)."""
+    from osgeo import gdal
+
+    old = {k: gdal.GetThreadLocalConfigOption(k, None) for k in options}
+    for k, v in options.items():
+        gdal.SetThreadLocalConfigOption(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            gdal.SetThreadLocalConfigOption(k, v)
+
+
+class _CacheLimit:
+    """Process-wide cap on GDAL's block cache, held while any user needs it; the previous
+    size comes back when the last user leaves."""
+
+    lock = threading.Lock()
+    users = 0
+    saved = 0
+
+
+@contextlib.contextmanager
+def gdal_cache_limit(max_mb: int) -> Iterator[None]:
+    """Lower GDAL's raster block cache to at most ``max_mb`` MiB for the duration.
+
+    GDAL's default (5 % of RAM) would fill with input blocks and dirty output blocks over a
+    big scene, so peak memory would grow with the scene; a fixed cap keeps it flat."""
+    from osgeo import gdal
+
+    with _CacheLimit.lock:
+        if _CacheLimit.users == 0:
+            _CacheLimit.saved = gdal.GetCacheMax()
+            if _CacheLimit.saved > max_mb * 2**20:
+                gdal.SetCacheMax(max_mb * 2**20)
+        _CacheLimit.users += 1
+    try:
+        yield
+    finally:
+        with _CacheLimit.lock:
+            _CacheLimit.users -= 1
+            if _CacheLimit.users == 0:
+                gdal.SetCacheMax(_CacheLimit.saved)
+
+
 def tile_windows(width: int, height: int, tile: int) -> Iterator[Window]:
     """Row-major windows of at most ``tile`` x ``tile`` pixels covering the grid."""
     for row in range(0, height, tile):
@@ -164,7 +221,8 @@ class RasterStack:
                 if not os.path.exists(str(layer.path)):
                     raise InputError(f"{layer.modality} layer {layer.path!r} does not exist")
                 try:
-                    ds = rasterio.open(layer.path)
+                    with gdal_thread_config(READ_OPEN_OPTIONS):
+                        ds = rasterio.open(layer.path)
                 except rasterio.errors.RasterioIOError as exc:
                     raise InputError(f"{layer.modality} layer {layer.path!r} cannot be read by GDAL: {exc}") from exc
                 datasets.append(ds)
