@@ -260,3 +260,28 @@ def helpers():
         class_names = CLASS_NAMES
 
     return Helpers
+
+
+def random_model(bands, patch_size, n_classes=5, embed_dim=24, seed=0):
+    """A small random MMLGNet in eval mode with non-trivial batch-norm statistics, as
+    after training (for equality tests of the inference paths)."""
+    import torch
+
+    from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
+
+    torch.manual_seed(seed)
+    model = MMLGNet(ModelConfig(bands=bands, embed_dim=embed_dim, patch_size=patch_size,
+                                channels={m: [8, 12, 16] for m in bands}), n_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.class_embeddings.copy_(torch.nn.functional.normalize(torch.randn(n_classes, embed_dim), dim=1))
+    return model.eval()
+
+
+@pytest.fixture(name="random_model", scope="session")
+def random_model_fixture():
+    return random_model

@@ -8,27 +8,12 @@ import pytest
 import rasterio
 import torch
 
-from rsvl.backend.mmlgnet import MMLGNet, ModelConfig, block_plan
-
-
-def _random_model(bands, patch_size, n_classes=5, embed_dim=24, seed=0):
-    torch.manual_seed(seed)
-    model = MMLGNet(ModelConfig(bands=bands, embed_dim=embed_dim, patch_size=patch_size,
-                                channels={m: [8, 12, 16] for m in bands}), n_classes)
-    # Non-trivial batch-norm statistics, as after training.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    model.class_embeddings.copy_(torch.nn.functional.normalize(torch.randn(n_classes, embed_dim), dim=1))
-    return model.eval()
+from rsvl.backend.mmlgnet import block_plan
 
 
 @pytest.mark.parametrize("patch_size", [3, 5, 7, 11, 13])
-def test_dense_equals_per_patch(patch_size):
-    model = _random_model({"hsi": 6, "lidar": 1}, patch_size)
+def test_dense_equals_per_patch(patch_size, random_model):
+    model = random_model({"hsi": 6, "lidar": 1}, patch_size)
     halo = patch_size // 2
     h, w = 17, 23
     g = torch.Generator().manual_seed(1)
@@ -52,7 +37,7 @@ def test_block_plan_matches_paper_depth():
     assert plan == [(3, True), (3, True), (1, False)] and final == 1
 
 
-def test_dense_and_patch_rasters_match_with_edges_and_nodata(tmp_path, helpers):
+def test_dense_and_patch_rasters_match_with_edges_and_nodata(tmp_path, helpers, random_model):
     """Whole pipeline: raster edges, nodata holes and several windows."""
     from rsvl.backend.inference import run_inference
     from rsvl.backend.labels import ClassInfo
@@ -66,7 +51,7 @@ def test_dense_and_patch_rasters_match_with_edges_and_nodata(tmp_path, helpers):
     paths = [helpers.write_raster(tmp_path / "h.tif", hsi, t, crs="EPSG:32633", nodata=-9999.0),
              helpers.write_raster(tmp_path / "l.tif", lidar, t, crs="EPSG:32633")]
     layers = [LayerSpec(str(paths[0]), "hsi"), LayerSpec(str(paths[1]), "lidar")]
-    model = _random_model({"hsi": 6, "lidar": 1}, 7)
+    model = random_model({"hsi": 6, "lidar": 1}, 7)
     stats = {"hsi": BandStats([100.0] * 6, [20.0] * 6), "lidar": BandStats([5.0], [2.0])}
     classes = [ClassInfo(i + 1, f"c{i}", (i, i, i)) for i in range(5)]
     outs = {}

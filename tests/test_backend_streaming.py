@@ -13,21 +13,6 @@ import torch
 from rasterio.transform import from_origin
 
 from rsvl.backend.dense import DenseEmbedder
-from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
-
-
-def _random_model(bands, patch_size, n_classes=5, embed_dim=24, seed=0):
-    torch.manual_seed(seed)
-    model = MMLGNet(ModelConfig(bands=bands, embed_dim=embed_dim, patch_size=patch_size,
-                                channels={m: [8, 12, 16] for m in bands}), n_classes)
-    for m in model.modules():  # batch-norm statistics as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    model.class_embeddings.copy_(torch.nn.functional.normalize(torch.randn(n_classes, embed_dim), dim=1))
-    return model.eval()
 
 
 def _per_patch(model, window, h, w, p):
@@ -38,8 +23,8 @@ def _per_patch(model, window, h, w, p):
 
 
 @pytest.mark.parametrize("patch_size", [3, 7, 11])
-def test_folded_dense_engine_equals_reference_and_per_patch(patch_size):
-    model = _random_model({"hsi": 6, "lidar": 1, "sar": 2}, patch_size)
+def test_folded_dense_engine_equals_reference_and_per_patch(patch_size, random_model):
+    model = random_model({"hsi": 6, "lidar": 1, "sar": 2}, patch_size)
     halo = patch_size // 2
     h, w = 19, 26
     g = torch.Generator().manual_seed(2)
@@ -58,10 +43,10 @@ def test_folded_dense_engine_equals_reference_and_per_patch(patch_size):
 
 
 @pytest.mark.parametrize("compute_tile", [3, 16, 64])
-def test_similarity_in_sub_tiles_equals_whole_window(compute_tile):
+def test_similarity_in_sub_tiles_equals_whole_window(compute_tile, random_model):
     """Sub-tiles slice their halo from the window in memory: every pixel sees its own
     patch whatever the sub-tile size, odd sizes and ragged last tiles included."""
-    model = _random_model({"hsi": 5, "lidar": 1}, 7)
+    model = random_model({"hsi": 5, "lidar": 1}, 7)
     h, w = 23, 30
     rng = np.random.default_rng(3)
     norm = {m: rng.standard_normal((b, h + 6, w + 6)).astype(np.float32) for m, b in model.config.bands.items()}
@@ -74,8 +59,8 @@ def test_similarity_in_sub_tiles_equals_whole_window(compute_tile):
     assert torch.equal(sim.argmax(0), expected.argmax(0))
 
 
-def test_dense_engine_refuses_a_model_in_training_mode():
-    model = _random_model({"hsi": 4}, 5).train()
+def test_dense_engine_refuses_a_model_in_training_mode(random_model):
+    model = random_model({"hsi": 4}, 5).train()
     with pytest.raises(ValueError, match="eval mode"):
         DenseEmbedder(model)
 
@@ -97,14 +82,14 @@ def _small_scene(tmp_path, helpers, size=(40, 33)):
 
 
 @pytest.mark.parametrize("stage", ["read", "write"])
-def test_a_failing_window_leaves_no_output(tmp_path, helpers, monkeypatch, stage):
+def test_a_failing_window_leaves_no_output(tmp_path, helpers, monkeypatch, stage, random_model):
     """An error in the reader or the writer thread surfaces in the caller, and the
     temporary outputs of the interrupted run are removed."""
     from rsvl.backend import inference
     from rsvl.backend.raster import RasterStack
 
     layers, stats, classes = _small_scene(tmp_path, helpers)
-    model = _random_model({"hsi": 6, "lidar": 1}, 5)
+    model = random_model({"hsi": 6, "lidar": 1}, 5)
     calls = {"n": 0}
     original = inference.read_window_normalised if stage == "read" else inference._write_window
 
@@ -124,12 +109,12 @@ def test_a_failing_window_leaves_no_output(tmp_path, helpers, monkeypatch, stage
     assert os.listdir(out) == []
 
 
-def test_streamed_outputs_do_not_depend_on_the_tile_size(tmp_path, helpers):
+def test_streamed_outputs_do_not_depend_on_the_tile_size(tmp_path, helpers, random_model):
     from rsvl.backend.inference import run_inference
     from rsvl.backend.raster import RasterStack
 
     layers, stats, classes = _small_scene(tmp_path, helpers)
-    model = _random_model({"hsi": 6, "lidar": 1}, 5)
+    model = random_model({"hsi": 6, "lidar": 1}, 5)
     outs = []
     for tile in (16, 24, 512):
         with RasterStack(layers) as stack:

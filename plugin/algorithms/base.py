@@ -143,6 +143,29 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
                 "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS")
         return specs
 
+    def check_labels(self, parameters, key: str, context) -> Tuple[bool, str]:
+        """(ok, message) for a labels parameter (raster, or vector + CLASS_FIELD)."""
+        layer = self.parameterAsLayer(parameters, key, context)
+        if isinstance(layer, QgsVectorLayer):
+            field = self.parameterAsString(parameters, "CLASS_FIELD", context)
+            if not field:
+                return False, f"CLASS_FIELD is required when {key} is a vector layer"
+            if layer.fields().indexOf(field) < 0:
+                names = ", ".join(layer.fields().names())
+                return False, f"CLASS_FIELD '{field}' is not a field of '{layer.name()}' (fields: {names})"
+            if layer.featureCount() == 0:
+                return False, f"{key} layer '{layer.name()}' is empty: it has no feature"
+        return True, ""
+
+    def labels_source(self, parameters, key: str, context, feedback) -> Tuple[str, Optional[str]]:
+        """(path the backend reads, class field or None) for a labels parameter."""
+        layer = self.parameterAsLayer(parameters, key, context)
+        if isinstance(layer, QgsRasterLayer):
+            return raster_path(layer, key), None
+        if isinstance(layer, QgsVectorLayer):
+            return vector_path(layer, key, feedback), self.parameterAsString(parameters, "CLASS_FIELD", context)
+        raise QgsProcessingException(f"{key}: give a class raster or a point/polygon vector layer")
+
     def device(self, parameters, context) -> str:
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
 

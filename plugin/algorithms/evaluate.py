@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsRasterLayer,
-    QgsVectorLayer,
 )
 
-from .base import RsvlAlgorithm, raster_path, vector_path
+from .base import RsvlAlgorithm, raster_path
 
 
 class EvaluateAlgorithm(RsvlAlgorithm):
@@ -63,27 +60,12 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
-        reference = self.parameterAsLayer(parameters, "REFERENCE", context)
-        if isinstance(reference, QgsVectorLayer):
-            field = self.parameterAsString(parameters, "CLASS_FIELD", context)
-            if not field:
-                return False, "CLASS_FIELD is required when REFERENCE is a vector layer"
-            if reference.fields().indexOf(field) < 0:
-                names = ", ".join(reference.fields().names())
-                return False, f"CLASS_FIELD '{field}' is not a field of '{reference.name()}' (fields: {names})"
-        return True, ""
+        return self.check_labels(parameters, "REFERENCE", context)
 
     def backend_request(self, parameters, context, feedback):
         from ...backend import api
 
-        reference = self.parameterAsLayer(parameters, "REFERENCE", context)
-        if isinstance(reference, QgsRasterLayer):
-            ref_path, class_field = raster_path(reference, "REFERENCE"), None
-        elif isinstance(reference, QgsVectorLayer):
-            ref_path = vector_path(reference, "REFERENCE", feedback)
-            class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
-        else:
-            raise QgsProcessingException("REFERENCE: give a class raster or a point/polygon vector layer")
+        ref_path, class_field = self.labels_source(parameters, "REFERENCE", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
         kwargs = dict(
             classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),

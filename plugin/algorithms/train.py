@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
-    QgsRasterLayer,
-    QgsVectorLayer,
 )
 
-from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm, raster_path, vector_path
+from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
 
 DEFAULT_TEMPLATE = "the hyperspectral patch of {}"
 
@@ -98,16 +95,9 @@ class TrainAlgorithm(RsvlAlgorithm):
             return ok, message
         if not any(self.parameterAsLayerList(parameters, key, context) for key in MODALITY_PARAMS.values()):
             return False, "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS"
-        training = self.parameterAsLayer(parameters, "TRAINING", context)
-        if isinstance(training, QgsVectorLayer):
-            field = self.parameterAsString(parameters, "CLASS_FIELD", context)
-            if not field:
-                return False, "CLASS_FIELD is required when TRAINING is a vector layer"
-            if training.fields().indexOf(field) < 0:
-                names = ", ".join(training.fields().names())
-                return False, f"CLASS_FIELD '{field}' is not a field of '{training.name()}' (fields: {names})"
-            if training.featureCount() == 0:
-                return False, f"TRAINING layer '{training.name()}' is empty: the training set has no feature"
+        ok, message = self.check_labels(parameters, "TRAINING", context)
+        if not ok:
+            return ok, message
         patch = self.parameterAsInt(parameters, "PATCH_SIZE", context)
         if patch % 2 == 0:
             return False, f"PATCH_SIZE must be odd (got {patch})"
@@ -119,14 +109,7 @@ class TrainAlgorithm(RsvlAlgorithm):
     def backend_request(self, parameters, context, feedback):
         from ...backend import api
 
-        training = self.parameterAsLayer(parameters, "TRAINING", context)
-        if isinstance(training, QgsRasterLayer):
-            labels, class_field = raster_path(training, "TRAINING"), None
-        elif isinstance(training, QgsVectorLayer):
-            labels = vector_path(training, "TRAINING", feedback)
-            class_field = self.parameterAsString(parameters, "CLASS_FIELD", context)
-        else:
-            raise QgsProcessingException("TRAINING: give a class raster or a point/polygon vector layer")
+        labels, class_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
         kwargs = dict(
             layers=self.layer_specs(parameters, context), labels=labels, class_field=class_field,
