@@ -17,12 +17,13 @@ import numpy as np
 from . import __version__
 from .errors import InputError, LabelError
 from .jobs import IsCancelled, Job, Progress
-from .labels import ClassInfo, read_label_raster, read_labels
+from .labels import ClassInfo, read_labels
 from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
 from .raster import LayerSpec, RasterStack, compute_band_stats
 from .text import DEFAULT_TEMPLATE, apply_template
 
 log = logging.getLogger("rsvl")
+EVALUATE_TILE = 1024  # pixels per side of the windows evaluate() reads at a time
 
 
 def _as_layers(layers) -> List[LayerSpec]:
@@ -297,28 +298,50 @@ def evaluate(
 ) -> EvaluateResult:
     """Compare a class raster with reference labels (raster, or vector + class field,
     matched to the classification's class names) on the classification's grid."""
+    from collections import Counter
+
     import rasterio
 
-    from .raster import Grid
+    from .labels import RasterLabels, open_labels
+    from .raster import Grid, tile_windows
 
     job = Job(progress, is_cancelled)
     if not os.path.exists(classification):
         raise InputError(f"INPUT classification {classification!r} does not exist")
     with rasterio.open(classification) as ds:
         grid = Grid.of(ds)
-    predicted = read_label_raster(classification, grid)
-    job.step(0.3, "reading reference labels")
-    ref = read_labels(reference, grid, class_field, classes=predicted.classes)
-    labelled = ref.codes > 0
-    if not labelled.any():
+    predicted = RasterLabels(classification, grid)
+    try:
+        job.step(0.05, "reading reference labels")
+        ref = open_labels(reference, grid, class_field, classes=predicted.classes)
+        try:
+            # Window by window: confusion counts of (reference, predicted) code pairs.
+            pairs: Counter = Counter()
+            n_unclassified = n_labelled = 0
+            windows = list(tile_windows(grid.width, grid.height, EVALUATE_TILE))
+            for i, window in enumerate(windows):
+                job.step(0.1 + 0.85 * i / len(windows), "comparing")
+                r, p = ref.read(window).astype(np.int64), predicted.read(window).astype(np.int64)
+                labelled = r > 0
+                n_labelled += int(labelled.sum())
+                n_unclassified += int((labelled & (p == 0)).sum())
+                both = labelled & (p > 0)
+                keys, counts = np.unique(r[both] * 2**20 + p[both], return_counts=True)
+                pairs.update(dict(zip(keys.tolist(), counts.tolist())))
+            ref_classes = ref.classes
+        finally:
+            ref.close()
+    finally:
+        predicted.close()
+    if not n_labelled:
         raise LabelError(f"REFERENCE {os.path.basename(reference)!r} has no labelled pixel on the classification grid")
-    classified = predicted.codes > 0
-    n_unclassified = int((labelled & ~classified).sum())
-    by_code: Dict[int, ClassInfo] = {c.code: c for c in ref.classes}
+    by_code: Dict[int, ClassInfo] = {c.code: c for c in ref_classes}
     by_code.update({c.code: c for c in predicted.classes})
     codes = sorted(by_code)
-    both = labelled & classified
-    matrix = confusion_matrix(ref.codes[both], predicted.codes[both], codes)
+    index = {c: i for i, c in enumerate(codes)}
+    matrix = np.zeros((len(codes), len(codes)), dtype=np.int64)
+    for key, count in pairs.items():
+        matrix[index[key >> 20], index[key & (2**20 - 1)]] += count
     acc = accuracy_from_matrix(matrix, codes, [by_code[c].name for c in codes])
     write_accuracy(acc, output_json, output_csv)
     job.report(1.0, acc.summary())

@@ -18,11 +18,12 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from .errors import LabelError
 from .gdal_exceptions import gdal_exceptions
 from .palette import default_colour
-from .raster import Grid
+from .raster import Grid, tile_windows
 
 log = logging.getLogger("rsvl")
 
@@ -66,47 +67,78 @@ def _category_names(path: str) -> List[str]:
     return list(names)
 
 
-def read_label_raster(path: str, grid: Grid) -> LabelMap:
-    """Read a class raster onto ``grid`` (nearest-neighbour when it must be warped)."""
-    if not os.path.exists(path):
-        raise LabelError(f"label raster {path!r} does not exist")
-    with rasterio.open(path) as ds:
-        if ds.count < 1:
-            raise LabelError(f"label raster {path!r} has no band")
-        if ds.crs is None:
-            raise LabelError(f"label raster {path!r} has no CRS")
-        dtype = np.dtype(ds.dtypes[0])
-        if dtype.kind == "f":
-            raise LabelError(
-                f"label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
-            )
-        nodata = ds.nodata
-        if grid.differences(Grid.of(ds)):
-            with WarpedVRT(
-                ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                resampling=Resampling.nearest, nodata=nodata if nodata is not None else 0,
-            ) as vrt:
-                codes = vrt.read(1).astype(np.int64)
-        else:
-            codes = ds.read(1).astype(np.int64)
+class RasterLabels:
+    """A class raster on ``grid`` (nearest-neighbour when it must be warped), read window
+    by window; ``classes`` lists the codes present with their names and colours."""
+
+    def __init__(self, path: str, grid: Grid, tile: int = 2048):
+        if not os.path.exists(path):
+            raise LabelError(f"label raster {path!r} does not exist")
+        self.path, self.grid = path, grid
+        self.lut = None
+        self._ds = rasterio.open(path)
+        ds = self._ds
         try:
-            colormap = ds.colormap(1)
-        except ValueError:
-            colormap = {}
-    if nodata is not None:
-        codes[codes == int(nodata)] = 0
-    if (codes < 0).any():
-        raise LabelError(f"label raster {path!r} has negative class codes: use 1, 2, … (0 = unlabelled)")
-    codes = codes.astype(np.int32)
-    names = _category_names(path)
-    present = sorted(int(v) for v in np.unique(codes) if v > 0)
-    classes = []
-    for code in present:
-        name = names[code] if code < len(names) and names[code] else f"class {code}"
-        colour = colormap.get(code)
-        rgb = tuple(colour[:3]) if colour is not None and any(colour[:3]) else default_colour(len(classes))
-        classes.append(ClassInfo(code, name, rgb))
-    return LabelMap(codes, classes)
+            if ds.count < 1:
+                raise LabelError(f"label raster {path!r} has no band")
+            if ds.crs is None:
+                raise LabelError(f"label raster {path!r} has no CRS")
+            dtype = np.dtype(ds.dtypes[0])
+            if dtype.kind == "f":
+                raise LabelError(
+                    f"label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
+                )
+            self.nodata = ds.nodata
+            self._reader = ds
+            if grid.differences(Grid.of(ds)):
+                self._reader = WarpedVRT(
+                    ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=Resampling.nearest, nodata=self.nodata if self.nodata is not None else 0,
+                )
+            try:
+                colormap = ds.colormap(1)
+            except ValueError:
+                colormap = {}
+            present = set()
+            for window in tile_windows(grid.width, grid.height, tile):
+                present.update(int(v) for v in np.unique(self._read_raw(window)) if v > 0)
+        except Exception:
+            self.close()
+            raise
+        names = _category_names(path)
+        self.classes = []
+        for code in sorted(present):
+            name = names[code] if code < len(names) and names[code] else f"class {code}"
+            colour = colormap.get(code)
+            rgb = tuple(colour[:3]) if colour is not None and any(colour[:3]) else default_colour(len(self.classes))
+            self.classes.append(ClassInfo(code, name, rgb))
+
+    def _read_raw(self, window) -> np.ndarray:
+        codes = self._reader.read(1, window=window).astype(np.int64)
+        if self.nodata is not None:
+            codes[codes == int(self.nodata)] = 0
+        if (codes < 0).any():
+            raise LabelError(f"label raster {self.path!r} has negative class codes: use 1, 2, … (0 = unlabelled)")
+        return codes
+
+    def read(self, window) -> np.ndarray:
+        """int32 class codes of ``window`` (0 = unlabelled), in matched codes if matched."""
+        codes = self._read_raw(window)
+        return (self.lut[codes] if self.lut is not None else codes).astype(np.int32)
+
+    def close(self):
+        if self._reader is not self._ds:
+            self._reader.close()
+        self._ds.close()
+
+
+def read_label_raster(path: str, grid: Grid) -> LabelMap:
+    """Read a whole class raster onto ``grid``."""
+    src = RasterLabels(path, grid)
+    try:
+        return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
+    finally:
+        src.close()
 
 
 def _open_vector(path: str, layer_name: Optional[str]):
@@ -134,11 +166,16 @@ def read_label_vector(
     path: str, grid: Grid, class_field: str, layer_name: Optional[str] = None,
     classes: Optional[Sequence[ClassInfo]] = None,
 ) -> LabelMap:
+    src = vector_labels(path, grid, class_field, layer_name, classes)
+    return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
+
+
+def vector_labels(path, grid, class_field, layer_name=None, classes=None) -> VectorLabels:
     with gdal_exceptions():
-        return _read_label_vector(path, grid, class_field, layer_name, classes)
+        return _vector_labels(path, grid, class_field, layer_name, classes)
 
 
-def _read_label_vector(path, grid, class_field, layer_name, classes) -> LabelMap:
+def _vector_labels(path, grid, class_field, layer_name, classes) -> VectorLabels:
     """Rasterise points/polygons onto ``grid`` by the values of ``class_field``.
 
     String values become classes named after them with codes 1..C in sorted order;
@@ -146,7 +183,6 @@ def _read_label_vector(path, grid, class_field, layer_name, classes) -> LabelMap
     given (evaluation against a model's classes), names and codes are matched to it.
     """
     from osgeo import ogr, osr
-    from rasterio.features import rasterize
 
     ds, layer = _open_vector(path, layer_name)
     defn = layer.GetLayerDefn()
@@ -198,26 +234,59 @@ def _read_label_vector(path, grid, class_field, layer_name, classes) -> LabelMap
         mapping = {v: i + 1 for i, v in enumerate(values)}
         out_classes = [ClassInfo(i + 1, str(v), default_colour(i)) for i, v in enumerate(values)]
 
-    shapes = [(geom, mapping[v]) for geom, v in raw]
-    codes = rasterize(
-        shapes, out_shape=(grid.height, grid.width), transform=grid.transform, fill=0, dtype="int32",
-    )
-    labels = LabelMap(codes, out_classes)
-    return match_classes(labels, classes, by_name=not is_int) if classes is not None else labels
+    src = VectorLabels(grid, [(geom, mapping[v]) for geom, v in raw], out_classes, by_name=not is_int)
+    if classes is not None:
+        src.match(classes)
+    return src
 
 
-def match_classes(labels: LabelMap, classes: Sequence[ClassInfo], by_name: bool = True) -> LabelMap:
-    """Express reference labels in the codes of ``classes`` (a classification's classes).
+class VectorLabels:
+    """Rasterised points/polygons on ``grid``, window by window."""
+
+    def __init__(self, grid: Grid, shapes, classes: List[ClassInfo], by_name: bool):
+        from rasterio.features import bounds
+
+        self.grid, self.shapes, self.classes, self.by_name = grid, shapes, classes, by_name
+        self.bounds = np.array([bounds(g) for g, _ in shapes]).reshape(-1, 4)  # (minx, miny, maxx, maxy)
+        self.lut = None
+
+    def read(self, window) -> np.ndarray:
+        from rasterio.features import rasterize
+        from rasterio.windows import bounds as window_bounds
+        from rasterio.windows import transform as window_transform
+
+        left, bottom, right, top = window_bounds(window, self.grid.transform)
+        x0, x1 = min(left, right), max(left, right)
+        y0, y1 = min(bottom, top), max(bottom, top)
+        b = self.bounds
+        hit = np.flatnonzero((b[:, 0] <= x1) & (b[:, 2] >= x0) & (b[:, 1] <= y1) & (b[:, 3] >= y0))
+        shape = (int(window.height), int(window.width))
+        if hit.size == 0:
+            return np.zeros(shape, dtype=np.int32)
+        codes = rasterize([self.shapes[i] for i in hit], out_shape=shape,
+                          transform=window_transform(window, self.grid.transform), fill=0, dtype="int32")
+        return self.lut[codes].astype(np.int32) if self.lut is not None else codes
+
+    def match(self, classes: Sequence[ClassInfo]) -> None:
+        self.lut, self.classes = class_lut(self.classes, classes, self.by_name)
+
+    def close(self):
+        pass
+
+
+def class_lut(ref_classes: Sequence[ClassInfo], classes: Sequence[ClassInfo], by_name: bool = True):
+    """A look-up table from reference codes to the codes of ``classes`` (a
+    classification's classes), and the reference classes in those codes.
 
     Named references (text class field, raster category names) are matched by name,
     case-insensitively; unnamed ones ("class N") by code. Reference classes that match
     none keep a code of their own, so they count as errors, and are logged."""
-    named = by_name and any(not c.name.startswith("class ") for c in labels.classes)
+    named = by_name and any(not c.name.startswith("class ") for c in ref_classes)
     by_key = {(c.name.lower() if named else c.code): c for c in classes}
-    next_code = max([c.code for c in classes] + [c.code for c in labels.classes]) + 1
-    lut = np.zeros(max([0] + [c.code for c in labels.classes]) + 1, dtype=np.int32)
+    next_code = max([c.code for c in classes] + [c.code for c in ref_classes]) + 1
+    lut = np.zeros(max([0] + [c.code for c in ref_classes]) + 1, dtype=np.int32)
     out_classes, unmatched = [], []
-    for c in labels.classes:
+    for c in ref_classes:
         target = by_key.get(c.name.lower() if named else c.code)
         if target is None:
             target = ClassInfo(next_code, c.name, c.colour)
@@ -228,13 +297,14 @@ def match_classes(labels: LabelMap, classes: Sequence[ClassInfo], by_name: bool 
     if unmatched:
         log.warning("reference classes not among the classification's classes (%s): %s — counted as errors",
                     ", ".join(c.name for c in classes), ", ".join(unmatched))
-    return LabelMap(lut[labels.codes], out_classes)
+    return lut, out_classes
 
 
-def read_labels(
-    path: str, grid: Grid, class_field: Optional[str] = None, classes: Optional[Sequence[ClassInfo]] = None,
-) -> LabelMap:
-    """Raster or vector labels, decided by what GDAL/OGR can open the file as."""
+def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
+                classes: Optional[Sequence[ClassInfo]] = None):
+    """A window reader (``read(window)``, ``classes``, ``close()``) for a class raster or
+    a vector file, decided by what GDAL/OGR can open it as; with ``classes``, codes are
+    expressed in those classes' numbering (see :func:`class_lut`)."""
     base = path.split("|")[0]
     if not os.path.exists(base):
         raise LabelError(f"label file {path!r} does not exist")
@@ -246,11 +316,24 @@ def read_labels(
         except rasterio.errors.RasterioIOError:
             is_raster = False
     if is_raster:
-        labels = read_label_raster(path, grid)
-        return match_classes(labels, classes) if classes is not None else labels
+        src = RasterLabels(path, grid)
+        if classes is not None:
+            src.lut, src.classes = class_lut(src.classes, classes)
+        return src
     if not class_field:
         raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
-    return read_label_vector(path, grid, class_field, classes=classes)
+    return vector_labels(path, grid, class_field, classes=classes)
+
+
+def read_labels(
+    path: str, grid: Grid, class_field: Optional[str] = None, classes: Optional[Sequence[ClassInfo]] = None,
+) -> LabelMap:
+    """Raster or vector labels as one array on ``grid`` (see :func:`open_labels`)."""
+    src = open_labels(path, grid, class_field, classes)
+    try:
+        return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
+    finally:
+        src.close()
 
 
 def stratified_split(codes: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

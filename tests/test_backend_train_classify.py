@@ -257,3 +257,17 @@ def test_alpha_band_and_gdal_masks_mark_nodata(scene, tmp_path, helpers):
     assert (pred[:6, :6] == 0).all() and (pred[6:, 6:] > 0).all()
     # GDAL's process-wide exception switches are left as they were (QGIS plugins rely on them).
     assert (gdal.GetUseExceptions(), ogr.GetUseExceptions()) == before
+
+
+def test_windowed_evaluation_equals_whole(trained_model, shared_scene, tmp_path, helpers, monkeypatch):
+    model_path, _result, layers = trained_model
+    out = tmp_path / "c.tif"
+    api.classify(str(model_path), layers, str(out), device="cpu")
+    truth = helpers.write_labels(tmp_path / "truth.tif", shared_scene.truth, shared_scene.transform)
+    gpkg = helpers.write_polygons(tmp_path / "ref.gpkg", shared_scene)
+    whole = [api.evaluate(str(out), str(truth)), api.evaluate(str(out), str(gpkg), class_field="cover")]
+    monkeypatch.setattr(api, "EVALUATE_TILE", 7)  # 49 windows, polygons cut by window edges
+    windowed = [api.evaluate(str(out), str(truth)), api.evaluate(str(out), str(gpkg), class_field="cover")]
+    for a, b in zip(whole, windowed):
+        assert np.array_equal(a.accuracy.matrix, b.accuracy.matrix) and a.accuracy.matrix.sum() > 0
+        assert a.accuracy.class_names == b.accuracy.class_names
