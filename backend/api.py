@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, LabelError
 from .jobs import IsCancelled, Job, Progress
-from .labels import ClassInfo, read_labels
+from .labels import ClassInfo, open_labels
 from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
 from .raster import LayerSpec, RasterStack, compute_band_stats
 from .text import DEFAULT_TEMPLATE, apply_template
@@ -102,13 +102,17 @@ def train(
     layers = _as_layers(layers)
     with RasterStack(layers, reference=reference, align=align) as stack:
         job.step(0.0, "reading labels")
-        label_map = read_labels(labels, stack.grid, class_field)
-        if not label_map.classes:
-            raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
-        stats = compute_band_stats(stack, job=job.span(0.0, 0.1))
-        patches, codes, _pos = extract_patches(stack, label_map.codes, stats, patch_size, job=job.span(0.1, 0.15))
+        label_source = open_labels(labels, stack.grid, class_field)
+        try:
+            if not label_source.classes:
+                raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
+            stats = compute_band_stats(stack, job=job.span(0.0, 0.1))
+            patches, codes, _pos = extract_patches(stack, label_source, stats, patch_size, job=job.span(0.1, 0.15))
+            label_classes = label_source.classes
+        finally:
+            label_source.close()
         band_counts, band_names, grid = stack.band_counts(), stack.band_names(), stack.grid
-    classes = [c for c in label_map.classes if c.code in set(codes.tolist())]
+    classes = [c for c in label_classes if c.code in set(codes.tolist())]
     if len(classes) < 2:
         raise LabelError(
             f"TRAINING holds {len(classes)} class(es) on valid pixels; a classifier needs at least two"

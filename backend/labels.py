@@ -162,14 +162,6 @@ def _open_vector(path: str, layer_name: Optional[str]):
     return ds, layer
 
 
-def read_label_vector(
-    path: str, grid: Grid, class_field: str, layer_name: Optional[str] = None,
-    classes: Optional[Sequence[ClassInfo]] = None,
-) -> LabelMap:
-    src = vector_labels(path, grid, class_field, layer_name, classes)
-    return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
-
-
 def vector_labels(path, grid, class_field, layer_name=None, classes=None) -> VectorLabels:
     with gdal_exceptions():
         return _vector_labels(path, grid, class_field, layer_name, classes)
@@ -323,17 +315,6 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
     if not class_field:
         raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
     return vector_labels(path, grid, class_field, classes=classes)
-
-
-def read_labels(
-    path: str, grid: Grid, class_field: Optional[str] = None, classes: Optional[Sequence[ClassInfo]] = None,
-) -> LabelMap:
-    """Raster or vector labels as one array on ``grid`` (see :func:`open_labels`)."""
-    src = open_labels(path, grid, class_field, classes)
-    try:
-        return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
-    finally:
-        src.close()
 
 
 def stratified_split(codes: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

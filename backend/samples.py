@@ -26,21 +26,26 @@ def read_window_normalised(stack: RasterStack, window, halo: int, stats: Dict[st
 
 
 def extract_patches(
-    stack: RasterStack, codes: np.ndarray, stats: Dict[str, BandStats], patch_size: int, tile: int = 256, job=None,
+    stack: RasterStack, labels, stats: Dict[str, BandStats], patch_size: int, tile: int = 256, job=None,
 ) -> Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Patches (N, bands, P, P) per modality for every labelled pixel whose own pixel is
-    valid, their class codes (N,) and (row, col) positions (N, 2)."""
+    valid, their class codes (N,) and (row, col) positions (N, 2).
+
+    ``labels`` is a window reader on the stack's grid (``read(window)`` → class codes, see
+    :func:`rsvl.backend.labels.open_labels`); labels and inputs are read tile by tile, and
+    only tiles holding labelled pixels are read from the inputs."""
     halo = patch_size // 2
     patches: Dict[str, list] = {m: [] for m in stack.modalities}
     out_codes, out_pos = [], []
     dropped = 0
-    windows = [w for w in tile_windows(stack.width, stack.height, tile)
-               if (codes[int(w.row_off):int(w.row_off + w.height), int(w.col_off):int(w.col_off + w.width)] > 0).any()]
+    windows = list(tile_windows(stack.width, stack.height, tile))
     for i, window in enumerate(windows):
         if job is not None:
             job.step(i / max(len(windows), 1), "extracting training patches")
+        sub = labels.read(window)
+        if not (sub > 0).any():
+            continue
         r0, c0 = int(window.row_off), int(window.col_off)
-        sub = codes[r0:r0 + int(window.height), c0:c0 + int(window.width)]
         rr, cc = np.nonzero(sub > 0)
         norm, ok = read_window_normalised(stack, window, halo, stats)
         keep = ok[rr, cc]
