@@ -76,7 +76,7 @@ class RasterLabels:
             raise LabelError(f"label raster {path!r} does not exist")
         self.path, self.grid = path, grid
         self.lut = None
-        self._ds = rasterio.open(path)
+        self._ds = self._reader = rasterio.open(path)
         ds = self._ds
         try:
             if ds.count < 1:
@@ -89,7 +89,6 @@ class RasterLabels:
                     f"label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
                 )
             self.nodata = ds.nodata
-            self._reader = ds
             if grid.differences(Grid.of(ds)):
                 self._reader = WarpedVRT(
                     ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,

@@ -271,3 +271,11 @@ def test_windowed_evaluation_equals_whole(trained_model, shared_scene, tmp_path,
     for a, b in zip(whole, windowed):
         assert np.array_equal(a.accuracy.matrix, b.accuracy.matrix) and a.accuracy.matrix.sum() > 0
         assert a.accuracy.class_names == b.accuracy.class_names
+
+
+def test_float_label_raster_is_refused_cleanly(scene, tmp_path, helpers):
+    floats = helpers.write_raster(tmp_path / "float_labels.tif", scene.truth.astype(np.float32), scene.transform)
+    with pytest.raises(LabelError, match="floating point"):
+        api.train([LayerSpec(str(scene.paths["ms"]), "ms")], str(floats), str(tmp_path / "m.safetensors"),
+                  **helpers.fast)
+    assert not (tmp_path / "m.safetensors").exists()
