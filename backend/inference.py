@@ -29,14 +29,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import rasterio
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .atomic import atomic_path
 from .errors import InputError
 from .jobs import Job
 from .labels import ClassInfo
 from .raster import Grid, RasterStack, gdal_cache_limit, tile_windows
-from .samples import read_window_normalised
+from .samples import patches_at, read_window_normalised
 
 log = logging.getLogger("rsvl")
 METHODS = ("dense", "patch")
@@ -77,26 +76,19 @@ def set_category_names(path: str, classes: Sequence[ClassInfo]) -> None:
         ds = None
 
 
-def embed_window(model, norm: Dict[str, np.ndarray], halo: int, method: str, device, batch_size: int = 4096):
-    """(D, h, w) float32 tensor of L2-normalised embeddings for the window's pixels."""
+def embed_patches(model, norm: Dict[str, np.ndarray], halo: int, device, batch_size: int = 4096):
+    """(D, h, w) L2-normalised embeddings of the window's pixels by the per-patch
+    definition used in training (the reference for the dense engine)."""
     import torch
 
-    if method == "dense":
-        with torch.no_grad():
-            x = {m: torch.from_numpy(a).unsqueeze(0).to(device) for m, a in norm.items()}
-            return model.embed_dense(x)[0]
-    p = 2 * halo + 1
     any_arr = next(iter(norm.values()))
     h, w = any_arr.shape[1] - 2 * halo, any_arr.shape[2] - 2 * halo
-    views = {m: sliding_window_view(a, (p, p), axis=(1, 2)) for m, a in norm.items()}  # (B, h, w, P, P)
     rows, cols = np.divmod(np.arange(h * w), w)
     out = []
     with torch.no_grad():
         for s in range(0, h * w, batch_size):
-            rr, cc = rows[s:s + batch_size], cols[s:s + batch_size]
-            batch = {m: torch.from_numpy(np.ascontiguousarray(v[:, rr, cc].transpose(1, 0, 2, 3))).to(device)
-                     for m, v in views.items()}
-            out.append(model.embed(batch))
+            batch = patches_at(norm, rows[s:s + batch_size], cols[s:s + batch_size], 2 * halo + 1)
+            out.append(model.embed({m: torch.from_numpy(a).to(device) for m, a in batch.items()}))
     return torch.cat(out).t().reshape(-1, h, w)
 
 
@@ -206,7 +198,7 @@ def run_inference(
                     if embedder is not None:
                         sim = embedder.similarity(norm, text)  # (K, h, w)
                     else:
-                        emb = embed_window(model, norm, halo, method, device, batch_size)  # (D, h, w)
+                        emb = embed_patches(model, norm, halo, device, batch_size)  # (D, h, w)
                         sim = torch.einsum("dhw,kd->khw", emb, text)
                     best, arg = sim.max(0)
                     scores.best, scores.arg = best.cpu().numpy(), arg.cpu().numpy()

@@ -125,6 +125,10 @@ class RasterLabels:
         codes = self._read_raw(window)
         return (self.lut[codes] if self.lut is not None else codes).astype(np.int32)
 
+    def match(self, classes: Sequence[ClassInfo]) -> None:
+        """Read codes in the numbering of ``classes`` from now on (see :func:`class_lut`)."""
+        self.lut, self.classes = class_lut(self.classes, classes)
+
     def close(self):
         if self._reader is not self._ds:
             self._reader.close()
@@ -161,17 +165,16 @@ def _open_vector(path: str, layer_name: Optional[str]):
     return ds, layer
 
 
-def vector_labels(path, grid, class_field, layer_name=None, classes=None) -> VectorLabels:
+def vector_labels(path, grid, class_field, layer_name=None) -> VectorLabels:
     with gdal_exceptions():
-        return _vector_labels(path, grid, class_field, layer_name, classes)
+        return _vector_labels(path, grid, class_field, layer_name)
 
 
-def _vector_labels(path, grid, class_field, layer_name, classes) -> VectorLabels:
+def _vector_labels(path, grid, class_field, layer_name) -> VectorLabels:
     """Rasterise points/polygons onto ``grid`` by the values of ``class_field``.
 
     String values become classes named after them with codes 1..C in sorted order;
-    integer values are used as codes (0 and NULL = unlabelled). When ``classes`` is
-    given (evaluation against a model's classes), names and codes are matched to it.
+    integer values are used as codes (0 and NULL = unlabelled).
     """
     from osgeo import ogr, osr
 
@@ -225,10 +228,7 @@ def _vector_labels(path, grid, class_field, layer_name, classes) -> VectorLabels
         mapping = {v: i + 1 for i, v in enumerate(values)}
         out_classes = [ClassInfo(i + 1, str(v), default_colour(i)) for i, v in enumerate(values)]
 
-    src = VectorLabels(grid, [(geom, mapping[v]) for geom, v in raw], out_classes, by_name=not is_int)
-    if classes is not None:
-        src.match(classes)
-    return src
+    return VectorLabels(grid, [(geom, mapping[v]) for geom, v in raw], out_classes, by_name=not is_int)
 
 
 class VectorLabels:
@@ -259,6 +259,7 @@ class VectorLabels:
         return self.lut[codes].astype(np.int32) if self.lut is not None else codes
 
     def match(self, classes: Sequence[ClassInfo]) -> None:
+        """Read codes in the numbering of ``classes`` from now on (see :func:`class_lut`)."""
         self.lut, self.classes = class_lut(self.classes, classes, self.by_name)
 
     def close(self):
@@ -308,12 +309,13 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
             is_raster = False
     if is_raster:
         src = RasterLabels(path, grid)
-        if classes is not None:
-            src.lut, src.classes = class_lut(src.classes, classes)
-        return src
-    if not class_field:
+    elif not class_field:
         raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
-    return vector_labels(path, grid, class_field, classes=classes)
+    else:
+        src = vector_labels(path, grid, class_field)
+    if classes is not None:
+        src.match(classes)
+    return src
 
 
 def stratified_split(codes: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,16 @@ def read_window_normalised(stack: RasterStack, window, halo: int, stats: Dict[st
     return norm, ok[halo:halo + h, halo:halo + w]
 
 
+def patches_at(norm: Dict[str, np.ndarray], rows: np.ndarray, cols: np.ndarray, patch_size: int) -> Dict[str, np.ndarray]:
+    """Contiguous (N, bands, P, P) patches centred on window pixels (rows, cols) of
+    normalised arrays that carry a halo of ``patch_size // 2`` pixels."""
+    out = {}
+    for m, arr in norm.items():
+        view = sliding_window_view(arr, (patch_size, patch_size), axis=(1, 2))  # (B, h, w, P, P)
+        out[m] = np.ascontiguousarray(view[:, rows, cols].transpose(1, 0, 2, 3))
+    return out
+
+
 def extract_patches(
     stack: RasterStack, labels, stats: Dict[str, BandStats], patch_size: int, tile: int = 256, job=None,
 ) -> Tuple[Dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -53,9 +63,8 @@ def extract_patches(
         rr, cc = rr[keep], cc[keep]
         if rr.size == 0:
             continue
-        for m, arr in norm.items():
-            view = sliding_window_view(arr, (patch_size, patch_size), axis=(1, 2))  # (B, h, w, P, P)
-            patches[m].append(np.ascontiguousarray(view[:, rr, cc].transpose(1, 0, 2, 3)))
+        for m, arr in patches_at(norm, rr, cc, patch_size).items():
+            patches[m].append(arr)
         out_codes.append(sub[rr, cc])
         out_pos.append(np.stack([rr + r0, cc + c0], axis=1))
     if dropped:

@@ -115,7 +115,7 @@ def bench_dense_vs_patch(side=128):
     import torch
 
     from rsvl.backend.dense import DenseEmbedder
-    from rsvl.backend.inference import embed_window
+    from rsvl.backend.inference import embed_patches
 
     model = paper_model()
     halo = model.config.patch_size // 2
@@ -135,7 +135,7 @@ def bench_dense_vs_patch(side=128):
 
     def patch():
         with torch.no_grad():
-            return torch.einsum("dhw,kd->khw", embed_window(model, norm, halo, "patch", "cpu", 4096), text)
+            return torch.einsum("dhw,kd->khw", embed_patches(model, norm, halo, "cpu", 4096), text)
 
     d, r, pt = dense(), reference_dense(), patch()
     max_diff = float((d - pt).abs().max())
