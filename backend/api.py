@@ -306,7 +306,7 @@ def evaluate(
 
     import rasterio
 
-    from .labels import RasterLabels, open_labels
+    from .labels import RasterLabels
     from .raster import Grid, tile_windows
 
     job = Job(progress, is_cancelled)

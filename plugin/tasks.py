@@ -36,7 +36,7 @@ class BackendJobTask(QgsTask):
         self.messages = []
 
     def run(self) -> bool:  # worker thread: no GUI, no project access
-        from ..backend.errors import CancelledError, RsvlError
+        from ..backend.errors import RsvlError
 
         def progress(fraction, message):
             self.setProgress(100.0 * fraction)
@@ -46,10 +46,7 @@ class BackendJobTask(QgsTask):
             if self.after is not None:
                 self.after(self.result)
             return True
-        except CancelledError as exc:
-            self.error = str(exc)
-            return False
-        except RsvlError as exc:
+        except RsvlError as exc:  # CancelledError included: finished() tells the two apart
             self.error = str(exc)
             return False
         except Exception as exc:  # an unexpected failure must still reach the user
