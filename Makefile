@@ -9,7 +9,8 @@ ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 VENV := $(ROOT)/.venv
 PY := $(VENV)/bin/python
 PLUGIN_DIR := $(VENV)/qgis-plugins
-DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin python3-venv python3-pip
+DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin python3-venv python3-pip \
+  xvfb xauth libgl1-mesa-dri
 REQ_HASH := $(shell sha256sum $(ROOT)/requirements.txt | cut -c1-16)
 STAMP := $(VENV)/.rsvl-requirements-$(REQ_HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -12,12 +12,17 @@ Encoder ids (stored in model files):
 
 A plain directory path is recognised by its files. Embeddings are L2-normalised and
 cached per (encoder id, text) for the life of the process.
+
+A host application (the QGIS plugin, through :func:`rsvl.backend.host.embed`) runs its
+text encoders in a child process (:mod:`rsvl.backend.textworker`), so transformers and
+what it imports (torch's compiler stack among them) stay out of the host.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Dict, List, Sequence, Tuple
 
 from .errors import TextEncoderError
@@ -25,10 +30,33 @@ from .errors import TextEncoderError
 log = logging.getLogger("rsvl")
 
 BUILTIN_MINILM = "builtin:all-MiniLM-L6-v2"
-DEFAULT_TEMPLATE = "the hyperspectral patch of {}"
+# Default class prompt per modality, for the first present of hsi, ms, sar, lidar (the
+# order the reference grid follows). HSI keeps the MMLGNet paper's prompt.
+MODALITY_TEMPLATES = {
+    "hsi": "the hyperspectral patch of {}",
+    "ms": "a multispectral satellite image of {}",
+    "sar": "a SAR image of {}",
+    "lidar": "an elevation model of {}",
+}
+DEFAULT_TEMPLATE = MODALITY_TEMPLATES["hsi"]
+
+
+def default_template(modalities) -> str:
+    """The class prompt template that describes the inputs actually used."""
+    for modality in MODALITY_TEMPLATES:
+        if modality in modalities:
+            return MODALITY_TEMPLATES[modality]
+    return DEFAULT_TEMPLATE
 
 _ENCODERS: Dict[str, TextEncoder] = {}
 _CACHE: Dict[Tuple[str, str], object] = {}
+_LOCK = threading.Lock()  # two background tasks asking at once load an encoder once
+_IN_WORKER = {"enabled": False}
+
+
+def run_encoders_in_worker(enabled: bool = True) -> None:
+    """Run this process's text encoders in a child process (for GUI hosts such as QGIS)."""
+    _IN_WORKER["enabled"] = enabled
 
 
 def builtin_minilm_path() -> str:
@@ -145,12 +173,29 @@ class TextEncoder:
         return torch.stack([_CACHE[(self.id, t)] for t in texts])
 
 
+class WorkerTextEncoder(TextEncoder):
+    """The same encoder, run in the child process of :mod:`rsvl.backend.textworker`."""
+
+    def _load(self):
+        from .textworker import load_in_worker
+
+        self.kind = "worker"
+        self.dim = load_in_worker(self.id)
+
+    def _encode(self, texts: Sequence[str]):
+        from .textworker import encode_in_worker
+
+        return encode_in_worker(self.id, texts)
+
+
 def get_text_encoder(spec: str) -> TextEncoder:
     encoder_id = canonical_id(spec)
-    if encoder_id not in _ENCODERS:
-        log.info("loading text encoder %s", encoder_id)
-        _ENCODERS[encoder_id] = TextEncoder(encoder_id)
-    return _ENCODERS[encoder_id]
+    with _LOCK:
+        if encoder_id not in _ENCODERS:
+            log.info("loading text encoder %s", encoder_id)
+            kind = WorkerTextEncoder if _IN_WORKER["enabled"] else TextEncoder
+            _ENCODERS[encoder_id] = kind(encoder_id)
+        return _ENCODERS[encoder_id]
 
 
 def apply_template(template: str, names: Sequence[str]) -> List[str]:

@@ -8,6 +8,11 @@ from qgis.PyQt import sip
 
 class RsvlPlugin:
     def __init__(self, iface):
+        from ..backend import host
+
+        # Keep triton's LLVM (it crashes a QGIS that loaded Mesa's OpenGL) and transformers
+        # out of QGIS: see backend/host.py. Imports nothing heavy.
+        host.embed()
         self.iface = iface
         self.provider = None
         self.actions = []
@@ -64,3 +69,6 @@ class RsvlPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        from ..backend.textworker import stop_worker
+
+        stop_worker()

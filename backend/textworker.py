@@ -1,0 +1,192 @@
+"""Text encoders in a child process, for host applications such as desktop QGIS.
+
+Loading a Hugging Face or open_clip text encoder imports transformers, and transformers
+imports torch's compiler stack (``torch._dynamo``, which imports ``triton`` and its own
+LLVM). Training and inference never compile anything, but in a desktop QGIS that has loaded
+Mesa's LLVM for OpenGL the second LLVM crashes the whole application. So a host runs its
+text encoders here instead: :class:`WorkerTextEncoder` has the interface of
+:class:`rsvl.backend.text.TextEncoder` and asks one long-lived child Python process
+(``python -m rsvl.backend.textworker``) for embeddings. The host process never imports
+transformers, open_clip, ``torch._dynamo`` or ``triton``, whatever their versions do at
+import time; the child imports what it likes.
+
+Protocol: one JSON object per line on the child's stdin and stdout.
+``{"op": "load", "encoder": ID}`` → ``{"ok": true, "dim": D}``;
+``{"op": "encode", "encoder": ID, "texts": [...]}`` → ``{"ok": true, "shape": [N, D],
+"data": base64 of little-endian float32}``; a failure → ``{"ok": false, "error": MESSAGE,
+"kind": "TextEncoderError" or another exception name}``. The child's own stdout is sent
+to its stderr (a log file), so nothing a library prints can corrupt the protocol. The
+child ends when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Optional, Sequence
+
+from .errors import TextEncoderError
+
+log = logging.getLogger("rsvl")
+
+
+def python_executable() -> str:
+    """A Python interpreter of this process's version. Embedded Python (QGIS) reports
+    ``sys.executable`` as whatever ``python3`` it found on PATH, or as the host binary,
+    so the interpreter next to the running standard library comes first."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [os.environ.get("RSVL_PYTHON")]
+    if os.name == "nt":
+        candidates += [os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.base_exec_prefix, "python.exe")]
+    else:
+        candidates += [os.path.join(prefix, "bin", f"python{version}") for prefix in (sys.exec_prefix,
+                                                                                     sys.base_exec_prefix)]
+    if os.path.basename(sys.executable or "").lower().startswith("python"):
+        candidates.append(sys.executable)
+    candidates += [shutil.which(f"python{version}"), shutil.which("python3")]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise TextEncoderError(
+        f"no Python {version} interpreter found to run the text encoder in (set RSVL_PYTHON to its path)")
+
+
+class TextWorker:
+    """The child process; started on first use, restarted if it died, one request at a time."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: Optional[subprocess.Popen] = None
+        self._log_path: Optional[str] = None
+
+    def _start(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        # The child sees exactly the packages this process sees (QGIS adds its own paths).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TRANSFORMERS_VERBOSITY="error",
+                   HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+        fd, self._log_path = tempfile.mkstemp(prefix="rsvl-textworker-", suffix=".log")
+        with os.fdopen(fd, "wb") as stderr:
+            proc = subprocess.Popen(
+                [python_executable(), "-m", "rsvl.backend.textworker"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, encoding="utf-8", bufsize=1,
+                cwd=tempfile.gettempdir())
+        log.info("text encoders run in a separate process (pid %d)", proc.pid)
+        return proc
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self._log_path, encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:]).strip()
+        except (OSError, TypeError):
+            return ""
+
+    def request(self, message: dict) -> dict:
+        with self._lock:
+            for attempt in (1, 2):
+                if self._proc is None or self._proc.poll() is not None:
+                    self._proc = self._start()
+                try:
+                    self._proc.stdin.write(json.dumps(message) + "\n")
+                    self._proc.stdin.flush()
+                    line = self._proc.stdout.readline()
+                except (BrokenPipeError, OSError):
+                    line = ""
+                if line:
+                    break
+                self._proc.wait(timeout=30)
+                if attempt == 2:
+                    raise TextEncoderError(
+                        f"the text encoder process ended (exit status {self._proc.returncode}): "
+                        f"{self._log_tail() or 'no message'}")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise TextEncoderError(reply.get("error", "the text encoder process failed"))
+        return reply
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                try:
+                    self._proc.stdin.close()
+                    self._proc.wait(timeout=10)
+                except (OSError, subprocess.TimeoutExpired):
+                    self._proc.kill()
+                self._proc = None
+            if self._log_path and os.path.exists(self._log_path):
+                os.remove(self._log_path)
+                self._log_path = None
+
+
+_worker = TextWorker()
+atexit.register(_worker.close)
+
+
+def stop_worker() -> None:
+    """End the child process (it is started again when next needed)."""
+    _worker.close()
+
+
+def _decode(reply: dict):
+    import numpy as np
+    import torch
+
+    data = np.frombuffer(base64.b64decode(reply["data"]), dtype="<f4").reshape(reply["shape"])
+    return torch.from_numpy(data.copy())
+
+
+def load_in_worker(encoder_id: str) -> int:
+    """Load an encoder in the child; its embedding size."""
+    return int(_worker.request({"op": "load", "encoder": encoder_id})["dim"])
+
+
+def encode_in_worker(encoder_id: str, texts: Sequence[str]):
+    """(len(texts), dim) float32 tensor of L2-normalised embeddings, computed in the child."""
+    return _decode(_worker.request({"op": "encode", "encoder": encoder_id, "texts": list(texts)}))
+
+
+# --- the child -------------------------------------------------------------------------
+def serve(requests, replies) -> None:
+    """Answer requests (lines of JSON) until ``requests`` ends."""
+    import numpy as np
+
+    from .text import get_text_encoder
+
+    for line in requests:
+        if not line.strip():
+            continue
+        try:
+            message = json.loads(line)
+            encoder = get_text_encoder(message["encoder"])
+            if message["op"] == "load":
+                reply = {"ok": True, "dim": encoder.dim, "id": encoder.id}
+            elif message["op"] == "encode":
+                emb = np.ascontiguousarray(encoder.encode(list(message["texts"])).numpy(), dtype="<f4")
+                reply = {"ok": True, "shape": list(emb.shape), "data": base64.b64encode(emb.tobytes()).decode()}
+            else:
+                reply = {"ok": False, "error": f"unknown request {message['op']!r}", "kind": "ValueError"}
+        except Exception as exc:  # every failure goes back to the host as a message
+            log.exception("text encoder request failed")
+            reply = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def main() -> int:
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to the log, not the protocol
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    serve(sys.stdin, replies)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
