@@ -20,7 +20,7 @@ from .jobs import IsCancelled, Job, Progress
 from .labels import ClassInfo, open_labels
 from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
 from .raster import LayerSpec, RasterStack, compute_band_stats
-from .text import DEFAULT_TEMPLATE, apply_template
+from .text import apply_template, default_template
 
 log = logging.getLogger("rsvl")
 EVALUATE_TILE = 1024  # pixels per side of the windows evaluate() reads at a time
@@ -60,7 +60,7 @@ def train(
     output_model: str,
     *,
     class_field: Optional[str] = None,
-    prompt_template: str = DEFAULT_TEMPLATE,
+    prompt_template: Optional[str] = None,
     text_encoder: str = "minilm",
     patch_size: int = 11,
     epochs: int = 100,
@@ -76,7 +76,8 @@ def train(
     is_cancelled: Optional[IsCancelled] = None,
 ) -> TrainResult:
     """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
-    with ``class_field``) and save it to ``output_model`` (.safetensors)."""
+    with ``class_field``) and save it to ``output_model`` (.safetensors). Without a
+    ``prompt_template``, the template follows the inputs (:func:`rsvl.backend.text.default_template`)."""
     import torch
 
     from .device import resolve_device
@@ -96,10 +97,12 @@ def train(
         raise InputError(f"LEARNING_RATE must be positive (got {learning_rate})")
     if patch_size < 1 or patch_size % 2 == 0:
         raise InputError(f"PATCH_SIZE must be a positive odd number (got {patch_size})")
+    layers = _as_layers(layers)
+    if not (prompt_template or "").strip():
+        prompt_template = default_template({layer.modality for layer in layers})
     apply_template(prompt_template, ["x"])  # validates the template early
     job = Job(progress, is_cancelled)
     dev = resolve_device(device)
-    layers = _as_layers(layers)
     with RasterStack(layers, reference=reference, align=align) as stack:
         job.step(0.0, "reading labels")
         label_source = open_labels(labels, stack.grid, class_field)
@@ -253,7 +256,6 @@ def query(
     prompt (one float band per prompt, named after it) and optionally the argmax map, with
     pixels whose best similarity is below ``threshold`` left as nodata."""
     from .inference import run_inference
-    from .palette import default_colour
     from .text import get_text_encoder
 
     prompts = [p.strip() for p in prompts if p and p.strip()]
@@ -272,13 +274,24 @@ def query(
             )
         texts = apply_template(header.prompt_template, prompts) if use_template else list(prompts)
         text = encoder.encode(texts)
-        classes = [ClassInfo(i + 1, p, default_colour(i)) for i, p in enumerate(prompts)]
+        classes = prompt_classes(prompts, header.classes)
         res = run_inference(
             model, stack, header.stats, text, classes=classes, class_path=output, similarity_path=output_similarity,
             similarity_names=prompts, threshold=threshold, method=method, tile=tile_size, device=dev,
             job=job.span(0.05, 1.0),
         )
     return QueryResult(output_similarity, output, prompts, texts, classes, res.seconds)
+
+
+def prompt_classes(prompts: Sequence[str], model_classes: Sequence[ClassInfo]) -> List[ClassInfo]:
+    """Codes 1..N for the prompts, coloured as people read maps: a prompt that names one of
+    the model's classes takes that class's colour, others a land-cover lexicon's or a
+    qualitative palette's (see :mod:`rsvl.backend.palette`)."""
+    from .palette import assign_colours
+
+    by_name = {c.name.strip().lower(): tuple(c.colour) for c in model_classes}
+    colours = assign_colours(prompts, [by_name.get(p.strip().lower()) for p in prompts])
+    return [ClassInfo(i + 1, p, rgb) for i, (p, rgb) in enumerate(zip(prompts, colours))]
 
 
 @dataclass

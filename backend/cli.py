@@ -15,7 +15,6 @@ from typing import List, Optional
 from . import __version__
 from .errors import CancelledError, RsvlError
 from .raster import MODALITIES, LayerSpec
-from .text import DEFAULT_TEMPLATE
 
 
 def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
@@ -78,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-field", help="class field of vector labels (string or integer)")
     p.add_argument("--output", "-o", required=True, help="model file to write (.safetensors)")
     p.add_argument("--report", help="write an HTML training report (curves, validation confusion matrix)")
-    p.add_argument("--prompt-template", default=DEFAULT_TEMPLATE, help="class prompt; {} is the class name")
+    p.add_argument("--prompt-template", default=None,
+                   help="class prompt, {} is the class name (default: follows the inputs, e.g. 'a multispectral "
+                        "satellite image of {}' for MS, 'the hyperspectral patch of {}' with HSI)")
     p.add_argument("--text-encoder", default="minilm",
                    help="minilm (built-in), a local HF dir, open_clip:DIR or open_clip:ARCH:CHECKPOINT")
     p.add_argument("--patch-size", type=int, default=11)

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from .errors import LabelError
 from .gdal_exceptions import gdal_exceptions
-from .palette import default_colour
+from .palette import assign_colours
 from .raster import Grid, tile_windows
 
 log = logging.getLogger("rsvl")
@@ -105,12 +105,11 @@ class RasterLabels:
             self.close()
             raise
         names = _category_names(path)
-        self.classes = []
-        for code in sorted(present):
-            name = names[code] if code < len(names) and names[code] else f"class {code}"
-            colour = colormap.get(code)
-            rgb = tuple(colour[:3]) if colour is not None and any(colour[:3]) else default_colour(len(self.classes))
-            self.classes.append(ClassInfo(code, name, rgb))
+        codes = sorted(present)
+        class_names = [names[c] if c < len(names) and names[c] else f"class {c}" for c in codes]
+        table = [colormap.get(c) for c in codes]
+        colours = assign_colours(class_names, [tuple(t[:3]) if t is not None and any(t[:3]) else None for t in table])
+        self.classes = [ClassInfo(c, n, rgb) for c, n, rgb in zip(codes, class_names, colours)]
 
     def _read_raw(self, window) -> np.ndarray:
         codes = self._reader.read(1, window=window).astype(np.int64)
@@ -223,10 +222,12 @@ def _vector_labels(path, grid, class_field, layer_name) -> VectorLabels:
         if min(values) < 0:
             raise LabelError(f"CLASS_FIELD {class_field!r} has negative values: use 1, 2, … (0 = unlabelled)")
         mapping = {v: int(v) for v in values}
-        out_classes = [ClassInfo(int(v), f"class {v}", default_colour(i)) for i, v in enumerate(values)]
+        out_classes = [ClassInfo(int(v), f"class {v}", rgb)
+                       for v, rgb in zip(values, assign_colours([f"class {v}" for v in values]))]
     else:
         mapping = {v: i + 1 for i, v in enumerate(values)}
-        out_classes = [ClassInfo(i + 1, str(v), default_colour(i)) for i, v in enumerate(values)]
+        out_classes = [ClassInfo(i + 1, str(v), rgb)
+                       for i, (v, rgb) in enumerate(zip(values, assign_colours([str(v) for v in values])))]
 
     return VectorLabels(grid, [(geom, mapping[v]) for geom, v in raw], out_classes, by_name=not is_int)
 

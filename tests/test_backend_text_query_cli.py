@@ -136,3 +136,35 @@ def test_cli_train_classify_evaluate(cli, scene, tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["oa"] > 0.8
     out = cli("info", model)
     assert json.loads(out.stdout)["modalities"]["ms"]["bands"] == 6
+
+
+def test_default_prompt_template_follows_the_inputs(scene, tmp_path, helpers):
+    from rsvl.backend.text import default_template
+
+    assert default_template({"ms", "lidar"}) == "a multispectral satellite image of {}"
+    assert default_template({"hsi", "ms"}) == "the hyperspectral patch of {}"  # the MMLGNet paper's
+    assert default_template({"sar"}) == "a SAR image of {}"
+    assert default_template({"lidar"}) == "an elevation model of {}"
+    # A model trained on MS + LiDAR without a template stores the MS one and prompts with it.
+    layers = [LayerSpec(str(scene.paths["ms"]), "ms"), LayerSpec(str(scene.paths["lidar"]), "lidar")]
+    out = tmp_path / "ms.safetensors"
+    api.train(layers, str(scene.labels), str(out), **{**helpers.fast, "epochs": 2})
+    header = api.describe_model(str(out))
+    assert header["prompt_template"] == "a multispectral satellite image of {}"
+    res = api.query(str(out), layers, ["open water"], str(tmp_path / "sim.tif"), device="cpu")
+    assert res.texts == ["a multispectral satellite image of open water"]
+
+
+def test_map_colours_people_read_naturally():
+    from rsvl.backend.palette import assign_colours, default_colour, lexicon_colour
+
+    water, forest, crops = lexicon_colour("water"), lexicon_colour("forest"), lexicon_colour("crops")
+    assert lexicon_colour("Broadleaf forests") == forest and lexicon_colour("built-up area") == lexicon_colour("urban")
+    assert lexicon_colour("Flooded fields") != crops and lexicon_colour("cultivated land") == crops
+    assert lexicon_colour("schrubland") == lexicon_colour("shrubs") and lexicon_colour("zzz") is None
+    assert water[2] > max(water[:2]) and forest[1] > max(forest[0], forest[2])  # blue, green
+    # A given colour wins; no two names share one; unknown names take the palette in order.
+    colours = assign_colours(["lake", "river", "forest", "alpha", "beta"], [None, None, (1, 2, 3), None, None])
+    assert colours[0] == water and colours[2] == (1, 2, 3)
+    assert len(set(colours)) == 5 and colours[1] == default_colour(0) and colours[3:] == [default_colour(1),
+                                                                                          default_colour(2)]

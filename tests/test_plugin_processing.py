@@ -63,11 +63,41 @@ def test_algorithms_are_registered_with_help(plugin):
     registry = QgsApplication.processingRegistry()
     for name in ("train", "classify", "query", "evaluate"):
         alg = registry.algorithmById(f"rsvl:{name}")
-        assert alg is not None and alg.group() == "rsvl" and alg.name() == name
+        assert alg is not None and alg.name() == name
         help_text = alg.shortHelpString()
         for param in alg.parameterDefinitions():
             assert param.name() in help_text or param.name().startswith("INPUT_"), (name, param.name())
         assert not alg.flags() & alg.FlagNoThreading  # runs in Processing's background thread
+
+
+def test_toolbox_shows_algorithms_directly_under_rsvl(plugin):
+    from qgis.gui import QgsProcessingToolboxModel
+
+    model = QgsProcessingToolboxModel(None, QgsApplication.processingRegistry())
+    provider = model.indexForProvider("rsvl")
+    children = [model.index(row, 0, provider) for row in range(model.rowCount(provider))]
+    # Not rsvl ▸ rsvl ▸ …: every child of the provider is an algorithm, none a group.
+    assert sorted(model.algorithmForIndex(c).id() for c in children if model.algorithmForIndex(c)) == \
+        ["rsvl:classify", "rsvl:evaluate", "rsvl:query", "rsvl:train"]
+    assert len(children) == 4
+
+
+def test_outputs_worth_keeping_are_not_temporary(plugin):
+    registry = QgsApplication.processingRegistry()
+    train = registry.createAlgorithmById("rsvl:train")
+    model = train.parameterDefinition("OUTPUT_MODEL")
+    default = model.defaultValue()
+    assert default and os.path.isabs(default) and default.endswith(".safetensors")
+    assert os.path.join(os.path.expanduser("~"), "rsvl", "models") == os.path.dirname(default)
+    assert train.parameterDefinition("PROMPT_TEMPLATE").defaultValue() in (None, "")
+    for alg_id, key in (("rsvl:train", "OUTPUT_REPORT"), ("rsvl:evaluate", "OUTPUT_REPORT"),
+                        ("rsvl:classify", "OUTPUT_CONFIDENCE")):
+        alg = registry.createAlgorithmById(alg_id)
+        p = alg.parameterDefinition(key)
+        assert p.flags() & p.FlagOptional and not p.createByDefault(), (alg_id, key)
+    query = registry.createAlgorithmById("rsvl:query")
+    assert "best-prompt" in query.parameterDefinition("THRESHOLD").description()
+    assert query.parameterDefinition("OUTPUT").description() == "Best prompt"
 
 
 def test_train_outputs_model_report_and_numbers(trained):
@@ -317,3 +347,47 @@ def test_vector_layers_ogr_would_misread_are_copied(plugin, scene, tmp_path):
     copied = vector_path(no_crs, "TRAINING")
     assert copied != no_crs.source()
     assert "4326" in ogr.Open(copied).GetLayer(0).GetSpatialRef().ExportToWkt()
+
+
+def test_run_in_a_background_task_loads_styled_outputs(plugin, trained, scene, tmp_path):
+    """As the Processing dialog runs it: a QgsProcessingAlgRunnerTask (processAlgorithm in a
+    worker thread with its own context) with outputs to open in the project afterwards."""
+    from qgis.core import QgsProcessingAlgRunnerTask, QgsProcessingContext, QgsProcessingOutputLayerDefinition
+
+    result, _ = trained
+    project = QgsProject.instance()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    feedback = QgsProcessingFeedback()
+    outputs = {"OUTPUT": str(tmp_path / "best.tif"), "OUTPUT_SIMILARITY": str(tmp_path / "similarity.tif")}
+    params = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
+              "INPUT_LIDAR": [str(scene.paths["lidar"])], "PROMPTS": "forest\ngreenhouses\nflooded fields\nmoon crater",
+              "DEVICE": 1, **{k: QgsProcessingOutputLayerDefinition(v, project) for k, v in outputs.items()}}
+    alg = QgsApplication.processingRegistry().createAlgorithmById("rsvl:query")
+    task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
+    done = {}
+    task.executed.connect(lambda ok, results: done.update(ok=ok, results=results))
+    QgsApplication.taskManager().addTask(task)
+    deadline = time.monotonic() + 120
+    while not done and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.02)
+    assert done.get("ok"), done
+    # Both outputs are still registered for loading once the thread's context is merged back,
+    # and the best-prompt map carries its paletted style.
+    for path in outputs.values():
+        assert context.willLoadLayerOnCompletion(path), path
+    details = context.layerToLoadOnCompletionDetails(outputs["OUTPUT"])
+    assert details.postProcessor() is not None
+    layer = QgsRasterLayer(outputs["OUTPUT"], "best", "gdal")
+    details.postProcessor().postProcessLayer(layer, context, feedback)
+    assert layer.renderer().type() == "paletted"
+    colours = {c.label: c.color.getRgb()[:3] for c in layer.renderer().classes()}
+    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.palette import default_colour, lexicon_colour
+
+    forest = next(c for c in read_header(result["OUTPUT_MODEL"]).classes if c.name == "forest")
+    assert colours["forest"] == tuple(forest.colour)  # the model's class colour
+    assert colours["greenhouses"] == lexicon_colour("greenhouse")  # the colour the words suggest
+    assert colours["flooded fields"] == lexicon_colour("flood") != lexicon_colour("fields")
+    assert colours["moon crater"] == default_colour(0)  # unknown words: the qualitative palette

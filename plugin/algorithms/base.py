@@ -109,11 +109,13 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
     """Base class: group, icon, helpers. Subclasses implement ``initAlgorithm``,
     ``backend_request`` (main thread: QGIS values → plain Python) and ``finish``."""
 
+    # No group: the Toolbox shows rsvl ▸ algorithm (a group named after the provider would
+    # show rsvl ▸ rsvl ▸ algorithm).
     def group(self):
-        return "rsvl"
+        return ""
 
     def groupId(self):  # noqa: N802 (QGIS API name)
-        return "rsvl"
+        return ""
 
     def icon(self):
         return QIcon(ICON_PATH)
@@ -173,6 +175,10 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         """Resolve layers into file paths on the main thread, before the background run."""
         self._request = self.backend_request(parameters, context, feedback)
+        # Resolving an output layer registers it for loading in *this* context. A dialog runs
+        # processAlgorithm in a thread with a fresh context whose list replaces this one when
+        # the run ends, so the registrations are carried over there (see processAlgorithm).
+        self._layers_to_load = dict(context.layersToLoadOnCompletion())
         return True
 
     def backend_request(self, parameters, context, feedback) -> Tuple[Callable, dict]:
@@ -182,6 +188,9 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         raise NotImplementedError
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
+        for path, details in getattr(self, "_layers_to_load", {}).items():
+            if not context.willLoadLayerOnCompletion(path):
+                context.addLayerToLoadOnCompletion(path, details)
         function, kwargs = self._request
         result = run_backend(function, kwargs, feedback)
         return self.finish(result, parameters, context, feedback)

@@ -33,7 +33,8 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "raster's class names (case-insensitive), integers to its codes.<br>"
             "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU.<br>"
             "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
-            "<b>OUTPUT_REPORT</b>: HTML report with the confusion matrix as a picture.<br>"
+            "<b>OUTPUT_REPORT</b>: optional HTML report with the confusion matrix as a picture (skipped unless a "
+            "file is given).<br>"
             "Outputs OA, AA, KAPPA and MIOU for chaining."
         )
 
@@ -51,7 +52,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "OUTPUT_JSON", "Figures (JSON)", fileFilter="JSON files (*.json)", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Accuracy report", fileFilter="HTML files (*.html)", optional=True,
-            createByDefault=True))
+            createByDefault=False))
         for key, title in (("OA", "Overall accuracy"), ("AA", "Average accuracy"), ("KAPPA", "Cohen's kappa"),
                            ("MIOU", "Mean IoU")):
             self.addOutput(QgsProcessingOutputNumber(key, title))

@@ -37,9 +37,12 @@ class QueryAlgorithm(RsvlAlgorithm):
             "<b>USE_TEMPLATE</b>: wrap each prompt in the model's prompt template (as its classes were).<br>"
             "<b>OUTPUT_SIMILARITY</b>: float32 raster, one band per prompt (band description = the prompt), "
             "cosine similarity in [-1, 1], nodata where inputs are nodata.<br>"
-            "<b>OUTPUT</b>: optional map of the most similar prompt (codes 1..N in prompt order), styled.<br>"
-            "<b>THRESHOLD</b>: pixels whose best similarity is below it are nodata in OUTPUT (leave empty for "
-            "none).<br>" + DEVICE_HELP
+            "<b>Best prompt</b> (OUTPUT): optional map of the most similar prompt (codes 1..N in prompt order), "
+            "styled: a prompt that names one of the model's classes takes that class's colour, others the colour "
+            "people expect of the words (water blue, forest dark green, built-up red …), else a colour-blind-"
+            "friendly qualitative palette.<br>"
+            "<b>Similarity threshold for the best-prompt map</b> (THRESHOLD): pixels whose best similarity is "
+            "below it are left empty in the best-prompt map (leave empty for none).<br>" + DEVICE_HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -49,7 +52,8 @@ class QueryAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean("USE_TEMPLATE", "Wrap prompts in the model's template",
                                                         defaultValue=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "THRESHOLD", "Similarity threshold for OUTPUT", type=QgsProcessingParameterNumber.Double,
+            "THRESHOLD", "Similarity threshold for the best-prompt map (empty: none)",
+            type=QgsProcessingParameterNumber.Double,
             minValue=-1.0, maxValue=1.0, optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_SIMILARITY", "Similarity"))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Best prompt", optional=True,

@@ -15,7 +15,15 @@ from qgis.core import (
 
 from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
 
-DEFAULT_TEMPLATE = "the hyperspectral patch of {}"
+
+def default_model_path() -> str:
+    """A new, persistent file for each dialog: ~/rsvl/models/rsvl-model-YYYYmmdd-HHMMSS.safetensors.
+    (Processing's temporary folder is deleted when QGIS closes, and a model is worth keeping.)"""
+    import os
+    import time
+
+    return os.path.join(os.path.expanduser("~"), "rsvl", "models",
+                        time.strftime("rsvl-model-%Y%m%d-%H%M%S.safetensors"))
 
 
 class TrainAlgorithm(RsvlAlgorithm):
@@ -34,7 +42,9 @@ class TrainAlgorithm(RsvlAlgorithm):
             "table name and colour the classes) or a point/polygon vector layer in any CRS.<br>"
             "<b>CLASS_FIELD</b>: for vector labels, the field holding the class (text = class names; integer = "
             "class codes, 0/NULL skipped).<br>"
-            "<b>PROMPT_TEMPLATE</b>: text prompt per class, {} is replaced by the class name.<br>"
+            "<b>PROMPT_TEMPLATE</b>: text prompt per class, {} is replaced by the class name. Empty (the "
+            "default) follows the inputs: 'the hyperspectral patch of {}' with HSI (the MMLGNet paper's), else "
+            "'a multispectral satellite image of {}', 'a SAR image of {}' or 'an elevation model of {}'.<br>"
             "<b>TEXT_ENCODER</b>: 'minilm' (built-in all-MiniLM-L6-v2, offline) or a local model: a Hugging Face "
             "encoder folder, an open_clip folder, or open_clip:ARCH:CHECKPOINT (e.g. the paper's ViT-B-32).<br>"
             "<b>PATCH_SIZE</b>: odd patch side in pixels (paper: 11).<br>"
@@ -44,9 +54,11 @@ class TrainAlgorithm(RsvlAlgorithm):
             "weights are kept.<br>" + DEVICE_HELP +
             "<b>SEED</b>: fixed seed, same model on the CPU for the same inputs.<br>"
             "<b>OUTPUT_MODEL</b>: the model file (.safetensors weights + JSON header with classes, colours, "
-            "band names, normalisation, text encoder).<br>"
-            "<b>OUTPUT_REPORT</b>: HTML report with loss/accuracy curves, validation confusion matrix and class "
-            "table.<br>Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining."
+            "band names, normalisation, text encoder). By default a new file in ~/rsvl/models/ named after the "
+            "date and time, so closing QGIS never loses a model.<br>"
+            "<b>OUTPUT_REPORT</b>: optional HTML report with loss/accuracy curves, validation confusion matrix "
+            "and class table (skipped unless a file is given).<br>"
+            "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -57,8 +69,8 @@ class TrainAlgorithm(RsvlAlgorithm):
         # A plain string: QGIS 3.22's field widget crashes when its parent map-layer parameter
         # holds a raster, and this parameter accepts rasters too.
         self.addParameter(QgsProcessingParameterString("CLASS_FIELD", "Class field (vector labels)", optional=True))
-        self.addParameter(QgsProcessingParameterString("PROMPT_TEMPLATE", "Class prompt template",
-                                                       defaultValue=DEFAULT_TEMPLATE))
+        self.addParameter(QgsProcessingParameterString(
+            "PROMPT_TEMPLATE", "Class prompt template ({} = class name; empty: follows the inputs)", optional=True))
         self.addParameter(QgsProcessingParameterString("TEXT_ENCODER", "Text encoder (minilm or a local model path)",
                                                        defaultValue="minilm"))
         numbers = [
@@ -80,10 +92,10 @@ class TrainAlgorithm(RsvlAlgorithm):
         seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(seed)
         self.addParameter(QgsProcessingParameterFileDestination(
-            "OUTPUT_MODEL", "Model file", fileFilter="rsvl model (*.safetensors)"))
+            "OUTPUT_MODEL", "Model file", fileFilter="rsvl model (*.safetensors)", defaultValue=default_model_path()))
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
-            createByDefault=True))
+            createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_OA", "Validation overall accuracy"))
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_AA", "Validation average accuracy"))
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_KAPPA", "Validation kappa"))
@@ -102,7 +114,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         if patch % 2 == 0:
             return False, f"PATCH_SIZE must be odd (got {patch})"
         template = self.parameterAsString(parameters, "PROMPT_TEMPLATE", context)
-        if "{}" not in template:
+        if template.strip() and "{}" not in template:
             return False, "PROMPT_TEMPLATE must contain {} where the class name goes"
         return True, ""
 
@@ -114,7 +126,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         kwargs = dict(
             layers=self.layer_specs(parameters, context), labels=labels, class_field=class_field,
             output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context),
-            prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context),
+            prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context).strip() or None,
             text_encoder=self.parameterAsString(parameters, "TEXT_ENCODER", context) or "minilm",
             patch_size=self.parameterAsInt(parameters, "PATCH_SIZE", context),
             epochs=self.parameterAsInt(parameters, "EPOCHS", context),
