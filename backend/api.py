@@ -342,10 +342,10 @@ def evaluate(
                 labelled = r > 0
                 n_labelled += int(labelled.sum())
                 n_unclassified += int((labelled & (p == 0)).sum())
-                both = labelled & (p > 0)
-                keys, counts = np.unique(r[both] * 2**20 + p[both], return_counts=True)
+                # Unclassified pixels (code 0: nodata, or below a query's threshold) are pairs too.
+                keys, counts = np.unique(r[labelled] * 2**20 + p[labelled], return_counts=True)
                 pairs.update(dict(zip(keys.tolist(), counts.tolist())))
-            ref_classes = ref.classes
+            ref_classes, matching = ref.classes, ref.matching
         finally:
             ref.close()
     finally:
@@ -354,12 +354,20 @@ def evaluate(
         raise LabelError(f"REFERENCE {os.path.basename(reference)!r} has no labelled pixel on the classification grid")
     by_code: Dict[int, ClassInfo] = {c.code: c for c in ref_classes}
     by_code.update({c.code: c for c in predicted.classes})
+    if n_unclassified:  # an "unclassified" column: abstentions count against OA, AA and kappa
+        by_code[0] = ClassInfo(0, "unclassified", (255, 255, 255))
     codes = sorted(by_code)
     index = {c: i for i, c in enumerate(codes)}
     matrix = np.zeros((len(codes), len(codes)), dtype=np.int64)
     for key, count in pairs.items():
         matrix[index[key >> 20], index[key & (2**20 - 1)]] += count
     acc = accuracy_from_matrix(matrix, codes, [by_code[c].name for c in codes])
+    acc.n_unclassified, acc.matching = n_unclassified, matching
+    log.info("reference classes matched to the map's by %s%s", matching,
+             " (both have class names)" if matching == "name" else " (one side has no class names)")
+    if n_unclassified:
+        log.warning("%d of %d reference pixels are unclassified in the map (coverage %.4f); they count as errors",
+                    n_unclassified, n_labelled, acc.coverage)
     write_accuracy(acc, output_json, output_csv)
     job.report(1.0, acc.summary())
     return EvaluateResult(acc, output_json, output_csv, n_unclassified,

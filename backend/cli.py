@@ -129,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first", required=True, help="class raster with FRACTION of each class (e.g. training)")
     p.add_argument("--second", required=True, help="class raster with the rest (e.g. test)")
 
+    p = sub.add_parser("baselines", help="per-pixel baselines (majority, nearest centroid, 1-NN, random forest) "
+                                         "trained and tested on the same split as an rsvl model")
+    _add_layer_args(p, "the same inputs as the rsvl model")
+    p.add_argument("--train", required=True, help="training labels (class raster or vector with --class-field)")
+    p.add_argument("--test", required=True, help="test labels")
+    p.add_argument("--seed", type=int, default=0, help="random forest seed")
+    p.add_argument("--compare", metavar="ACCURACY_JSON", help="an `evaluate --json` file of the rsvl map to print "
+                                                              "side by side")
+
     p = sub.add_parser("info", help="print a model file's header as JSON")
     p.add_argument("model")
 
@@ -191,6 +200,17 @@ def run(args) -> int:
 
         first, second = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second)
         print(f"{args.first}: {sum(first.values())} pixels\n{args.second}: {sum(second.values())} pixels")
+    elif args.command == "baselines":
+        from .baselines import format_table, run_baselines
+
+        rows = []
+        if args.compare:
+            with open(args.compare, encoding="utf-8") as f:
+                figures = json.load(f)
+            rows.append(("rsvl (this model)", figures["oa"], figures["aa"], figures["kappa"]))
+        rows += [(b.name, b.accuracy.oa, b.accuracy.aa, b.accuracy.kappa)
+                 for b in run_baselines(_layers(args), args.train, args.test, seed=args.seed)]
+        print(format_table(rows))
     elif args.command == "info":
         print(json.dumps(api.describe_model(args.model), indent=2))
     elif args.command == "demo":

@@ -126,7 +126,7 @@ class RasterLabels:
 
     def match(self, classes: Sequence[ClassInfo]) -> None:
         """Read codes in the numbering of ``classes`` from now on (see :func:`class_lut`)."""
-        self.lut, self.classes = class_lut(self.classes, classes)
+        self.lut, self.classes, self.matching = class_lut(self.classes, classes)
 
     def close(self):
         if self._reader is not self._ds:
@@ -261,20 +261,26 @@ class VectorLabels:
 
     def match(self, classes: Sequence[ClassInfo]) -> None:
         """Read codes in the numbering of ``classes`` from now on (see :func:`class_lut`)."""
-        self.lut, self.classes = class_lut(self.classes, classes, self.by_name)
+        self.lut, self.classes, self.matching = class_lut(self.classes, classes, self.by_name)
 
     def close(self):
         pass
 
 
+def has_names(classes: Sequence[ClassInfo]) -> bool:
+    """Whether classes carry real names (category names, a text class field), not "class N"."""
+    return any(not c.name.startswith("class ") for c in classes)
+
+
 def class_lut(ref_classes: Sequence[ClassInfo], classes: Sequence[ClassInfo], by_name: bool = True):
     """A look-up table from reference codes to the codes of ``classes`` (a
-    classification's classes), and the reference classes in those codes.
+    classification's classes), the reference classes in those codes, and the rule used
+    ("name" or "code").
 
-    Named references (text class field, raster category names) are matched by name,
-    case-insensitively; unnamed ones ("class N") by code. Reference classes that match
+    When both sides have names (text class field, raster category names) classes are
+    matched by name, case-insensitively; otherwise by code. Reference classes that match
     none keep a code of their own, so they count as errors, and are logged."""
-    named = by_name and any(not c.name.startswith("class ") for c in ref_classes)
+    named = by_name and has_names(ref_classes) and has_names(classes)
     by_key = {(c.name.lower() if named else c.code): c for c in classes}
     next_code = max([c.code for c in classes] + [c.code for c in ref_classes]) + 1
     lut = np.zeros(max([0] + [c.code for c in ref_classes]) + 1, dtype=np.int32)
@@ -290,7 +296,7 @@ def class_lut(ref_classes: Sequence[ClassInfo], classes: Sequence[ClassInfo], by
     if unmatched:
         log.warning("reference classes not among the classification's classes (%s): %s — counted as errors",
                     ", ".join(c.name for c in classes), ", ".join(unmatched))
-    return lut, out_classes
+    return lut, out_classes, "name" if named else "code"
 
 
 def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,

@@ -40,10 +40,19 @@ class Accuracy:
     per_class_accuracy: List[float]
     per_class_iou: List[float]
     support: List[int]
+    n_unclassified: int = 0  # reference pixels the map left unclassified (counted as errors)
+    matching: str = ""  # how reference classes were matched to the map's: "name" or "code"
+
+    @property
+    def coverage(self) -> float:
+        """Share of the reference pixels that the map classified."""
+        n = int(self.matrix.sum())
+        return (n - self.n_unclassified) / n if n else float("nan")
 
     def to_json(self) -> dict:
         return {
             "oa": self.oa, "aa": self.aa, "kappa": self.kappa, "miou": self.miou, "n": int(self.matrix.sum()),
+            "coverage": self.coverage, "n_unclassified": self.n_unclassified, "matching": self.matching,
             "classes": [
                 {"code": c, "name": n, "accuracy": a, "iou": u, "support": s}
                 for c, n, a, u, s in zip(self.class_codes, self.class_names, self.per_class_accuracy,
@@ -53,7 +62,10 @@ class Accuracy:
         }
 
     def summary(self) -> str:
-        return f"OA {self.oa:.4f}  AA {self.aa:.4f}  kappa {self.kappa:.4f}  mIoU {self.miou:.4f}  (n={int(self.matrix.sum())})"
+        text = f"OA {self.oa:.4f}  AA {self.aa:.4f}  kappa {self.kappa:.4f}  mIoU {self.miou:.4f}  (n={int(self.matrix.sum())})"
+        if self.n_unclassified:
+            text += f"  coverage {self.coverage:.4f} ({self.n_unclassified} unclassified, counted as errors)"
+        return text
 
 
 def accuracy_from_matrix(matrix: np.ndarray, codes: Sequence[int], names: Sequence[str]) -> Accuracy:

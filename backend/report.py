@@ -122,6 +122,16 @@ def matrix_svg(acc: Accuracy, cell: int = 44) -> str:
     return "".join(parts)
 
 
+def _coverage_and_matching(acc: Accuracy) -> str:
+    text = ""
+    if acc.n_unclassified:
+        text += (f"<p>Coverage {acc.coverage:.4f}: {acc.n_unclassified} reference pixels are unclassified in the "
+                 "map; they count as errors (column 'unclassified').</p>")
+    if acc.matching:
+        text += f"<p>Reference classes matched to the map's classes by {_e(acc.matching)}.</p>"
+    return text
+
+
 def accuracy_section(acc: Accuracy, colours: Optional[dict] = None) -> str:
     rows = []
     for code, name, a, u, s in zip(acc.class_codes, acc.class_names, acc.per_class_accuracy, acc.per_class_iou,
@@ -137,7 +147,7 @@ def accuracy_section(acc: Accuracy, colours: Optional[dict] = None) -> str:
     return (
         '<table class="figs"><tr><th>OA</th><th>AA</th><th>κ</th><th>mIoU</th><th>pixels</th></tr>'
         f"<tr><td>{acc.oa:.4f}</td><td>{acc.aa:.4f}</td><td>{acc.kappa:.4f}</td><td>{acc.miou:.4f}</td>"
-        f"<td>{int(acc.matrix.sum())}</td></tr></table>"
+        f"<td>{int(acc.matrix.sum())}</td></tr></table>" + _coverage_and_matching(acc) +
         "<h3>Confusion matrix</h3>" + matrix_svg(acc) +
         '<h3>Per class</h3><table><tr><th>code</th><th class="l">class</th><th>reference pixels</th>'
         "<th>accuracy</th><th>IoU</th></tr>" + "".join(rows) + "</table>"

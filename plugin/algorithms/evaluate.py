@@ -25,17 +25,19 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         return (
             "Compares a class raster (e.g. from rsvl:classify) with reference labels on the class raster's grid "
             "and reports overall accuracy (OA), average accuracy (AA, mean per-class recall), Cohen's kappa, "
-            "per-class IoU and mIoU, and the confusion matrix. Reference pixels whose prediction is nodata are "
-            "not counted (their number is logged).<br><br>"
+            "per-class IoU and mIoU, and the confusion matrix. Reference pixels the map leaves unclassified "
+            "(nodata, e.g. below a query's threshold) count as errors, in an 'unclassified' column; COVERAGE is "
+            "the share of reference pixels the map classified.<br><br>"
             "<b>INPUT</b>: the class raster.<br>"
             "<b>REFERENCE</b>: a class raster (0/nodata = unlabelled, same class codes) or a point/polygon layer.<br>"
-            "<b>CLASS_FIELD</b>: for a vector reference, the class field: text values are matched to the class "
-            "raster's class names (case-insensitive), integers to its codes.<br>"
+            "<b>CLASS_FIELD</b>: for a vector reference, the class field. Classes are matched by name "
+            "(case-insensitive) when both the reference and the class raster have class names, by code otherwise; "
+            "the log and the report say which.<br>"
             "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU.<br>"
             "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
             "<b>OUTPUT_REPORT</b>: optional HTML report with the confusion matrix as a picture (skipped unless a "
             "file is given).<br>"
-            "Outputs OA, AA, KAPPA and MIOU for chaining."
+            "Outputs OA, AA, KAPPA, MIOU and COVERAGE for chaining."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -54,7 +56,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "OUTPUT_REPORT", "Accuracy report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
         for key, title in (("OA", "Overall accuracy"), ("AA", "Average accuracy"), ("KAPPA", "Cohen's kappa"),
-                           ("MIOU", "Mean IoU")):
+                           ("MIOU", "Mean IoU"), ("COVERAGE", "Coverage (classified / labelled)")):
             self.addOutput(QgsProcessingOutputNumber(key, title))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
@@ -82,8 +84,10 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         acc = result.accuracy
         feedback.pushInfo(acc.summary())
         if result.n_unclassified:
-            feedback.pushWarning(f"{result.n_unclassified} reference pixels are nodata in INPUT and were not counted")
-        outputs = {"OA": acc.oa, "AA": acc.aa, "KAPPA": acc.kappa, "MIOU": acc.miou, "OUTPUT_CSV": result.csv_path}
+            feedback.pushWarning(f"{result.n_unclassified} reference pixels are unclassified (nodata) in INPUT: they "
+                                 f"count as errors (coverage {acc.coverage:.4f})")
+        outputs = {"OA": acc.oa, "AA": acc.aa, "KAPPA": acc.kappa, "MIOU": acc.miou, "OUTPUT_CSV": result.csv_path,
+                   "COVERAGE": acc.coverage}
         if result.json_path:
             outputs["OUTPUT_JSON"] = result.json_path
         if self._report:
