@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--first", required=True, help="class raster with FRACTION of each class (e.g. training)")
     p.add_argument("--second", required=True, help="class raster with the rest (e.g. test)")
+    p.add_argument("--mode", default="random", choices=["random", "checkerboard", "blocks"],
+                   help="random pixels; checkerboard squares (first map from one colour, second from the other); "
+                        "random blocks (see --block-size, --buffer)")
+    p.add_argument("--block-size", type=int, default=20, help="square side in pixels (checkerboard, blocks)")
+    p.add_argument("--buffer", type=int, default=0,
+                   help="drop second-map pixels within this many pixels of a first-map pixel (patch_size // 2 keeps "
+                        "test patches free of training pixels)")
 
     p = sub.add_parser("baselines", help="per-pixel baselines (majority, nearest centroid, 1-NN, random forest) "
                                          "trained and tested on the same split as an rsvl model")
@@ -198,7 +205,8 @@ def run(args) -> int:
     elif args.command == "split":
         from .labels import split_label_raster
 
-        first, second = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second)
+        first, second = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second,
+                                           mode=args.mode, block_size=args.block_size, buffer=args.buffer)
         print(f"{args.first}: {sum(first.values())} pixels\n{args.second}: {sum(second.values())} pixels")
     elif args.command == "baselines":
         from .baselines import format_table, run_baselines

@@ -325,31 +325,17 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
     return src
 
 
-def stratified_split(codes: np.ndarray, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Split labelled pixels per class: ``fraction`` of each class (at least one pixel)
-    goes to the first map, the rest to the second. Both maps keep 0 = unlabelled."""
-    rng = np.random.default_rng(seed)
-    first = np.zeros_like(codes)
-    second = np.zeros_like(codes)
-    flat = codes.ravel()
-    for code in np.unique(flat[flat > 0]):
-        idx = np.flatnonzero(flat == code)
-        rng.shuffle(idx)
-        k = max(1, int(round(fraction * idx.size)))
-        first.ravel()[idx[:k]] = code
-        second.ravel()[idx[k:]] = code
-    return first, second
-
-
-def split_label_raster(path: str, fraction: float, seed: int, first_path: str, second_path: str):
-    """Write a seeded, class-stratified split of a class raster into two class rasters on
-    the same grid (same colour table and category names): ``fraction`` of each class's
-    pixels in the first (e.g. training), the rest in the second (e.g. test)."""
+def split_label_raster(path: str, fraction: float, seed: int, first_path: str, second_path: str,
+                       mode: str = "random", block_size: int = 20, buffer: int = 0):
+    """Write a seeded split of a class raster into two class rasters on the same grid (same
+    colour table and category names): ``fraction`` of each class's pixels in the first
+    (e.g. training), the rest in the second (e.g. test), at random or spatially apart
+    (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`). Returns the
+    pixel count per class code of each map."""
     from .atomic import atomic_path
     from .inference import set_category_names
+    from .splits import split_codes
 
-    if not 0 < fraction < 1:
-        raise LabelError(f"the split fraction must be in (0, 1) (got {fraction})")
     with rasterio.open(path) as src:
         grid = Grid.of(src)
         profile = src.profile.copy()
@@ -358,7 +344,7 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
         except ValueError:
             colormap = None
     labels = read_label_raster(path, grid)
-    first, second = stratified_split(labels.codes, fraction, seed)
+    first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer)
     dtype = "uint8" if max(c.code for c in labels.classes) <= 255 else "uint16"
     profile.update(dtype=dtype, count=1, nodata=0, compress="deflate")
     for codes, out in ((first, first_path), (second, second_path)):

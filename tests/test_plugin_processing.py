@@ -61,7 +61,7 @@ def trained(plugin, scene, tmp_path_factory):
 
 def test_algorithms_are_registered_with_help(plugin):
     registry = QgsApplication.processingRegistry()
-    for name in ("train", "classify", "query", "evaluate"):
+    for name in ("train", "classify", "query", "evaluate", "split"):
         alg = registry.algorithmById(f"rsvl:{name}")
         assert alg is not None and alg.name() == name
         help_text = alg.shortHelpString()
@@ -78,8 +78,8 @@ def test_toolbox_shows_algorithms_directly_under_rsvl(plugin):
     children = [model.index(row, 0, provider) for row in range(model.rowCount(provider))]
     # Not rsvl ▸ rsvl ▸ …: every child of the provider is an algorithm, none a group.
     assert sorted(model.algorithmForIndex(c).id() for c in children if model.algorithmForIndex(c)) == \
-        ["rsvl:classify", "rsvl:evaluate", "rsvl:query", "rsvl:train"]
-    assert len(children) == 4
+        ["rsvl:classify", "rsvl:evaluate", "rsvl:query", "rsvl:split", "rsvl:train"]
+    assert len(children) == 5
 
 
 def test_outputs_worth_keeping_are_not_temporary(plugin):
@@ -391,3 +391,20 @@ def test_run_in_a_background_task_loads_styled_outputs(plugin, trained, scene, t
     assert colours["greenhouses"] == lexicon_colour("greenhouse")  # the colour the words suggest
     assert colours["flooded fields"] == lexicon_colour("flood") != lexicon_colour("fields")
     assert colours["moon crater"] == default_colour(0)  # unknown words: the qualitative palette
+
+
+def test_split_algorithm_writes_styled_spatial_split(plugin, scene, tmp_path):
+    first, second = str(tmp_path / "train.tif"), str(tmp_path / "test.tif")
+    res = run("rsvl:split", {"INPUT": str(scene.labels), "FRACTION": 0.3, "MODE": 2, "BLOCK_SIZE": 8, "BUFFER": 2,
+                             "OUTPUT_FIRST": first, "OUTPUT_SECOND": second})
+    assert res == {"OUTPUT_FIRST": first, "OUTPUT_SECOND": second}
+    with rasterio.open(first) as a, rasterio.open(second) as b, rasterio.open(scene.labels) as ref:
+        fa, fb, codes = a.read(1), b.read(1), ref.read(1)
+    assert (fa > 0).any() and (fb > 0).any() and not ((fa > 0) & (fb > 0)).any()
+    assert ((fa > 0) | (fb > 0)).sum() < (codes > 0).sum()  # the buffer dropped test pixels next to training
+    fr, fc = np.nonzero(fa)
+    sr, sc = np.nonzero(fb)
+    assert np.maximum(np.abs(sr[:, None] - fr[None]), np.abs(sc[:, None] - fc[None])).min() > 2
+    layer = QgsRasterLayer(first, "train", "gdal")
+    assert layer.renderer().type() == "paletted"  # the .qml beside it, with the input's classes
+    assert {c.label for c in layer.renderer().classes()} == {"water", "forest", "buildings", "grassland"}

@@ -5,6 +5,7 @@ def all_algorithms():
     from .classify import ClassifyAlgorithm
     from .evaluate import EvaluateAlgorithm
     from .query import QueryAlgorithm
+    from .split import SplitAlgorithm
     from .train import TrainAlgorithm
 
-    return [TrainAlgorithm(), ClassifyAlgorithm(), QueryAlgorithm(), EvaluateAlgorithm()]
+    return [TrainAlgorithm(), ClassifyAlgorithm(), QueryAlgorithm(), EvaluateAlgorithm(), SplitAlgorithm()]

@@ -1,0 +1,102 @@
+"""rsvl:split — split a class raster into training and test labels, at random or spatially apart."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..styling import backend_classes, style_output_on_load, write_class_style
+from .base import RsvlAlgorithm, raster_path
+
+MODES = ["random", "checkerboard", "blocks"]
+
+
+class SplitAlgorithm(RsvlAlgorithm):
+    def name(self):
+        return "split"
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return "Split labels into training and test"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return (
+            "Splits a class raster into training and test class rasters on the same grid, with the same colours "
+            "and class names, seeded and reproducible. A random pixel split puts test pixels next to training "
+            "pixels, so a patch around a test pixel sees training pixels and patch models look better than they "
+            "are; the spatial modes keep the two apart.<br><br>"
+            "<b>INPUT</b>: class raster (0 or nodata = unlabelled).<br>"
+            "<b>FRACTION</b>: share of each class's pixels that goes to the training map.<br>"
+            "<b>MODE</b>: <i>random</i> pixels, stratified by class; <i>checkerboard</i>: squares of BLOCK_SIZE "
+            "pixels, training pixels drawn only from the dark squares, test pixels are every labelled pixel of the "
+            "light squares; <i>blocks</i>: squares of BLOCK_SIZE pixels in a random order go to training until "
+            "it holds FRACTION of the labelled pixels, the others to test.<br>"
+            "<b>BLOCK_SIZE</b>: square side in pixels (checkerboard, blocks).<br>"
+            "<b>BUFFER</b>: test pixels within this many pixels of a training pixel are dropped (half the patch "
+            "size, e.g. 5 for 11 × 11 patches, keeps every test patch free of training pixels).<br>"
+            "<b>SEED</b>: random seed.<br>"
+            "<b>OUTPUT_FIRST</b>, <b>OUTPUT_SECOND</b>: the training and the test class rasters."
+        )
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterNumber("FRACTION", "Training fraction",
+                                                       type=QgsProcessingParameterNumber.Double, defaultValue=0.1,
+                                                       minValue=0.0001, maxValue=0.9999))
+        self.addParameter(QgsProcessingParameterEnum("MODE", "Split", options=MODES, defaultValue=1))
+        self.addParameter(QgsProcessingParameterNumber("BLOCK_SIZE", "Block size (pixels)",
+                                                       type=QgsProcessingParameterNumber.Integer, defaultValue=20,
+                                                       minValue=1))
+        self.addParameter(QgsProcessingParameterNumber("BUFFER", "Buffer between training and test (pixels)",
+                                                       type=QgsProcessingParameterNumber.Integer, defaultValue=0,
+                                                       minValue=0))
+        seed = QgsProcessingParameterNumber("SEED", "Random seed", type=QgsProcessingParameterNumber.Integer,
+                                            defaultValue=0, minValue=0)
+        seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(seed)
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_FIRST", "Training labels"))
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_SECOND", "Test labels"))
+
+    def backend_request(self, parameters, context, feedback):
+        from ...backend.labels import split_label_raster
+
+        self._paths = (self.parameterAsOutputLayer(parameters, "OUTPUT_FIRST", context),
+                       self.parameterAsOutputLayer(parameters, "OUTPUT_SECOND", context))
+        self._input = raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT")
+        kwargs = dict(
+            path=self._input,
+            fraction=self.parameterAsDouble(parameters, "FRACTION", context),
+            seed=self.parameterAsInt(parameters, "SEED", context),
+            first_path=self._paths[0], second_path=self._paths[1],
+            mode=MODES[self.parameterAsEnum(parameters, "MODE", context)],
+            block_size=self.parameterAsInt(parameters, "BLOCK_SIZE", context),
+            buffer=self.parameterAsInt(parameters, "BUFFER", context),
+        )
+
+        def split(progress=None, is_cancelled=None, **kw):  # a quick job: no progress steps to report
+            return split_label_raster(**kw)
+
+        return split, kwargs
+
+    def finish(self, result, parameters, context, feedback):
+        import rasterio
+
+        from ...backend.labels import RasterLabels
+        from ...backend.raster import Grid
+
+        first_counts, second_counts = result
+        with rasterio.open(self._input) as ds:
+            labels = RasterLabels(self._input, Grid.of(ds))
+        classes = backend_classes(labels.classes)
+        labels.close()
+        for path in self._paths:
+            write_class_style(path, classes)
+            style_output_on_load(context, path, classes)
+        names = {code: name for code, name, _ in classes}
+        for code, n in first_counts.items():
+            feedback.pushInfo(f"{names.get(code, code)}: {n} training, {second_counts.get(code, 0)} test pixels")
+        return {"OUTPUT_FIRST": self._paths[0], "OUTPUT_SECOND": self._paths[1]}
