@@ -70,6 +70,7 @@ def train(
     patience: int = 15,
     device: str = "auto",
     seed: int = 0,
+    loss: str = "supervised",
     reference: Optional[int] = None,
     align: bool = True,
     progress: Optional[Progress] = None,
@@ -95,6 +96,10 @@ def train(
         raise InputError(f"VALIDATION_FRACTION must be in [0, 1) (got {validation_fraction})")
     if learning_rate <= 0:
         raise InputError(f"LEARNING_RATE must be positive (got {learning_rate})")
+    from .mmlgnet import LOSSES
+
+    if loss not in LOSSES:
+        raise InputError(f"LOSS must be one of {', '.join(LOSSES)} (got {loss!r})")
     if patch_size < 1 or patch_size % 2 == 0:
         raise InputError(f"PATCH_SIZE must be a positive odd number (got {patch_size})")
     layers = _as_layers(layers)
@@ -132,7 +137,7 @@ def train(
     torch.manual_seed(seed)
     model = MMLGNet(config, n_classes=len(classes))
     model.class_embeddings.copy_(text)
-    settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device)
+    settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss)
     outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97))
 
     validation = None
@@ -146,7 +151,7 @@ def train(
         "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
         "epochs_run": outcome.epochs_run, "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
         "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
-        "device": str(dev), "seed": seed, "epochs": epochs, "batch_size": batch_size,
+        "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "reference_grid": grid.to_json(), "torch": torch.__version__,
@@ -178,7 +183,7 @@ class ClassifyResult:
     method: str
 
 
-def _open_for_model(model_path: str, layers, reference, align, device):
+def _open_for_model(model_path: str, layers, reference, align, device, force: bool = False):
     from .device import resolve_device
     from .modelfile import load_model
 
@@ -186,7 +191,7 @@ def _open_for_model(model_path: str, layers, reference, align, device):
     model, header = load_model(model_path, dev)
     stack = RasterStack(_as_layers(layers), reference=reference, align=align)
     try:
-        header.check_inputs(stack.band_counts())
+        header.check_inputs(stack.band_counts(), stack.band_names(), stack.grid, force=force)
     except Exception:
         stack.close()
         raise
@@ -206,16 +211,19 @@ def classify(
     device: str = "auto",
     reference: Optional[int] = None,
     align: bool = True,
+    force: bool = False,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
 ) -> ClassifyResult:
     """Classify a whole scene with a trained model into a class raster (codes, colour
-    table and class names), optionally a confidence raster and a per-class similarity stack."""
+    table and class names), optionally a confidence raster and a per-class similarity stack.
+    Inputs are checked against the model (band counts; band order and pixel size, which
+    ``force`` accepts with a warning: see :meth:`ModelHeader.check_inputs`)."""
     from .inference import run_inference
 
     if not output:
         raise InputError("OUTPUT is required")
-    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device)
+    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     with stack:
         res = run_inference(
             model, stack, header.stats, model.class_embeddings, classes=header.classes, class_path=output,
@@ -249,6 +257,7 @@ def query(
     device: str = "auto",
     reference: Optional[int] = None,
     align: bool = True,
+    force: bool = False,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
 ) -> QueryResult:
@@ -264,7 +273,7 @@ def query(
     if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise InputError(f"THRESHOLD is a cosine similarity in [-1, 1] (got {threshold})")
     job = Job(progress, is_cancelled)
-    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device)
+    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     with stack:
         job.step(0.0, "encoding prompts")
         encoder = get_text_encoder(header.text_encoder)

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=15)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loss", default="supervised", choices=["supervised", "clip"],
+                   help="supervised: same-class pairs in a batch are positives (default); clip: the paper's loss, "
+                        "where they are negatives")
 
     p = sub.add_parser("classify", help="classify a scene with a trained model")
     p.add_argument("--model", "-m", required=True)
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4096, help="pixels per batch of the patch method")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
+                                                         "training (with a warning)")
 
     p = sub.add_parser("query", help="open-vocabulary query: similarity of every pixel to text prompts")
     p.add_argument("--model", "-m", required=True)
@@ -113,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="dense", choices=["dense", "patch"])
     p.add_argument("--tile-size", type=int, default=256)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
+                                                         "training (with a warning)")
 
     p = sub.add_parser("evaluate", help="accuracy of a class raster against reference labels")
     p.add_argument("--classification", "-c", required=True)
@@ -165,7 +172,7 @@ def run(args) -> int:
             prompt_template=args.prompt_template, text_encoder=args.text_encoder, patch_size=args.patch_size,
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
-            seed=args.seed, reference=args.reference, align=not args.no_align, progress=progress,
+            seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
         )
         if args.report:
             from .report import write_training_report
@@ -179,7 +186,7 @@ def run(args) -> int:
         res = api.classify(
             args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
             method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
-            reference=args.reference, align=not args.no_align, progress=progress,
+            reference=args.reference, align=not args.no_align, force=args.force, progress=progress,
         )
         print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
               + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
@@ -189,7 +196,7 @@ def run(args) -> int:
             args.model, _layers(args), args.prompt, args.output_similarity, output=args.output,
             threshold=args.threshold, use_template=not args.raw_prompts, method=args.method,
             tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
-            progress=progress,
+            force=args.force, progress=progress,
         )
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
     elif args.command == "evaluate":

@@ -174,3 +174,20 @@ def symmetric_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, scale: torc
     s = scale * z_v @ z_t.t()
     target = torch.arange(s.shape[0], device=s.device)
     return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target))
+
+
+def supervised_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor,
+                                scale: torch.Tensor) -> torch.Tensor:
+    """The symmetric image-text loss with the supervised matrix (BP-LCZ's multivariate
+    supervised contrast): every same-class pair in the batch is a positive, so two samples
+    of one class — whose prompts are the same text — are not pushed apart as negatives.
+    Each row's target spreads evenly over its positives; mean of both directions."""
+    s = scale * z_v @ z_t.t()
+    positives = (y[:, None] == y[None, :]).to(s.dtype)
+    target = positives / positives.sum(1, keepdim=True)
+    loss_v = -(target * F.log_softmax(s, dim=1)).sum(1).mean()
+    loss_t = -(target * F.log_softmax(s.t(), dim=1)).sum(1).mean()
+    return 0.5 * (loss_v + loss_t)
+
+
+LOSSES = ("supervised", "clip")

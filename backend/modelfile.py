@@ -9,9 +9,11 @@ the patch size, the rsvl version and the training figures. Never pickle.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from . import __version__
 from .atomic import atomic_path
@@ -20,6 +22,7 @@ from .labels import ClassInfo
 from .mmlgnet import MMLGNet, ModelConfig
 from .raster import MODALITY_LABELS, BandStats
 
+log = logging.getLogger("rsvl")
 FORMAT = "rsvl-model"
 FORMAT_VERSION = 1
 
@@ -64,8 +67,61 @@ class ModelHeader:
             rsvl_version=d.get("rsvl_version", "?"),
         )
 
-    def check_inputs(self, band_counts: Dict[str, int]) -> None:
-        """Refuse inputs unlike the training inputs, naming the modality and band count."""
+    def check_inputs(self, band_counts: Dict[str, int], band_names: Optional[Dict[str, List[str]]] = None,
+                     grid=None, force: bool = False) -> None:
+        """Refuse inputs unlike the training inputs, naming the modality and what differs:
+        band counts always; band order when both sides name their bands (the same names
+        in another order); pixel size against the training grid (a warning beyond a
+        factor of 1.5, refused beyond 4). ``force`` turns the order and pixel-size refusals
+        into warnings."""
+        self._check_counts(band_counts)
+        soft = []
+        for m, names in (band_names or {}).items():
+            soft += self._band_order_problems(m, names)
+        if grid is not None:
+            soft += self._pixel_size_problems(grid)
+        for level, message in soft:
+            if level == "refuse" and not force:
+                raise ModelMismatchError(f"inputs do not match the model: {message} (FORCE accepts them anyway)")
+            log.warning("%s", message)
+
+    def _band_order_problems(self, modality: str, names: List[str]):
+        trained = self.band_names.get(modality, [])
+        if len(trained) != len(names) or not (_named(trained) and _named(names)) or trained == names:
+            return []
+        if sorted(trained) == sorted(names):
+            moved = [f"{n} is band {names.index(n) + 1}, was {i + 1}" for i, n in enumerate(trained) if names[i] != n]
+            return [("refuse", f"{modality} bands are in another order than in training ({'; '.join(moved[:6])}): "
+                               "reorder them (e.g. gdal_translate -b …) or build the stack as in training")]
+        differ = [f"{a!r} vs {b!r}" for a, b in zip(trained, names) if a != b]
+        return [("warn", f"{modality} band names differ from training (trained vs given: {', '.join(differ[:6])}); "
+                         "check that the bands are the same ones in the same order")]
+
+    def _pixel_size_problems(self, grid):
+        trained = self.training.get("reference_grid")
+        if not trained or not trained.get("transform"):
+            return []
+        from rasterio.crs import CRS
+
+        t_crs = CRS.from_wkt(trained["crs"]) if trained.get("crs") else None
+        if t_crs is None or grid.crs is None or t_crs.is_geographic != grid.crs.is_geographic or \
+                (t_crs.linear_units or "") != (grid.crs.linear_units or ""):
+            return []  # sizes in different units: nothing to compare
+        t_size = max(abs(trained["transform"][0]), abs(trained["transform"][4]))
+        size = max(abs(grid.transform.a), abs(grid.transform.e))
+        if not t_size or not size:
+            return []
+        ratio = max(size / t_size, t_size / size)
+        text = (f"the input pixel size is {size:g} but the model was trained on {t_size:g} "
+                f"({ratio:.1f}x {'finer' if size < t_size else 'coarser'})")
+        if ratio > 4:
+            return [("refuse", text + ": patches would cover a very different ground area; resample the inputs to "
+                               "the training resolution")]
+        if ratio > 1.5:
+            return [("warn", text + "; patches cover a different ground area than in training")]
+        return []
+
+    def _check_counts(self, band_counts: Dict[str, int]) -> None:
         problems = []
         for m, n in self.config.bands.items():
             if m not in band_counts:
@@ -77,6 +133,11 @@ class ModelHeader:
                 problems.append(f"{m} input ({n} bands) was given but the model has no {m} encoder")
         if problems:
             raise ModelMismatchError("inputs do not match the model: " + "; ".join(problems))
+
+
+def _named(names: List[str]) -> bool:
+    """Whether bands carry real names (descriptions), not rsvl's fallback "layer:bandN"."""
+    return bool(names) and not any(re.search(r":band\d+$", n) or not n.strip() for n in names)
 
 
 def save_model(path: str, model: MMLGNet, header: ModelHeader) -> None:

@@ -25,6 +25,9 @@ class TrainSettings:
     patience: int = 15
     seed: int = 0
     device: str = "auto"
+    # "supervised": same-class pairs are positives (default); "clip": MMLGNet's eq. 4-6,
+    # where the i-th image matches only the i-th text and same-class pairs are negatives.
+    loss: str = "supervised"
 
 
 @dataclass
@@ -83,7 +86,7 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
     import torch
     import torch.nn.functional as F
 
-    from .mmlgnet import symmetric_contrastive_loss
+    from .mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
 
     _seed_everything(settings.seed)
     train_idx, val_idx = split_validation(y, settings.validation_fraction, settings.seed)
@@ -114,7 +117,10 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
             batch = {m: t[b].to(device, non_blocking=True) for m, t in tensors.items()}
             yb = y_t[b].to(device)
             z = model.embed(batch)
-            loss = symmetric_contrastive_loss(z, text[yb], model.scale())
+            if settings.loss == "clip":
+                loss = symmetric_contrastive_loss(z, text[yb], model.scale())
+            else:
+                loss = supervised_contrastive_loss(z, text[yb], yb, model.scale())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

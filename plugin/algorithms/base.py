@@ -14,6 +14,8 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingUtils,
@@ -47,6 +49,11 @@ INPUTS_HELP = (
     "makes the output pixel nodata.<br>"
 )
 DEVICE_HELP = "<b>DEVICE</b>: auto (CUDA GPU when available, else CPU), cpu or cuda.<br>"
+FORCE_HELP = (
+    "<b>FORCE</b>: inputs are checked against the model: band counts always; band order when both the model and "
+    "the inputs name their bands; pixel size against the training grid (a warning beyond 1.5x, refused beyond "
+    "4x). FORCE accepts a different band order or pixel size with a warning.<br>"
+)
 
 
 class BackendLogHandler(logging.Handler):
@@ -167,6 +174,12 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         if isinstance(layer, QgsVectorLayer):
             return vector_path(layer, key, feedback), self.parameterAsString(parameters, "CLASS_FIELD", context)
         raise QgsProcessingException(f"{key}: give a class raster or a point/polygon vector layer")
+
+    def add_force(self):
+        p = QgsProcessingParameterBoolean(
+            "FORCE", "Accept inputs whose band order or pixel size differs from training", defaultValue=False)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
 
     def device(self, parameters, context) -> str:
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]

@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
 
 
 class ClassifyAlgorithm(RsvlAlgorithm):
@@ -32,7 +32,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT</b>: the class raster.<br>"
             "<b>OUTPUT_CONFIDENCE</b>: optional float32 raster, softmax probability of the chosen class.<br>"
             "<b>BATCH_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
-            "window side in pixels — larger is faster, uses more memory.<br>" + DEVICE_HELP
+            "window side in pixels — larger is faster, uses more memory.<br>" + FORCE_HELP + DEVICE_HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -46,6 +46,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
                                          maxValue=8192)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(p)
+        self.add_force()
         self.add_device()
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
@@ -66,6 +67,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             confidence=self.parameterAsOutputLayer(parameters, "OUTPUT_CONFIDENCE", context) or None,
             tile_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             device=self.device(parameters, context),
+            force=self.parameterAsBool(parameters, "FORCE", context),
         )
         return api.classify, kwargs
 

@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
 from .classify import check_model
 
 
@@ -42,7 +42,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             "people expect of the words (water blue, forest dark green, built-up red …), else a colour-blind-"
             "friendly qualitative palette.<br>"
             "<b>Similarity threshold for the best-prompt map</b> (THRESHOLD): pixels whose best similarity is "
-            "below it are left empty in the best-prompt map (leave empty for none).<br>" + DEVICE_HELP
+            "below it are left empty in the best-prompt map (leave empty for none).<br>" + FORCE_HELP + DEVICE_HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -58,6 +58,7 @@ class QueryAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_SIMILARITY", "Similarity"))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Best prompt", optional=True,
                                                                   createByDefault=True))
+        self.add_force()
         self.add_device()
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
@@ -83,6 +84,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             threshold=None if threshold in (None, "") else self.parameterAsDouble(parameters, "THRESHOLD", context),
             use_template=self.parameterAsBool(parameters, "USE_TEMPLATE", context),
             device=self.device(parameters, context),
+            force=self.parameterAsBool(parameters, "FORCE", context),
         )
         return api.query, kwargs
 

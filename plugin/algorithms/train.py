@@ -7,6 +7,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
@@ -14,6 +15,8 @@ from qgis.core import (
 )
 
 from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+
+LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
 
 def default_model_path() -> str:
@@ -52,6 +55,9 @@ class TrainAlgorithm(RsvlAlgorithm):
             "<b>VALIDATION_FRACTION</b>: share of each class held out for early stopping and the validation "
             "figures.<br><b>PATIENCE</b>: epochs without validation improvement before stopping; the best "
             "weights are kept.<br>" + DEVICE_HELP +
+            "<b>LOSS</b>: <i>supervised</i> (default): the symmetric image-text contrastive loss with every "
+            "same-class pair of a batch a positive (BP-LCZ's supervised matrix); <i>clip</i>: the MMLGNet paper's "
+            "loss, where two samples of one class (same prompt) count as negatives of each other.<br>"
             "<b>SEED</b>: fixed seed, same model on the CPU for the same inputs.<br>"
             "<b>OUTPUT_MODEL</b>: the model file (.safetensors weights + JSON header with classes, colours, "
             "band names, normalisation, text encoder). By default a new file in ~/rsvl/models/ named after the "
@@ -86,6 +92,9 @@ class TrainAlgorithm(RsvlAlgorithm):
             if advanced:
                 p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
+        loss = QgsProcessingParameterEnum("LOSS", "Contrastive loss", options=LOSSES, defaultValue=0)
+        loss.setFlags(loss.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(loss)
         self.add_device()
         seed = QgsProcessingParameterNumber("SEED", "Random seed", type=QgsProcessingParameterNumber.Integer,
                                             defaultValue=0, minValue=0)
@@ -136,6 +145,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             patience=self.parameterAsInt(parameters, "PATIENCE", context),
             device=self.device(parameters, context),
             seed=self.parameterAsInt(parameters, "SEED", context),
+            loss=LOSSES[self.parameterAsEnum(parameters, "LOSS", context)],
         )
         return api.train, kwargs
 

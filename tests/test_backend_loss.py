@@ -1,0 +1,82 @@
+"""The supervised contrastive loss (issue 13, item 8): same-class pairs are positives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsvl.backend.mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
+
+
+def _batch(y, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    classes = F.normalize(torch.randn(int(max(y)) + 1, dim, generator=g), dim=1)
+    z_v = F.normalize(torch.randn(len(y), dim, generator=g), dim=1)
+    return z_v, classes[torch.tensor(y)], classes, torch.tensor(y)
+
+
+def test_equals_the_paper_loss_when_every_class_is_distinct():
+    z_v, z_t, _, y = _batch([0, 1, 2, 3])
+    scale = torch.tensor(14.0)
+    assert torch.allclose(supervised_contrastive_loss(z_v, z_t, y, scale), symmetric_contrastive_loss(z_v, z_t, scale))
+
+
+def test_image_to_text_half_is_cross_entropy_over_distinct_prompts():
+    """With repeated classes, the image→text direction equals the cross-entropy against the
+    batch's distinct prompts, each weighted by how often it occurs (a log-count bias on its
+    logit), plus the constant mean log count: a repeated prompt is one target."""
+    y_list = [0, 0, 1, 2, 2, 2]
+    z_v, z_t, classes, y = _batch(y_list)
+    scale = torch.tensor(10.0)
+    full = supervised_contrastive_loss(z_v, z_t, y, scale)
+    s = scale * z_t @ z_v.t()  # the text→image direction, computed independently
+    pos = (y[:, None] == y[None, :]).float()
+    t2i = -((pos / pos.sum(1, keepdim=True)) * F.log_softmax(s, 1)).sum(1).mean()
+    log_count = torch.log(torch.bincount(y).float())
+    i2t = F.cross_entropy(scale * z_v @ classes.t() + log_count, y) + log_count[y].mean()
+    assert torch.allclose(full, 0.5 * (i2t + t2i), atol=1e-5)
+
+
+def test_same_as_the_paper_loss_with_one_prompt_per_class_but_not_with_several():
+    """With one prompt per class (one template), same-class rows of the similarity matrix
+    are identical, and the paper's loss summed over the batch equals the supervised one:
+    the 'same-class negatives' cancel out. With several prompts per class (templates,
+    band-group prompts) they do not, and only the supervised loss treats them as positives."""
+    z_v, z_t, _, y = _batch([0, 0, 1, 2, 2, 2])
+    scale = torch.tensor(10.0, requires_grad=True)
+    z_v.requires_grad_(True)
+    a = supervised_contrastive_loss(z_v, z_t, y, scale)
+    b = symmetric_contrastive_loss(z_v, z_t, scale)
+    assert torch.allclose(a, b, atol=1e-5)
+    ga = torch.autograd.grad(a, z_v)[0]
+    gb = torch.autograd.grad(b, z_v)[0]
+    assert torch.allclose(ga, gb, atol=1e-5)
+    # two different prompts for class 0 (e.g. two templates)
+    g = torch.Generator().manual_seed(1)
+    varied = z_t.clone()
+    varied[1] = F.normalize(z_t[1] + 0.5 * torch.randn(z_t.shape[1], generator=g), dim=0)
+    a = supervised_contrastive_loss(z_v, varied, y, scale)
+    b = symmetric_contrastive_loss(z_v, varied, scale)
+    assert not torch.allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.parametrize("loss", ["supervised", "clip"])
+def test_training_records_the_loss(loss, scene, tmp_path, helpers):
+    from rsvl.backend import api
+    from rsvl.backend.raster import LayerSpec
+
+    layers = [LayerSpec(str(scene.paths["hsi"]), "hsi")]
+    out = tmp_path / "m.safetensors"
+    api.train(layers, str(scene.labels), str(out), **{**helpers.fast, "epochs": 2}, loss=loss)
+    assert api.describe_model(str(out))["training"]["loss"] == loss
+
+
+def test_unknown_loss_is_refused(scene, tmp_path):
+    from rsvl.backend import api
+    from rsvl.backend.errors import InputError
+    from rsvl.backend.raster import LayerSpec
+
+    with pytest.raises(InputError, match="LOSS must be one of supervised, clip"):
+        api.train([LayerSpec(str(scene.paths["hsi"]), "hsi")], str(scene.labels), str(tmp_path / "m.safetensors"),
+                  loss="triplet")

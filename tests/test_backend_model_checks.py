@@ -1,0 +1,59 @@
+"""Inputs are checked against the model (issue 13, item 5): band order when both sides
+name their bands, and pixel size against the training grid."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from rsvl.backend import api
+from rsvl.backend.errors import ModelMismatchError
+from rsvl.backend.raster import LayerSpec
+
+
+def _copy(src_path, dst_path, helpers, reverse=False, pixel=None):
+    with rasterio.open(src_path) as ds:
+        data, descriptions, t, nodata = ds.read(), list(ds.descriptions), ds.transform, ds.nodata
+    if reverse:
+        data, descriptions = data[::-1], descriptions[::-1]
+    if pixel is not None:
+        t = from_origin(t.c, t.f, pixel, pixel)
+    return helpers.write_raster(dst_path, data, t, nodata=nodata, descriptions=descriptions)
+
+
+def test_reordered_named_bands_are_refused_unless_forced(trained_model, shared_scene, tmp_path, helpers, caplog):
+    model_path, _result, layers = trained_model
+    hsi = _copy(shared_scene.paths["hsi"], tmp_path / "reversed.tif", helpers, reverse=True)
+    reordered = [LayerSpec(str(hsi), "hsi"), layers[1]]
+    with pytest.raises(ModelMismatchError, match=r"hsi bands are in another order than in training \(b0 is band 24"):
+        api.classify(str(model_path), reordered, str(tmp_path / "c.tif"), device="cpu")
+    assert not (tmp_path / "c.tif").exists()
+    with caplog.at_level(logging.WARNING, logger="rsvl"):
+        api.classify(str(model_path), reordered, str(tmp_path / "c.tif"), device="cpu", force=True)
+    assert (tmp_path / "c.tif").exists() and "another order" in caplog.text
+    # Without band names on the input there is nothing to compare: accepted as before.
+    plain = helpers.write_raster(tmp_path / "plain.tif", rasterio.open(shared_scene.paths["hsi"]).read(),
+                                 shared_scene.transform, nodata=-1)
+    api.classify(str(model_path), [LayerSpec(str(plain), "hsi"), layers[1]], str(tmp_path / "p.tif"), device="cpu")
+
+
+def test_pixel_size_far_from_training_is_refused_and_near_is_warned(trained_model, shared_scene, tmp_path, helpers,
+                                                                     caplog):
+    model_path, _result, _layers = trained_model  # trained on a 10 m grid
+
+    def layers_at(pixel):
+        return [LayerSpec(str(_copy(shared_scene.paths[m], tmp_path / f"{m}{pixel}.tif", helpers, pixel=pixel)), m)
+                for m in ("hsi", "lidar")]
+
+    with pytest.raises(ModelMismatchError, match=r"pixel size is 1 but the model was trained on 10 \(10.0x finer\)"):
+        api.classify(str(model_path), layers_at(1.0), str(tmp_path / "a.tif"), device="cpu")
+    with caplog.at_level(logging.WARNING, logger="rsvl"):
+        api.classify(str(model_path), layers_at(20.0), str(tmp_path / "b.tif"), device="cpu")
+    assert "2.0x coarser" in caplog.text and (tmp_path / "b.tif").exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rsvl"):
+        api.classify(str(model_path), layers_at(12.0), str(tmp_path / "c.tif"), device="cpu")
+    assert "pixel size" not in caplog.text  # within a factor of 1.5: silent
