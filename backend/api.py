@@ -60,6 +60,7 @@ def train(
     output_model: str,
     *,
     class_field: Optional[str] = None,
+    class_name_field: Optional[str] = None,
     prompt_template: Optional[str] = None,
     text_encoder: str = "minilm",
     patch_size: int = 11,
@@ -110,7 +111,7 @@ def train(
     dev = resolve_device(device)
     with RasterStack(layers, reference=reference, align=align) as stack:
         job.step(0.0, "reading labels")
-        label_source = open_labels(labels, stack.grid, class_field)
+        label_source = open_labels(labels, stack.grid, class_field, class_name_field=class_name_field)
         try:
             if not label_source.classes:
                 raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
@@ -145,7 +146,7 @@ def train(
         matrix = confusion_matrix(y[outcome.val_index], outcome.val_pred, range(len(classes)))
         validation = accuracy_from_matrix(matrix, [c.code for c in classes], [c.name for c in classes])
     training = {
-        "labels": os.path.basename(labels), "class_field": class_field,
+        "labels": os.path.basename(labels), "class_field": class_field, "class_name_field": class_name_field,
         "n_samples": int(y.size), "n_train": int(y.size - (outcome.val_index.size if outcome.val_index is not None else 0)),
         "n_val": int(outcome.val_index.size if outcome.val_index is not None else 0),
         "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
@@ -317,6 +318,7 @@ def evaluate(
     reference: str,
     *,
     class_field: Optional[str] = None,
+    class_name_field: Optional[str] = None,
     output_json: Optional[str] = None,
     output_csv: Optional[str] = None,
     progress: Optional[Progress] = None,
@@ -339,7 +341,7 @@ def evaluate(
     predicted = RasterLabels(classification, grid)
     try:
         job.step(0.05, "reading reference labels")
-        ref = open_labels(reference, grid, class_field, classes=predicted.classes)
+        ref = open_labels(reference, grid, class_field, classes=predicted.classes, class_name_field=class_name_field)
         try:
             # Window by window: confusion counts of (reference, predicted) code pairs.
             pairs: Counter = Counter()

@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layer_args(p, "training inputs")
     p.add_argument("--labels", required=True, help="class raster (0/nodata = unlabelled) or vector file")
     p.add_argument("--class-field", help="class field of vector labels (string or integer)")
+    p.add_argument("--class-name-field", help="for an integer class field: the field with the class names")
     p.add_argument("--output", "-o", required=True, help="model file to write (.safetensors)")
     p.add_argument("--report", help="write an HTML training report (curves, validation confusion matrix)")
     p.add_argument("--prompt-template", default=None,
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classification", "-c", required=True)
     p.add_argument("--reference", "-r", required=True, help="reference class raster or vector file")
     p.add_argument("--class-field", help="class field of vector reference labels")
+    p.add_argument("--class-name-field", help="for an integer class field: the field with the class names")
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--csv", help="write the confusion matrix as CSV")
     p.add_argument("--report", help="write an HTML report with the confusion matrix as a picture")
@@ -169,6 +171,7 @@ def run(args) -> int:
     if args.command == "train":
         res = api.train(
             _layers(args), args.labels, args.output, class_field=args.class_field,
+            class_name_field=args.class_name_field,
             prompt_template=args.prompt_template, text_encoder=args.text_encoder, patch_size=args.patch_size,
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
@@ -201,6 +204,7 @@ def run(args) -> int:
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
     elif args.command == "evaluate":
         res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
+                           class_name_field=args.class_name_field,
                            output_json=args.json, output_csv=args.csv)
         if args.report:
             from .report import write_accuracy_report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -90,10 +91,20 @@ class RasterLabels:
                 )
             self.nodata = ds.nodata
             if grid.differences(Grid.of(ds)):
+                # A finer label raster gives each grid pixel the most frequent class among the
+                # label pixels it covers (mode; unlabelled pixels do not vote); a coarser or
+                # equal one is sampled (nearest). 0 is unlabelled even without a nodata value
+                # (GDAL's mode would otherwise turn a winning 0 into 1, next to nodata 0).
+                finer = _finer_than(ds, grid)
+                unlabelled = self.nodata if self.nodata is not None else 0
                 self._reader = WarpedVRT(
                     ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=Resampling.nearest, nodata=self.nodata if self.nodata is not None else 0,
+                    resampling=Resampling.mode if finer else Resampling.nearest, src_nodata=unlabelled,
+                    nodata=unlabelled,
                 )
+                if finer:
+                    log.info("label raster %s is finer than the input grid: each pixel takes the most frequent "
+                             "class of the labelled pixels it covers", os.path.basename(path))
             try:
                 colormap = ds.colormap(1)
             except ValueError:
@@ -134,6 +145,18 @@ class RasterLabels:
         self._ds.close()
 
 
+def _finer_than(ds, grid: Grid, factor: float = 1.01) -> bool:
+    """Whether the dataset's pixels are smaller than the grid's, measured in the grid's CRS."""
+    from rasterio.warp import calculate_default_transform
+
+    if ds.crs == grid.crs:
+        src_size = abs(ds.transform.a * ds.transform.e)
+    else:
+        transform, _, _ = calculate_default_transform(ds.crs, grid.crs, ds.width, ds.height, *ds.bounds)
+        src_size = abs(transform.a * transform.e)
+    return src_size * factor < abs(grid.transform.a * grid.transform.e)
+
+
 def read_label_raster(path: str, grid: Grid) -> LabelMap:
     """Read a whole class raster onto ``grid``."""
     src = RasterLabels(path, grid)
@@ -164,16 +187,17 @@ def _open_vector(path: str, layer_name: Optional[str]):
     return ds, layer
 
 
-def vector_labels(path, grid, class_field, layer_name=None) -> VectorLabels:
+def vector_labels(path, grid, class_field, layer_name=None, class_name_field=None) -> VectorLabels:
     with gdal_exceptions():
-        return _vector_labels(path, grid, class_field, layer_name)
+        return _vector_labels(path, grid, class_field, layer_name, class_name_field)
 
 
-def _vector_labels(path, grid, class_field, layer_name) -> VectorLabels:
+def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -> VectorLabels:
     """Rasterise points/polygons onto ``grid`` by the values of ``class_field``.
 
     String values become classes named after them with codes 1..C in sorted order;
-    integer values are used as codes (0 and NULL = unlabelled).
+    integer values are used as codes (0 and NULL = unlabelled), named after
+    ``class_name_field`` when given (else "class N").
     """
     from osgeo import ogr, osr
 
@@ -186,6 +210,13 @@ def _vector_labels(path, grid, class_field, layer_name) -> VectorLabels:
         )
     field_defn = defn.GetFieldDefn(defn.GetFieldIndex(class_field))
     is_int = field_defn.GetType() in (ogr.OFTInteger, ogr.OFTInteger64)
+    if class_name_field and class_name_field not in fields:
+        raise LabelError(f"CLASS_NAME_FIELD {class_name_field!r} is not a field of {os.path.basename(path)!r}; "
+                         f"fields are: {', '.join(fields)}")
+    if class_name_field and not is_int:
+        log.info("CLASS_NAME_FIELD is ignored: CLASS_FIELD %r holds the class names itself", class_field)
+        class_name_field = None
+    names_of: dict = {}
 
     target = osr.SpatialReference()
     target.ImportFromWkt(grid.crs.to_wkt())
@@ -211,6 +242,11 @@ def _vector_labels(path, grid, class_field, layer_name) -> VectorLabels:
         if transform is not None:
             geom.Transform(transform)
         raw.append((json.loads(geom.ExportToJson()), value.strip() if isinstance(value, str) else int(value)))
+        if class_name_field:
+            name = feature.GetField(class_name_field)
+            if name is not None and str(name).strip():
+                names_of.setdefault(int(value), {}).setdefault(str(name).strip(), 0)
+                names_of[int(value)][str(name).strip()] += 1
     del layer, ds  # close the OGR data source
     if skipped:
         log.info("%s: %d features without geometry or class value were skipped", os.path.basename(path), skipped)
@@ -222,14 +258,21 @@ def _vector_labels(path, grid, class_field, layer_name) -> VectorLabels:
         if min(values) < 0:
             raise LabelError(f"CLASS_FIELD {class_field!r} has negative values: use 1, 2, … (0 = unlabelled)")
         mapping = {v: int(v) for v in values}
-        out_classes = [ClassInfo(int(v), f"class {v}", rgb)
-                       for v, rgb in zip(values, assign_colours([f"class {v}" for v in values]))]
+        names = []
+        for v in values:
+            seen = names_of.get(int(v), {})
+            if len(seen) > 1:
+                log.warning("CLASS_NAME_FIELD %r gives code %d several names (%s): using the most frequent",
+                            class_name_field, v, ", ".join(sorted(seen)))
+            names.append(max(seen, key=seen.get) if seen else f"class {v}")
+        out_classes = [ClassInfo(int(v), n, rgb) for v, n, rgb in zip(values, names, assign_colours(names))]
     else:
         mapping = {v: i + 1 for i, v in enumerate(values)}
         out_classes = [ClassInfo(i + 1, str(v), rgb)
                        for i, (v, rgb) in enumerate(zip(values, assign_colours([str(v) for v in values])))]
 
-    return VectorLabels(grid, [(geom, mapping[v]) for geom, v in raw], out_classes, by_name=not is_int)
+    return VectorLabels(grid, [(geom, mapping[v]) for geom, v in raw], out_classes,
+                        by_name=not is_int or has_names(out_classes))
 
 
 class VectorLabels:
@@ -238,9 +281,50 @@ class VectorLabels:
     def __init__(self, grid: Grid, shapes, classes: List[ClassInfo], by_name: bool):
         from rasterio.features import bounds
 
-        self.grid, self.shapes, self.classes, self.by_name = grid, shapes, classes, by_name
-        self.bounds = np.array([bounds(g) for g, _ in shapes]).reshape(-1, 4)  # (minx, miny, maxx, maxy)
+        self.grid, self.classes, self.by_name = grid, classes, by_name
         self.lut = None
+        # Polygons that cover no pixel centre (smaller or thinner than a pixel) would vanish:
+        # they are burnt into every pixel they touch, before the others, so they never
+        # overwrite a larger polygon's pixels.
+        small, normal, outside = [], [], 0
+        for shape in shapes:
+            pixels = self._pixel_count(shape)
+            if pixels is None:
+                outside += 1
+            elif pixels == 0:
+                small.append(shape)
+            else:
+                normal.append(shape)
+        if small:
+            log.info("%d polygon(s) cover no pixel centre (smaller than a pixel): they label the pixels they touch",
+                     len(small))
+        if outside:
+            log.warning("%d feature(s) lie outside the input grid and label nothing", outside)
+        self.shapes = small + normal
+        self.n_small = len(small)
+        self.bounds = np.array([bounds(g) for g, _ in self.shapes]).reshape(-1, 4)  # (minx, miny, maxx, maxy)
+
+    def _pixel_count(self, shape):
+        """Pixel centres a polygon covers on the grid (None: it lies outside the grid)."""
+        from rasterio.features import bounds, rasterize
+        from rasterio.windows import from_bounds
+        from rasterio.windows import transform as window_transform
+
+        geom, _ = shape
+        if geom["type"] not in ("Polygon", "MultiPolygon"):
+            return 1  # points and lines always burn the pixels they fall on
+        x0, y0, x1, y1 = bounds(geom)
+        full = Window(0, 0, self.grid.width, self.grid.height)
+        w = from_bounds(x0, y0, x1, y1, self.grid.transform)
+        col, row = math.floor(w.col_off), math.floor(w.row_off)
+        try:
+            window = Window(col, row, math.ceil(w.col_off + w.width) - col + 1,
+                            math.ceil(w.row_off + w.height) - row + 1).intersection(full)
+        except rasterio.errors.WindowError:
+            return None
+        burnt = rasterize([(geom, 1)], out_shape=(int(window.height), int(window.width)),
+                          transform=window_transform(window, self.grid.transform), fill=0, dtype="uint8")
+        return int(burnt.sum())
 
     def read(self, window) -> np.ndarray:
         from rasterio.features import rasterize
@@ -255,8 +339,13 @@ class VectorLabels:
         shape = (int(window.height), int(window.width))
         if hit.size == 0:
             return np.zeros(shape, dtype=np.int32)
-        codes = rasterize([self.shapes[i] for i in hit], out_shape=shape,
-                          transform=window_transform(window, self.grid.transform), fill=0, dtype="int32")
+        transform = window_transform(window, self.grid.transform)
+        codes = np.zeros(shape, dtype=np.int32)
+        small, normal = hit[hit < self.n_small], hit[hit >= self.n_small]
+        if small.size:
+            rasterize([self.shapes[i] for i in small], out=codes, transform=transform, all_touched=True)
+        if normal.size:
+            rasterize([self.shapes[i] for i in normal], out=codes, transform=transform)
         return self.lut[codes].astype(np.int32) if self.lut is not None else codes
 
     def match(self, classes: Sequence[ClassInfo]) -> None:
@@ -300,7 +389,7 @@ def class_lut(ref_classes: Sequence[ClassInfo], classes: Sequence[ClassInfo], by
 
 
 def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
-                classes: Optional[Sequence[ClassInfo]] = None):
+                classes: Optional[Sequence[ClassInfo]] = None, class_name_field: Optional[str] = None):
     """A window reader (``read(window)``, ``classes``, ``close()``) for a class raster or
     a vector file, decided by what GDAL/OGR can open it as; with ``classes``, codes are
     expressed in those classes' numbering (see :func:`class_lut`)."""
@@ -319,7 +408,7 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
     elif not class_field:
         raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
     else:
-        src = vector_labels(path, grid, class_field)
+        src = vector_labels(path, grid, class_field, class_name_field=class_name_field)
     if classes is not None:
         src.match(classes)
     return src

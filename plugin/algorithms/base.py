@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
     QgsVectorFileWriter,
@@ -159,20 +160,31 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
             field = self.parameterAsString(parameters, "CLASS_FIELD", context)
             if not field:
                 return False, f"CLASS_FIELD is required when {key} is a vector layer"
+            names = ", ".join(layer.fields().names())
             if layer.fields().indexOf(field) < 0:
-                names = ", ".join(layer.fields().names())
                 return False, f"CLASS_FIELD '{field}' is not a field of '{layer.name()}' (fields: {names})"
+            name_field = self.parameterAsString(parameters, "CLASS_NAME_FIELD", context)
+            if name_field and layer.fields().indexOf(name_field) < 0:
+                return False, f"CLASS_NAME_FIELD '{name_field}' is not a field of '{layer.name()}' (fields: {names})"
             if layer.featureCount() == 0:
                 return False, f"{key} layer '{layer.name()}' is empty: it has no feature"
         return True, ""
 
-    def labels_source(self, parameters, key: str, context, feedback) -> Tuple[str, Optional[str]]:
-        """(path the backend reads, class field or None) for a labels parameter."""
+    def add_class_fields(self, what: str):
+        # Plain strings: QGIS 3.22's field widget crashes when its parent map-layer parameter
+        # holds a raster, and the labels parameters accept rasters too.
+        self.addParameter(QgsProcessingParameterString("CLASS_FIELD", f"Class field ({what})", optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            "CLASS_NAME_FIELD", f"Class name field ({what} with an integer class field)", optional=True))
+
+    def labels_source(self, parameters, key: str, context, feedback) -> Tuple[str, Optional[str], Optional[str]]:
+        """(path the backend reads, class field or None, class name field or None) for a labels parameter."""
         layer = self.parameterAsLayer(parameters, key, context)
         if isinstance(layer, QgsRasterLayer):
-            return raster_path(layer, key), None
+            return raster_path(layer, key), None, None
         if isinstance(layer, QgsVectorLayer):
-            return vector_path(layer, key, feedback), self.parameterAsString(parameters, "CLASS_FIELD", context)
+            return (vector_path(layer, key, feedback), self.parameterAsString(parameters, "CLASS_FIELD", context),
+                    self.parameterAsString(parameters, "CLASS_NAME_FIELD", context) or None)
         raise QgsProcessingException(f"{key}: give a class raster or a point/polygon vector layer")
 
     def add_force(self):

@@ -8,7 +8,6 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
 )
 
 from .base import RsvlAlgorithm, raster_path
@@ -33,6 +32,8 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "<b>CLASS_FIELD</b>: for a vector reference, the class field. Classes are matched by name "
             "(case-insensitive) when both the reference and the class raster have class names, by code otherwise; "
             "the log and the report say which.<br>"
+            "<b>CLASS_NAME_FIELD</b>: for an integer CLASS_FIELD, the field holding each code's class name "
+            "(optional; then classes are matched by name).<br>"
             "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU.<br>"
             "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
             "<b>OUTPUT_REPORT</b>: optional HTML report with the confusion matrix as a picture (skipped unless a "
@@ -45,9 +46,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterMapLayer(
             "REFERENCE", "Reference labels (class raster, or points/polygons)",
             types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
-        # A plain string: QGIS 3.22's field widget crashes when its parent map-layer parameter
-        # holds a raster, and this parameter accepts rasters too.
-        self.addParameter(QgsProcessingParameterString("CLASS_FIELD", "Class field (vector reference)", optional=True))
+        self.add_class_fields("vector reference")
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_CSV", "Confusion matrix", fileFilter="CSV files (*.csv)"))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -68,11 +67,11 @@ class EvaluateAlgorithm(RsvlAlgorithm):
     def backend_request(self, parameters, context, feedback):
         from ...backend import api
 
-        ref_path, class_field = self.labels_source(parameters, "REFERENCE", context, feedback)
+        ref_path, class_field, class_name_field = self.labels_source(parameters, "REFERENCE", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
         kwargs = dict(
             classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),
-            reference=ref_path, class_field=class_field,
+            reference=ref_path, class_field=class_field, class_name_field=class_name_field,
             output_csv=self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context),
             output_json=self.parameterAsFileOutput(parameters, "OUTPUT_JSON", context) or None,
         )

@@ -45,6 +45,8 @@ class TrainAlgorithm(RsvlAlgorithm):
             "table name and colour the classes) or a point/polygon vector layer in any CRS.<br>"
             "<b>CLASS_FIELD</b>: for vector labels, the field holding the class (text = class names; integer = "
             "class codes, 0/NULL skipped).<br>"
+            "<b>CLASS_NAME_FIELD</b>: for an integer CLASS_FIELD, the field holding each code's class name "
+            "(optional).<br>"
             "<b>PROMPT_TEMPLATE</b>: text prompt per class, {} is replaced by the class name. Empty (the "
             "default) follows the inputs: 'the hyperspectral patch of {}' with HSI (the MMLGNet paper's), else "
             "'a multispectral satellite image of {}', 'a SAR image of {}' or 'an elevation model of {}'.<br>"
@@ -72,9 +74,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterMapLayer(
             "TRAINING", "Training labels (class raster, or points/polygons)",
             types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
-        # A plain string: QGIS 3.22's field widget crashes when its parent map-layer parameter
-        # holds a raster, and this parameter accepts rasters too.
-        self.addParameter(QgsProcessingParameterString("CLASS_FIELD", "Class field (vector labels)", optional=True))
+        self.add_class_fields("vector labels")
         self.addParameter(QgsProcessingParameterString(
             "PROMPT_TEMPLATE", "Class prompt template ({} = class name; empty: follows the inputs)", optional=True))
         self.addParameter(QgsProcessingParameterString("TEXT_ENCODER", "Text encoder (minilm or a local model path)",
@@ -130,10 +130,11 @@ class TrainAlgorithm(RsvlAlgorithm):
     def backend_request(self, parameters, context, feedback):
         from ...backend import api
 
-        labels, class_field = self.labels_source(parameters, "TRAINING", context, feedback)
+        labels, class_field, class_name_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
         kwargs = dict(
             layers=self.layer_specs(parameters, context), labels=labels, class_field=class_field,
+            class_name_field=class_name_field,
             output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context),
             prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context).strip() or None,
             text_encoder=self.parameterAsString(parameters, "TEXT_ENCODER", context) or "minilm",
