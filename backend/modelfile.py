@@ -153,20 +153,40 @@ def read_header(path: str) -> ModelHeader:
 
     if not os.path.isfile(path):
         raise ModelFileError(f"MODEL file {path!r} does not exist")
+    expected = "expected a model file written by rsvl:train (safetensors weights with an rsvl header)"
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types
-        raise ModelFileError(f"MODEL {path!r} is not a safetensors file: {exc}") from exc
+        raise ModelFileError(f"MODEL {path!r} is not an rsvl model: it {_sniff(path)}; {expected}") from exc
     if "rsvl" not in meta:
-        raise ModelFileError(f"MODEL {path!r} is a safetensors file but not an rsvl model (no 'rsvl' header)")
+        raise ModelFileError(f"MODEL {path!r} is a safetensors file but not an rsvl model (no 'rsvl' header); "
+                             f"{expected}")
     d = json.loads(meta["rsvl"])
     if d.get("format") != FORMAT or int(d.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(
-            f"MODEL {path!r} has format {d.get('format')} v{d.get('format_version')}; this rsvl reads "
-            f"{FORMAT} up to v{FORMAT_VERSION}"
+            f"MODEL {path!r} was made by rsvl {d.get('rsvl_version', '?')} (format {d.get('format')} "
+            f"v{d.get('format_version')}); this is rsvl {__version__}, which reads {FORMAT} up to "
+            f"v{FORMAT_VERSION}: update rsvl"
         )
     return ModelHeader.from_json(d)
+
+
+def _sniff(path: str) -> str:
+    """What a file that is not a model looks like, in words (it is never unpickled)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return "is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "looks like a zip archive, e.g. a PyTorch .pt/.pth checkpoint (not loaded: pickles can run code)"
+    if head[:1] == b"\x80":
+        return "looks like a Python pickle (not loaded: pickles can run code)"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "looks like a TIFF raster"
+    if head.lstrip()[:1] in (b"{", b"<"):
+        return "looks like a text (JSON/HTML/XML) file"
+    return "is not a safetensors file (truncated or corrupted?)"
 
 
 def load_model(path: str, device="cpu"):

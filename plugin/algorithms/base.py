@@ -41,6 +41,8 @@ MODALITY_TITLES = {
     "ms": "Multispectral (MS) raster(s)",
 }
 DEVICES = ["auto", "cpu", "cuda"]
+# Any extension: whatever rsvl:train wrote is accepted back; the content is what is checked.
+MODEL_FILTER = "rsvl model (*.safetensors *.rsvl);;All files (*.*)"
 
 INPUTS_HELP = (
     "<b>INPUT_HSI, INPUT_LIDAR, INPUT_SAR, INPUT_MS</b>: co-registered raster layers of each modality (any "

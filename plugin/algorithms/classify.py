@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm
 
 
 class ClassifyAlgorithm(RsvlAlgorithm):
@@ -36,7 +36,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", fileFilter=MODEL_FILTER))
         self.add_modality_inputs()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
         self.addParameter(QgsProcessingParameterRasterDestination(

@@ -34,7 +34,8 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "the log and the report say which.<br>"
             "<b>CLASS_NAME_FIELD</b>: for an integer CLASS_FIELD, the field holding each code's class name "
             "(optional; then classes are matched by name).<br>"
-            "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU.<br>"
+            "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU (a temporary file unless a file "
+            "is given).<br>"
             "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
             "<b>OUTPUT_REPORT</b>: optional HTML report with the confusion matrix as a picture (skipped unless a "
             "file is given).<br>"
@@ -48,7 +49,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
         self.add_class_fields("vector reference")
         self.addParameter(QgsProcessingParameterFileDestination(
-            "OUTPUT_CSV", "Confusion matrix", fileFilter="CSV files (*.csv)"))
+            "OUTPUT_CSV", "Confusion matrix", fileFilter="CSV files (*.csv)", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_JSON", "Figures (JSON)", fileFilter="JSON files (*.json)", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -72,7 +73,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         kwargs = dict(
             classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),
             reference=ref_path, class_field=class_field, class_name_field=class_name_field,
-            output_csv=self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context),
+            output_csv=self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context) or None,
             output_json=self.parameterAsFileOutput(parameters, "OUTPUT_JSON", context) or None,
         )
         return api.evaluate, kwargs

@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm
 from .classify import check_model
 
 
@@ -46,7 +46,7 @@ class QueryAlgorithm(RsvlAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", extension="safetensors"))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", fileFilter=MODEL_FILTER))
         self.add_modality_inputs()
         self.addParameter(QgsProcessingParameterString("PROMPTS", "Prompts (one per line)", multiLine=True))
         self.addParameter(QgsProcessingParameterBoolean("USE_TEMPLATE", "Wrap prompts in the model's template",

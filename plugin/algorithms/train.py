@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, RsvlAlgorithm
+from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm
 
 LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
@@ -101,7 +101,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(seed)
         self.addParameter(QgsProcessingParameterFileDestination(
-            "OUTPUT_MODEL", "Model file", fileFilter="rsvl model (*.safetensors)", defaultValue=default_model_path()))
+            "OUTPUT_MODEL", "Model file", fileFilter=MODEL_FILTER, defaultValue=default_model_path()))
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
