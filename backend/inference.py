@@ -33,7 +33,7 @@ import rasterio
 from .atomic import atomic_path
 from .errors import InputError
 from .jobs import Job
-from .labels import ClassInfo
+from .labels import ClassInfo, set_category_names
 from .raster import Grid, RasterStack, gdal_cache_limit, tile_windows
 from .samples import patches_at, read_window_normalised
 
@@ -53,27 +53,6 @@ def gtiff_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
 
 def class_dtype(classes: Sequence[ClassInfo]) -> str:
     return "uint8" if max(c.code for c in classes) <= 255 else "uint16"
-
-
-def set_category_names(path: str, classes: Sequence[ClassInfo]) -> None:
-    """Category names for the class codes (GDAL keeps them in the .aux.xml sidecar)."""
-    from osgeo import gdal
-
-    from .gdal_exceptions import gdal_exceptions
-
-    names = [""] * (max(c.code for c in classes) + 1)
-    names[0] = "nodata"
-    for c in classes:
-        names[c.code] = c.name
-    with gdal_exceptions():
-        ds = gdal.Open(path, gdal.GA_Update)
-        band = ds.GetRasterBand(1)
-        band.GetMetadata()  # GDAL 3.6 GTiff loads PAM lazily; load it before changing it
-        band.SetCategoryNames(names)
-        band.SetDescription("class")
-        band = None
-        ds.FlushCache()
-        ds = None
 
 
 def embed_patches(model, norm: Dict[str, np.ndarray], halo: int, device, batch_size: int = 4096):

@@ -55,6 +55,25 @@ class LabelMap:
         return {int(v): int(c) for v, c in zip(values, counts)}
 
 
+def set_category_names(path: str, classes: Sequence[ClassInfo]) -> None:
+    """Category names for the class codes (GDAL keeps them in the .aux.xml sidecar)."""
+    from osgeo import gdal
+
+    names = [""] * (max(c.code for c in classes) + 1)
+    names[0] = "nodata"
+    for c in classes:
+        names[c.code] = c.name
+    with gdal_exceptions():
+        ds = gdal.Open(path, gdal.GA_Update)
+        band = ds.GetRasterBand(1)
+        band.GetMetadata()  # GDAL 3.6 GTiff loads PAM lazily; load it before changing it
+        band.SetCategoryNames(names)
+        band.SetDescription("class")
+        band = None
+        ds.FlushCache()
+        ds = None
+
+
 def _category_names(path: str) -> List[str]:
     from osgeo import gdal
 
@@ -422,7 +441,6 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`). Returns the
     pixel count per class code of each map."""
     from .atomic import atomic_path
-    from .inference import set_category_names
     from .splits import split_codes
 
     with rasterio.open(path) as src:

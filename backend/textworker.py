@@ -4,9 +4,10 @@ Loading a Hugging Face or open_clip text encoder imports transformers, and trans
 imports torch's compiler stack (``torch._dynamo``, which imports ``triton`` and its own
 LLVM). Training and inference never compile anything, but in a desktop QGIS that has loaded
 Mesa's LLVM for OpenGL the second LLVM crashes the whole application. So a host runs its
-text encoders here instead: :class:`WorkerTextEncoder` has the interface of
-:class:`rsvl.backend.text.TextEncoder` and asks one long-lived child Python process
-(``python -m rsvl.backend.textworker``) for embeddings. The host process never imports
+text encoders in a child instead: :class:`rsvl.backend.text.WorkerTextEncoder` has the
+interface of :class:`rsvl.backend.text.TextEncoder` and asks one long-lived child Python
+process (``python -m rsvl.backend.textserver``, started and spoken to by this module) for
+embeddings. The host process never imports
 transformers, open_clip, ``torch._dynamo`` or ``triton``, whatever their versions do at
 import time; the child imports what it likes.
 
@@ -76,7 +77,7 @@ class TextWorker:
         fd, self._log_path = tempfile.mkstemp(prefix="rsvl-textworker-", suffix=".log")
         with os.fdopen(fd, "wb") as stderr:
             proc = subprocess.Popen(
-                [python_executable(), "-m", "rsvl.backend.textworker"], stdin=subprocess.PIPE,
+                [python_executable(), "-m", "rsvl.backend.textserver"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=stderr, env=env, text=True, encoding="utf-8", bufsize=1,
                 cwd=tempfile.gettempdir())
         log.info("text encoders run in a separate process (pid %d)", proc.pid)
@@ -151,42 +152,3 @@ def load_in_worker(encoder_id: str) -> int:
 def encode_in_worker(encoder_id: str, texts: Sequence[str]):
     """(len(texts), dim) float32 tensor of L2-normalised embeddings, computed in the child."""
     return _decode(_worker.request({"op": "encode", "encoder": encoder_id, "texts": list(texts)}))
-
-
-# --- the child -------------------------------------------------------------------------
-def serve(requests, replies) -> None:
-    """Answer requests (lines of JSON) until ``requests`` ends."""
-    import numpy as np
-
-    from .text import get_text_encoder
-
-    for line in requests:
-        if not line.strip():
-            continue
-        try:
-            message = json.loads(line)
-            encoder = get_text_encoder(message["encoder"])
-            if message["op"] == "load":
-                reply = {"ok": True, "dim": encoder.dim, "id": encoder.id}
-            elif message["op"] == "encode":
-                emb = np.ascontiguousarray(encoder.encode(list(message["texts"])).numpy(), dtype="<f4")
-                reply = {"ok": True, "shape": list(emb.shape), "data": base64.b64encode(emb.tobytes()).decode()}
-            else:
-                reply = {"ok": False, "error": f"unknown request {message['op']!r}", "kind": "ValueError"}
-        except Exception as exc:  # every failure goes back to the host as a message
-            log.exception("text encoder request failed")
-            reply = {"ok": False, "error": str(exc), "kind": type(exc).__name__}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
-
-
-def main() -> int:
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to the log, not the protocol
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    serve(sys.stdin, replies)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,7 +31,7 @@ class RsvlPlugin:
         from qgis.PyQt.QtGui import QIcon
         from qgis.PyQt.QtWidgets import QAction
 
-        from .provider import ICON_PATH
+        from .icons import ICON_PATH
 
         self.initProcessing()
         action = QAction(QIcon(ICON_PATH), "Train in background…", self.iface.mainWindow())

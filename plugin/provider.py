@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icon.svg")
+from .icons import ICON_PATH
 
 
 class RsvlProvider(QgsProcessingProvider):

@@ -26,7 +26,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ..provider import ICON_PATH
+from ..icons import ICON_PATH
 
 MODALITY_PARAMS: Dict[str, str] = {
     "hsi": "INPUT_HSI",
@@ -251,3 +251,15 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
         raise QgsProcessingException(str(exc)) from exc
     finally:
         logger.removeHandler(handler)
+
+
+def check_model(path: str):
+    """(ok, message) for a MODEL parameter, reading only the model's JSON header."""
+    from ...backend.errors import RsvlError
+    from ...backend.modelfile import read_header
+
+    try:
+        read_header(path)
+    except RsvlError as exc:
+        return False, str(exc)
+    return True, ""

@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm, check_model
 
 
 class ClassifyAlgorithm(RsvlAlgorithm):
@@ -80,15 +80,3 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         if result.confidence:
             outputs["OUTPUT_CONFIDENCE"] = result.confidence
         return outputs
-
-
-def check_model(path: str):
-    """(ok, message) for the MODEL parameter, reading only the model's JSON header."""
-    from ...backend.errors import RsvlError
-    from ...backend.modelfile import read_header
-
-    try:
-        read_header(path)
-    except RsvlError as exc:
-        return False, str(exc)
-    return True, ""

@@ -11,8 +11,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm
-from .classify import check_model
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm, check_model
 
 
 def split_prompts(text: str):
