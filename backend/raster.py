@@ -178,6 +178,12 @@ class _Source:
         self.indexes = [i for i, ci in enumerate(dataset.colorinterp, start=1) if ci != ColorInterp.alpha]
         alphas = [i for i, ci in enumerate(dataset.colorinterp, start=1) if ci == ColorInterp.alpha]
         self.alpha = alphas[0] if alphas else None
+        if warped and reader.count > dataset.count:
+            # The warped VRT's own alpha band (add_alpha): 0 outside the layer's coverage, so a
+            # layer without a nodata value is not read as zeros there.
+            self.coverage_alpha = reader.count
+        else:
+            self.coverage_alpha = None
         self.count = len(self.indexes)
         names = _band_names(dataset, layer)
         self.band_names = [names[i - 1] for i in self.indexes]
@@ -193,12 +199,30 @@ class _Source:
         valid &= self.reader.read_masks(indexes=self.indexes, window=window) > 0
         if self.alpha is not None:
             valid &= (self.reader.read(self.alpha, window=window) > 0)[None]
+        if self.coverage_alpha is not None:
+            valid &= (self.reader.read(self.coverage_alpha, window=window) > 0)[None]
         return data, valid
 
     def close(self):
         if self.reader is not self.dataset:
             self.reader.close()
         self.dataset.close()
+
+
+def _check_overlap(layer: LayerSpec, dataset, grid: Grid, reference: LayerSpec) -> None:
+    """Refuse a layer that covers none of the reference grid, naming both extents."""
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = transform_bounds(dataset.crs, grid.crs, *dataset.bounds, densify_pts=21)
+    g = grid.transform
+    xs = sorted((g.c, g.c + g.a * grid.width + g.b * grid.height))
+    ys = sorted((g.f, g.f + g.d * grid.width + g.e * grid.height))
+    if right <= xs[0] or left >= xs[1] or top <= ys[0] or bottom >= ys[1]:
+        raise InputError(
+            f"{layer.modality} layer {layer.name!r} does not overlap the reference grid of {reference.name!r}: "
+            f"its extent is x {left:.6g}..{right:.6g}, y {bottom:.6g}..{top:.6g}, the reference's x "
+            f"{xs[0]:.6g}..{xs[1]:.6g}, y {ys[0]:.6g}..{ys[1]:.6g} (in {grid.crs.to_string()}): check that the "
+            "layers show the same place (and that their CRS is right)")
 
 
 class RasterStack:
@@ -250,6 +274,7 @@ class RasterStack:
                         f"{self.layers[reference].name!r}: {'; '.join(diffs)}. Resample it first or switch "
                         "alignment on"
                     )
+                _check_overlap(layer, ds, self.grid, self.layers[reference])
                 nodata = layer.nodata if layer.nodata is not None else ds.nodata
                 vrt = WarpedVRT(
                     ds,
