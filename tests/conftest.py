@@ -1,6 +1,8 @@
 """Shared fixtures: seeded synthetic co-registered HSI / LiDAR / SAR / MS scenes written
-with rasterio into tmp_path, vector labels, and tiny random text encoders saved to disk
-and loaded through the same loader users hit. Never the network."""
+with rasterio into tmp_path (``make_scene``: classes separable by any modality;
+``make_fusion_scene``: classes only the fusion of HSI and LiDAR separates), vector labels,
+and tiny random text encoders saved to disk and loaded through the same loader users hit.
+Never the network."""
 
 from __future__ import annotations
 
@@ -10,13 +12,19 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+
+# One torch (OpenMP) thread per test process, and in the CLI and qgis_process subprocesses
+# that inherit it: the suite runs on small shared machines (2 cores, often beside another
+# job), where OpenMP's waiting threads make small trainings ten times slower once the cores
+# are oversubscribed. Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -34,6 +42,12 @@ class Scene:
     paths: Dict[str, Path] = field(default_factory=dict)
     labels: Optional[Path] = None
     polygons: Optional[Path] = None
+    class_names: List[str] = field(default_factory=lambda: list(CLASS_NAMES))  # codes 1..N
+
+    def held_out(self) -> np.ndarray:
+        """(H, W) mask of the pixels not in the training labels (a test set)."""
+        with rasterio.open(self.labels) as ds:
+            return ds.read(1) == 0
 
 
 def class_map(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,17 +81,17 @@ def write_raster(path: Path, data: np.ndarray, transform, crs=UTM, nodata=None, 
     return path
 
 
-def write_labels(path: Path, codes: np.ndarray, transform, crs=UTM):
+def write_labels(path: Path, codes: np.ndarray, transform, crs=UTM, names=CLASS_NAMES, colours=CLASS_COLOURS):
     from osgeo import gdal
 
     with rasterio.open(path, "w", driver="GTiff", width=codes.shape[1], height=codes.shape[0], count=1,
                        dtype="uint8", crs=crs, transform=transform, nodata=0) as dst:
         dst.write(codes.astype(np.uint8), 1)
-        dst.write_colormap(1, {0: (0, 0, 0, 0), **{k: (*v, 255) for k, v in CLASS_COLOURS.items()}})
+        dst.write_colormap(1, {0: (0, 0, 0, 0), **{k: (*v, 255) for k, v in colours.items()}})
     ds = gdal.Open(str(path), gdal.GA_Update)
     band = ds.GetRasterBand(1)
     band.GetMetadata()
-    band.SetCategoryNames(["unlabelled"] + CLASS_NAMES)
+    band.SetCategoryNames(["unlabelled"] + list(names))
     band = None
     ds = None
     return path
@@ -113,6 +127,39 @@ def make_scene(root: Path, size: int = 48, seed: int = 0, hsi_bands: int = 24, l
         scene.paths["ms"] = write_raster(root / "ms.tif", refl, transform, nodata=None)
     keep = rng.random((size, size)) < label_fraction
     scene.labels = write_labels(root / "labels.tif", np.where(keep, truth, 0), transform)
+    return scene
+
+
+FUSION_CLASS_NAMES = ["grassland", "forest", "roads", "buildings"]
+FUSION_CLASS_COLOURS = {1: (150, 220, 50), 2: (0, 100, 0), 3: (128, 128, 128), 4: (200, 0, 0)}
+
+
+def make_fusion_scene(root: Path, size: int = 48, seed: int = 0, hsi_bands: int = 16,
+                      label_fraction: float = 0.15) -> Scene:
+    """A scene that only the fusion of HSI and LiDAR separates: grassland and forest have the
+    same (vegetation) spectrum and differ only in height; roads and buildings have the same
+    (asphalt/concrete) spectrum and differ only in height; grassland and roads share one
+    height, forest and buildings another. Each modality alone tells two pairs apart, so a
+    single-modality model is right on about half the pixels and a model that drops or
+    misregisters one modality cannot pass for a fused one."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    truth = class_map(size, size, rng)
+    transform = from_origin(465000.0, 5080000.0, 10.0, 10.0)
+    scene = Scene(root, truth, transform, UTM, class_names=list(FUSION_CLASS_NAMES))
+    idx = truth.astype(int) - 1
+    _water, veg, built, _grass = spectra(hsi_bands, rng)
+    spectrum = np.stack([veg, veg, built, built])  # per class: same spectrum within each pair
+    refl = spectrum[idx].transpose(2, 0, 1) * (1 + 0.05 * rng.standard_normal((1, size, size)))
+    refl += 0.01 * rng.standard_normal(refl.shape)
+    scene.paths["hsi"] = write_raster(root / "hsi.tif", np.clip(refl * 10000, 0, 32767).astype(np.int16), transform,
+                                      nodata=-1, descriptions=[f"b{i}" for i in range(hsi_bands)])
+    heights = np.array([0.3, 12.0, 0.3, 12.0])[idx] + 300 + 0.5 * rng.standard_normal((size, size))
+    scene.paths["lidar"] = write_raster(root / "dsm.tif", heights.astype(np.float32), transform, nodata=-9999.0,
+                                        descriptions=["dsm"])
+    keep = rng.random((size, size)) < label_fraction
+    scene.labels = write_labels(root / "labels.tif", np.where(keep, truth, 0), transform,
+                                names=FUSION_CLASS_NAMES, colours=FUSION_CLASS_COLOURS)
     return scene
 
 
@@ -247,12 +294,24 @@ def scene_factory(tmp_path):
     return factory
 
 
+def auc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the ``positive`` pixels: the chance that a
+    positive pixel outranks a negative one (0.5: no better than chance)."""
+    score, positive = np.ravel(score), np.ravel(positive).astype(bool)
+    ranks = np.empty(score.size)
+    ranks[np.argsort(score, kind="stable")] = np.arange(1, score.size + 1)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """Writers for tests that build their own rasters and vectors."""
 
     class Helpers:
         make_scene = staticmethod(make_scene)
+        make_fusion_scene = staticmethod(make_fusion_scene)
+        auc = staticmethod(auc)
         write_raster = staticmethod(write_raster)
         write_labels = staticmethod(write_labels)
         write_polygons = staticmethod(write_polygons)

@@ -151,12 +151,14 @@ def test_gdal_cache_limit_lowers_and_restores():
 
 
 @pytest.mark.parametrize("compress", [None, "deflate"])
-def test_direct_io_reads_the_same_pixels(tmp_path, compress):
-    """Input layers are opened with GTIFF_DIRECT_IO (uncompressed GeoTIFFs bypass the
-    block cache): windows with halos, at edges, give the file's exact values."""
+def test_direct_io_reads_the_same_pixels(tmp_path, compress, monkeypatch):
+    """Input layers are opened with GTIFF_DIRECT_IO: windowed reads of uncompressed
+    GeoTIFFs bypass GDAL's block cache (so the cache does not fill with input tiles), and
+    windows with halos, at edges, give the file's exact values either way."""
     from osgeo import gdal
     from rasterio.windows import Window
 
+    from rsvl.backend import raster
     from rsvl.backend.raster import LayerSpec, RasterStack
 
     rng = np.random.default_rng(5)
@@ -168,14 +170,39 @@ def test_direct_io_reads_the_same_pixels(tmp_path, compress):
         profile["compress"] = compress
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
-    with RasterStack([LayerSpec(str(path), "hsi")]) as stack:
-        for window in (Window(0, 0, 16, 16), Window(20, 33, 25, 19), Window(48, 60, 13, 10)):
-            arrays, valid = stack.read(window, halo=4)
-            r0, c0 = int(window.row_off) - 4, int(window.col_off) - 4
-            expected = np.zeros((9, int(window.height) + 8, int(window.width) + 8), np.float32)
-            rr = slice(max(r0, 0), min(r0 + expected.shape[1], 70))
-            cc = slice(max(c0, 0), min(c0 + expected.shape[2], 61))
-            expected[:, rr.start - r0:rr.stop - r0, cc.start - c0:cc.stop - c0] = data[:, rr, cc]
-            np.testing.assert_array_equal(arrays["hsi"], expected)
-            assert valid["hsi"].sum() == 9 * (rr.stop - rr.start) * (cc.stop - cc.start)
+    opened_with = []
+    real_open = rasterio.open
+
+    def recording_open(*args, **kwargs):
+        opened_with.append(gdal.GetConfigOption("GTIFF_DIRECT_IO"))  # this thread's value wins
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(raster.rasterio, "open", recording_open)
+    windows = (Window(0, 0, 16, 16), Window(20, 33, 25, 19), Window(48, 60, 13, 10))
+
+    def read_all():
+        """Reads the windows; returns the growth of GDAL's block cache (bytes) meanwhile."""
+        before = gdal.GetCacheUsed()
+        with RasterStack([LayerSpec(str(path), "hsi")]) as stack:
+            for window in windows:
+                arrays, valid = stack.read(window, halo=4)
+                r0, c0 = int(window.row_off) - 4, int(window.col_off) - 4
+                expected = np.zeros((9, int(window.height) + 8, int(window.width) + 8), np.float32)
+                rr = slice(max(r0, 0), min(r0 + expected.shape[1], 70))
+                cc = slice(max(c0, 0), min(c0 + expected.shape[2], 61))
+                expected[:, rr.start - r0:rr.stop - r0, cc.start - c0:cc.stop - c0] = data[:, rr, cc]
+                np.testing.assert_array_equal(arrays["hsi"], expected)
+                assert valid["hsi"].sum() == 9 * (rr.stop - rr.start) * (cc.stop - cc.start)
+            return gdal.GetCacheUsed() - before
+
+    direct = read_all()
+    assert opened_with == ["YES"]
     assert gdal.GetConfigOption("GTIFF_DIRECT_IO") is None  # set only while opening, in this thread
+    monkeypatch.setattr(raster, "READ_OPEN_OPTIONS", {})  # the same reads through the block cache
+    cached = read_all()
+    assert opened_with == ["YES", None]
+    tile_bytes = 9 * 32 * 32 * 2  # one pixel-interleaved tile, all bands
+    if compress:
+        assert direct == cached >= tile_bytes  # GDAL ignores direct I/O for compressed files
+    else:
+        assert direct <= cached - 4 * tile_bytes  # the tiles the windows touch stayed out of the cache

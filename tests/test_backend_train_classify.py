@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -19,13 +20,23 @@ def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     return float((pred[ok] == truth[ok]).mean())
 
 
+def _interior(truth: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels whose (2 radius + 1)² neighbourhood holds one class only (away from borders)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    padded = np.pad(truth, radius, mode="edge")
+    view = sliding_window_view(padded, (2 * radius + 1, 2 * radius + 1))
+    return (view == truth[:, :, None, None]).all(axis=(2, 3))
+
+
 def test_train_and_classify_hsi_lidar(trained_model, shared_scene, tmp_path):
     model_path, result, layers = trained_model
     assert [c.name for c in result.classes] == ["water", "forest", "buildings", "grassland"]
     assert result.validation is not None and result.validation.oa > 0.9
     out = tmp_path / "classes.tif"
     conf = tmp_path / "confidence.tif"
-    res = api.classify(str(model_path), layers, str(out), confidence=str(conf), device="cpu")
+    sim = tmp_path / "similarity.tif"
+    res = api.classify(str(model_path), layers, str(out), confidence=str(conf), similarity=str(sim), device="cpu")
     assert res.pixels == shared_scene.truth.size
     with rasterio.open(out) as ds, rasterio.open(shared_scene.paths["hsi"]) as ref:
         pred = ds.read(1)
@@ -40,7 +51,26 @@ def test_train_and_classify_hsi_lidar(trained_model, shared_scene, tmp_path):
     assert _category_names(str(out))[1:5] == ["water", "forest", "buildings", "grassland"]
     with rasterio.open(conf) as ds:
         c = ds.read(1)
-    assert np.nanmin(c) > 0.25 and np.nanmax(c) <= 1.0
+    with rasterio.open(sim) as ds:
+        cosine = ds.read().astype(np.float64)  # (4, H, W), one band per class
+    # The confidence is the softmax probability of the chosen class at the model's
+    # temperature, recomputed here from the per-class cosine similarities.
+    from rsvl.backend.modelfile import load_model
+
+    model, _header = load_model(str(model_path))
+    logits = float(model.scale().detach()) * cosine
+    softmax = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    np.testing.assert_allclose(c, softmax.max(0), atol=1e-5)
+    np.testing.assert_array_equal(pred, cosine.argmax(0) + 1)
+    # It means what a user reads into it: high where the model is right, far from class
+    # borders; lower on the borders, where the 5 x 5 patches mix classes, and lower still
+    # where the model is wrong.
+    correct = pred == shared_scene.truth
+    interior = _interior(shared_scene.truth, 2)
+    assert np.median(c[interior & correct]) > 0.6  # 4 classes: 0.25 would be a blind guess
+    assert c[interior].mean() > c[~interior].mean()
+    if (~correct).sum() >= 3:  # a few border pixels are wrong with these fast settings
+        assert c[~correct].mean() < c[correct].mean() - 0.05
 
 
 def test_model_file_roundtrip_and_metadata(trained_model):
@@ -58,10 +88,61 @@ def test_model_file_roundtrip_and_metadata(trained_model):
     assert len(meta["normalisation"]["hsi"]["mean"]) == 24
     assert meta["training"]["epochs_run"] == result.epochs_run
     assert meta["classes"][0] == {"code": 1, "name": "water", "colour": [0, 0, 255]}
-    with open(model_path, "rb") as f:
-        assert b"pickle" not in f.read(4096)
+    # The file is plain safetensors: an 8-byte little-endian header length, a JSON header
+    # (tensor dtypes, shapes, byte ranges; rsvl's own header in its metadata), then the raw
+    # tensor bytes, which fill the rest of the file exactly: there is no room for a pickle.
+    raw = model_path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    layout = json.loads(raw[8:8 + n])
+    assert json.loads(layout.pop("__metadata__")["rsvl"]) == meta
+    itemsize = {"F32": 4, "F64": 8, "I64": 8, "I32": 4, "F16": 2, "BF16": 2, "U8": 1, "BOOL": 1}
+    ranges = sorted(tuple(t["data_offsets"]) for t in layout.values())
+    assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert 8 + n + ranges[-1][1] == len(raw)
+    for t in layout.values():
+        assert t["data_offsets"][1] - t["data_offsets"][0] == itemsize[t["dtype"]] * int(np.prod(t["shape"]))
     model, _ = load_model(str(model_path))
     assert model.class_embeddings.shape == (4, 384)
+    assert set(layout) == set(model.state_dict())
+    assert layout["class_embeddings"]["dtype"] == "F32" and layout["class_embeddings"]["shape"] == [4, 384]
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_a_pickle_renamed_to_safetensors_is_refused_unopened(writer, trained_model, tmp_path):
+    """Model files are never unpickled: a pickle (plain, or torch.save's zip of one) named
+    .safetensors is refused with a clear error before its payload can run."""
+    import pickle
+
+    import torch
+
+    from rsvl.backend.errors import ModelFileError
+    from rsvl.backend.modelfile import load_model
+
+    model_path, _result, layers = trained_model
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    state = {"weights": torch.zeros(3), "payload": Payload()}
+    # The payload is live: unpickling it runs code.
+    pickle.loads(pickle.dumps(state))
+    assert marker.is_dir()
+    marker.rmdir()
+    bad = tmp_path / "model.safetensors"
+    if writer == "pickle":
+        bad.write_bytes(pickle.dumps(state))
+    else:
+        torch.save(state, str(bad))
+    message = re.escape(f"MODEL '{bad}' is not an rsvl model: it looks like ") + r".*\(not loaded: pickles can run code\)"
+    with pytest.raises(ModelFileError, match=message):
+        load_model(str(bad))
+    with pytest.raises(ModelFileError, match=message):
+        api.classify(str(bad), layers, str(tmp_path / "c.tif"), device="cpu")
+    with pytest.raises(ModelFileError, match=message):
+        api.describe_model(str(bad))
+    assert not marker.exists() and not (tmp_path / "c.tif").exists()
 
 
 def test_mismatched_inputs_are_refused(trained_model, scene_factory):
@@ -142,6 +223,111 @@ def test_misaligned_layers_are_warped_or_refused(scene, tmp_path, helpers):
     api.classify(str(tmp_path / "m.safetensors"), layers, str(out), device="cpu")
     with rasterio.open(out) as ds, rasterio.open(scene.paths["hsi"]) as ref:
         assert ds.crs == ref.crs and ds.transform == ref.transform and ds.shape == ref.shape
+    # The heights the model saw are the original 10 m heights, give or take the 20 m
+    # averaging and the 0.5 m noise, two pixels away from class borders (classes differ by
+    # 9 to 18 m, but for water and grassland).
+    from rsvl.backend.raster import RasterStack
+
+    with RasterStack(layers) as stack, rasterio.open(scene.paths["lidar"]) as src:
+        data, valid = stack.read(rasterio.windows.Window(0, 0, stack.width, stack.height))
+        original = src.read(1)
+    inside = valid["lidar"][0] & _interior(scene.truth, 2)
+    assert inside.sum() > 0.3 * scene.truth.size
+    assert np.median(np.abs(data["lidar"][0] - original)[inside]) < 0.6
+    assert np.abs(data["lidar"][0] - original)[inside].max() < 3.0
+
+
+def test_warped_layers_take_the_values_of_the_reference_grid(scene, tmp_path, helpers):
+    """Pixel values after warping, against values known without GDAL: a 5 m linear ramp
+    seen on the 10 m grid is the ramp at the 10 m pixel centres; a 10 m layer shifted by
+    whole pixels is the same numbers shifted, and nodata where it does not reach."""
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from rsvl.backend.raster import RasterStack
+
+    t = scene.transform  # 10 m, 48 x 48
+
+    def ramp(x, y):
+        return 100.0 + 0.3 * (x - t.c) + 0.7 * (t.f - y)
+
+    fine = t * Affine.scale(0.5)  # same origin, 5 m pixels
+    cols, rows = np.meshgrid(np.arange(96) + 0.5, np.arange(96) + 0.5)
+    x, y = fine * (cols, rows)
+    dsm5 = helpers.write_raster(tmp_path / "dsm_5m.tif", ramp(x, y).astype(np.float32), fine, nodata=-9999.0)
+    rng = np.random.default_rng(7)
+    shifted_values = rng.normal(300.0, 10.0, (50, 50)).astype(np.float32)
+    shifted = t * Affine.translation(3, 2)  # starts 3 pixels east, 2 pixels south of the reference
+    dsm_shifted = helpers.write_raster(tmp_path / "dsm_shifted.tif", shifted_values, shifted, nodata=-9999.0)
+    layers = [LayerSpec(str(scene.paths["hsi"]), "hsi"), LayerSpec(str(dsm5), "lidar"),
+              LayerSpec(str(dsm_shifted), "lidar")]
+    with RasterStack(layers) as stack:
+        assert stack.grid.transform == t and (stack.width, stack.height) == (48, 48)
+        data, valid = stack.read(Window(0, 0, 48, 48))
+    lidar, ok = data["lidar"], valid["lidar"]
+    cols, rows = np.meshgrid(np.arange(48) + 0.5, np.arange(48) + 0.5)
+    expected = ramp(*(t * (cols, rows)))
+    assert ok[0].all()
+    # Bilinear on a plane is exact, away from the edge where the kernel is cut off.
+    np.testing.assert_allclose(lidar[0, 1:-1, 1:-1], expected[1:-1, 1:-1], atol=1e-3)
+    expected_ok = np.zeros((48, 48), bool)
+    expected_ok[2:, 3:] = True
+    np.testing.assert_array_equal(ok[1], expected_ok)
+    np.testing.assert_array_equal(lidar[1, 2:, 3:], shifted_values[:46, :45])
+
+
+def test_fusion_of_modalities_beats_each_modality_alone(tmp_path, helpers):
+    """On a scene where grassland/forest and roads/buildings differ only in height and
+    grassland/roads and forest/buildings only in spectrum, the HSI + LiDAR model is right on
+    held-out pixels where HSI alone and LiDAR alone can only guess between two classes."""
+    scene = helpers.make_fusion_scene(tmp_path / "fusion")
+    test = scene.held_out()
+    hsi, lidar = LayerSpec(str(scene.paths["hsi"]), "hsi"), LayerSpec(str(scene.paths["lidar"]), "lidar")
+    oa = {}
+    for name, layers in (("hsi", [hsi]), ("lidar", [lidar]), ("hsi+lidar", [hsi, lidar])):
+        model = tmp_path / f"{name}.safetensors"
+        res = api.train(layers, str(scene.labels), str(model), **helpers.fast)
+        assert [c.name for c in res.classes] == scene.class_names
+        api.classify(str(model), layers, str(tmp_path / f"{name}.tif"), device="cpu")
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            pred = ds.read(1)
+        oa[name] = float((pred[test] == scene.truth[test]).mean())
+        if name != "hsi+lidar":
+            # A single modality tells the pairs apart it can see: HSI never mistakes
+            # vegetation for built-up, LiDAR never mistakes low for tall.
+            group = {"hsi": np.array([0, 1, 1, 2, 2]), "lidar": np.array([0, 1, 2, 1, 2])}[name]
+            assert (group[pred[test]] == group[scene.truth[test]]).mean() > 0.9, name
+    assert oa["hsi+lidar"] > 0.85, oa
+    assert max(oa["hsi"], oa["lidar"]) < 0.75, oa  # the scene does need both
+    assert oa["hsi+lidar"] > max(oa["hsi"], oa["lidar"]) + 0.2, oa
+
+
+@pytest.mark.slow
+def test_default_settings_learn_the_fusion_scene_and_its_synonyms(tmp_path, helpers):
+    """What a user gets without touching a setting (the paper's patch size, learning rate,
+    epochs and early stopping): the fusion scene is learnt, and words it was never trained
+    on find classes that only the height tells apart from their look-alike."""
+    scene = helpers.make_fusion_scene(tmp_path / "fusion")
+    test = scene.held_out()
+    layers = [LayerSpec(str(scene.paths["hsi"]), "hsi"), LayerSpec(str(scene.paths["lidar"]), "lidar")]
+    model = tmp_path / "m.safetensors"
+    res = api.train(layers, str(scene.labels), str(model), device="cpu")
+    assert res.header["patch_size"] == 11 and res.epochs_run > 1
+    api.classify(str(model), layers, str(tmp_path / "c.tif"), device="cpu")
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        pred = ds.read(1)
+    assert (pred[test] == scene.truth[test]).mean() > 0.85
+    prompts = {"woodland": ("forest", "grassland"), "houses": ("buildings", "roads")}
+    api.query(str(model), layers, list(prompts), str(tmp_path / "q.tif"), device="cpu")
+    with rasterio.open(tmp_path / "q.tif") as ds:
+        sim = ds.read()
+    truth = scene.truth[test]
+    for band, (prompt, (meant, look_alike)) in zip(sim, prompts.items()):
+        score = band[test]
+        meant_code, other_code = scene.class_names.index(meant) + 1, scene.class_names.index(look_alike) + 1
+        assert helpers.auc(score, truth == meant_code) > 0.9, prompt
+        pair = (truth == meant_code) | (truth == other_code)
+        assert helpers.auc(score[pair], truth[pair] == meant_code) > 0.8, prompt  # same spectrum: height decides
 
 
 def test_training_is_reproducible(scene, tmp_path, helpers):

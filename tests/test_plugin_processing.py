@@ -158,12 +158,36 @@ def test_evaluate_outputs_figures_and_report(trained, scene, tmp_path, helpers):
     result, _ = trained
     run("rsvl:classify", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
                           "INPUT_LIDAR": [str(scene.paths["lidar"])], "OUTPUT": str(tmp_path / "c.tif"), "DEVICE": 1})
-    res = run("rsvl:evaluate", {"INPUT": str(tmp_path / "c.tif"), "REFERENCE": str(scene.polygons),
-                                "CLASS_FIELD": "cover", "OUTPUT_CSV": str(tmp_path / "cm.csv"),
-                                "OUTPUT_JSON": str(tmp_path / "a.json"), "OUTPUT_REPORT": str(tmp_path / "a.html")})
+    # Reference: the true classes on the pixels the training polygons do not cover (held out).
+    from rasterio.windows import Window
+
+    from rsvl.backend.labels import open_labels
+    from rsvl.backend.raster import Grid
+
+    with rasterio.open(scene.paths["hsi"]) as ds:
+        grid = Grid.of(ds)
+    polygons = open_labels(str(scene.polygons), grid, "cover")
+    trained_on = polygons.read(Window(0, 0, grid.width, grid.height)) > 0
+    held_out = np.where(trained_on, 0, scene.truth)
+    reference = helpers.write_labels(tmp_path / "held_out.tif", held_out, scene.transform)
+    res = run("rsvl:evaluate", {"INPUT": str(tmp_path / "c.tif"), "REFERENCE": str(reference),
+                                "OUTPUT_CSV": str(tmp_path / "cm.csv"), "OUTPUT_JSON": str(tmp_path / "a.json"),
+                                "OUTPUT_REPORT": str(tmp_path / "a.html")})
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        predicted = ds.read(1)
+    from rsvl.backend.modelfile import read_header
+
+    name_of = {c.code: c.name for c in read_header(result["OUTPUT_MODEL"]).classes}
+    truth_names = np.array(["", *helpers.class_names])[held_out[held_out > 0]]
+    predicted_names = np.array([name_of.get(int(v), "") for v in predicted[held_out > 0]])
+    assert np.isclose(res["OA"], (truth_names == predicted_names).mean())  # matched by name, as computed here
     assert res["OA"] > 0.85 and 0 < res["KAPPA"] <= 1 and 0 < res["MIOU"] <= 1 and res["AA"] > 0.8
-    assert (tmp_path / "cm.csv").read_text().startswith("reference \\ predicted,buildings,forest,grassland,water")
-    assert "<svg" in (tmp_path / "a.html").read_text()
+    assert res["COVERAGE"] == 1.0
+    cm = (tmp_path / "cm.csv").read_text()
+    assert cm.startswith("reference \\ predicted,buildings,forest,grassland,water")  # the map's codes
+    assert f"{int((held_out > 0).sum())}" in cm.splitlines()[5]  # the total row counts the held-out pixels
+    report = (tmp_path / "a.html").read_text()
+    assert "<svg" in report and f"{res['OA']:.4f}" in report
 
 
 class CancelAfter(QgsProcessingFeedback):

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 
@@ -24,29 +25,47 @@ def qgis_process(*args, home: Path, cwd: Path):
 
 @pytest.fixture(scope="module")
 def chain(helpers, tmp_path_factory):
+    """The chain trained on 15 % of the pixels and evaluated on the other 85 %."""
+    from rsvl.backend.labels import split_label_raster
+
     root = tmp_path_factory.mktemp("chain")
     scene = helpers.make_scene(root / "scene", modalities=("hsi", "lidar"))
     truth = helpers.write_labels(root / "truth.tif", scene.truth, scene.transform)
+    train, test = root / "train.tif", root / "test.tif"
+    split_label_raster(str(truth), 0.15, 0, str(train), str(test))
     out = root / "out"
     res = qgis_process("run", CHAIN, "--", f"hsi={scene.paths['hsi']}", f"lidar={scene.paths['lidar']}",
-                       f"labels={scene.labels}", f"reference={truth}", f"train:model={out / 'model.safetensors'}",
+                       f"labels={train}", f"reference={test}", f"train:model={out / 'model.safetensors'}",
                        f"classify:classes={out / 'classes.tif'}", f"evaluate:confusion={out / 'confusion.csv'}",
                        home=root, cwd=root)
     return scene, out, res, root
 
 
 def test_model3_chain_runs_headless(chain):
-    scene, out, res, _ = chain
+    scene, out, res, root = chain
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (out / "model.safetensors").exists()
     with rasterio.open(out / "classes.tif") as ds, rasterio.open(scene.paths["hsi"]) as ref:
         assert ds.crs == ref.crs and ds.transform == ref.transform
+        pred = ds.read(1)
+    with rasterio.open(root / "test.tif") as ds:
+        test = ds.read(1)
+    with rasterio.open(root / "train.tif") as ds:
+        n_train = int((ds.read(1) > 0).sum())
+    held_out = test > 0
     rows = list(csv.reader((out / "confusion.csv").open()))
-    figures = {r[0]: float(r[1]) for r in rows if r and r[0] in ("oa", "aa", "kappa", "miou")}
-    assert figures["oa"] > 0.85 and figures["kappa"] > 0.8
     assert rows[0][1:5] == ["water", "forest", "buildings", "grassland"]
+    # The confusion matrix counts the held-out pixels, and only them, as the map has them.
+    matrix = np.array([[int(v) for v in r[1:5]] for r in rows[1:5]])
+    expected = np.array([[int(((test == i) & (pred == j)).sum()) for j in range(1, 5)] for i in range(1, 5)])
+    np.testing.assert_array_equal(matrix, expected)
+    assert matrix.sum() == held_out.sum() == scene.truth.size - n_train
+    figures = {r[0]: float(r[1]) for r in rows if r and r[0] in ("oa", "aa", "kappa", "miou")}
+    assert figures["oa"] == pytest.approx((pred[held_out] == test[held_out]).mean(), abs=1e-4)
+    assert figures["oa"] > 0.85 and figures["kappa"] > 0.8
 
 
+@pytest.mark.slow  # three more qgis_process starts; the chain above covers the shell face by default
 def test_help_and_run_classify_from_the_shell(chain, tmp_path):
     scene, out, _res, root = chain
     res = qgis_process("help", "rsvl:classify", home=root, cwd=tmp_path)
