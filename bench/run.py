@@ -6,11 +6,23 @@ peak memory of whole-scene classification. Prints a table and writes bench/lates
 Ratios compare two ways of doing the same work in one run; absolute numbers depend on
 the machine (recorded in the JSON, with the load average: other processes on a shared
 machine slow every measure, and timings take the best of several runs to damp that).
+Every timed side gets the same number of repeats (``REPEATS``), measured in interleaved
+rounds. The dense-vs-patch speed-up is reported with its two factors: shared
+convolutions (reference dense path vs per-patch) times the dense engine's folding and
+fused heads (dense engine vs reference dense path).
+
+Compute floor: the machine's float32 GEMM peak is the best GMAC/s of square matmuls
+(512, 1024, 2048; torch's default thread count). ``dense_fraction_of_gemm_peak`` is the
+dense engine's GMAC/s over that peak; ``compute_floor_ratio`` is the pixels/s the peak
+would reach doing the dense engine's multiply-adds per pixel over the dense pixels/s
+(its inverse). The JSON keys ``matmul_pixels_per_s`` and ``matmul_gmacs_per_s`` of
+earlier versions (one odd-shaped matmul) are gone: see ``gemm_*``.
 
 Memory: each scene (``bands`` int16 HSI bands + 1 float32 LiDAR band, random values) is
 classified by ``api.classify`` in a fresh subprocess whose peak RSS is recorded, next to
 the RSS of the same process after importing torch/rasterio and loading the model
-(``baseline``: what any classification costs before its first window). The large scene
+(``baseline``, measured in both runs; ``peak_rss_above_baseline_mb_*`` is what the
+classification itself adds; ``baseline_rss_mb`` is the large run's). The large scene
 needs ``large² × (2·bands + 4)`` bytes of disk in ``--workdir`` (8.4 GB for 8000).
 """
 
@@ -96,17 +108,43 @@ def folded_macs_per_pixel(model) -> int:
     return total
 
 
-def time_it(fn, repeats=5, min_seconds=0.5):
-    """Best time of ``repeats`` measurements (each at least ``min_seconds`` of calls)."""
-    fn()  # warm-up
-    best = float("inf")
+REPEATS = 5  # every timed side: best of this many measurements
+
+
+def time_best(fns: dict, repeats=REPEATS, min_seconds=0.5) -> dict:
+    """Best time per call of each function in ``fns`` over ``repeats`` measurements (each
+    at least ``min_seconds`` of calls, at least one call). The functions are measured in
+    interleaved rounds (one measurement of each per round), so every side gets the same
+    number of repeats and load from other processes falls on all sides alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        runs, start = 0, time.perf_counter()
-        while runs < 1 or time.perf_counter() - start < min_seconds:
-            fn()
-            runs += 1
-        best = min(best, (time.perf_counter() - start) / runs)
+        for name, fn in fns.items():
+            runs, start = 0, time.perf_counter()
+            while runs < 1 or time.perf_counter() - start < min_seconds:
+                fn()
+                runs += 1
+            best[name] = min(best[name], (time.perf_counter() - start) / runs)
     return best
+
+
+def time_it(fn, repeats=REPEATS, min_seconds=0.5):
+    """Best time of ``repeats`` measurements (each at least ``min_seconds`` of calls)."""
+    return time_best({"fn": fn}, repeats, min_seconds)["fn"]
+
+
+def gemm_peak(sizes=(512, 1024, 2048)) -> dict:
+    """The machine's float32 GEMM rate: square ``n × n`` matmuls (torch's default thread
+    count, preallocated output), best of ``REPEATS`` per size; the peak is the best size."""
+    import torch
+
+    rates = {}
+    for n in sizes:
+        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        rates[n] = n ** 3 / time_it(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)) / 1e9
+    return {"gemm_gmacs_per_s_by_size": {str(n): r for n, r in rates.items()},
+            "gemm_peak_gmacs_per_s": max(rates.values()), "gemm_threads": torch.get_num_threads()}
 
 
 def bench_dense_vs_patch(side=128):
@@ -140,23 +178,31 @@ def bench_dense_vs_patch(side=128):
     d, r, pt = dense(), reference_dense(), patch()
     max_diff = float((d - pt).abs().max())
     same_classes = bool(torch.equal(d.argmax(0), pt.argmax(0)))
-    t_dense, t_ref, t_patch = time_it(dense), time_it(reference_dense), time_it(patch, repeats=3)
+    t = time_best({"dense": dense, "reference": reference_dense, "patch": patch})
+    t_dense, t_ref, t_patch = t["dense"], t["reference"], t["patch"]
     pixels = side * side
     macs = folded_macs_per_pixel(model)
-    # Compute floor: a plain float32 matmul doing the dense engine's multiply-adds per pixel.
-    a = torch.randn(pixels, 512)
-    b = torch.randn(512, max(1, macs // 512))
-    t_mm = time_it(lambda: a @ b)
+    gemm = gemm_peak()
+    dense_gmacs = pixels * macs / t_dense / 1e9
+    # Compute floor: the pixels/s the machine's best float32 GEMM would reach doing the
+    # dense engine's multiply-adds per pixel.
+    floor_pixels_per_s = gemm["gemm_peak_gmacs_per_s"] * 1e9 / macs
     return {
-        "pixels": pixels, "dense_pixels_per_s": pixels / t_dense, "patch_pixels_per_s": pixels / t_patch,
+        "pixels": pixels, "timing_repeats": REPEATS,
+        "dense_pixels_per_s": pixels / t_dense, "patch_pixels_per_s": pixels / t_patch,
         "reference_dense_pixels_per_s": pixels / t_ref,
-        "dense_vs_patch_speedup": t_patch / t_dense, "max_abs_diff": max_diff, "same_class_map": same_classes,
+        "dense_vs_patch_speedup": t_patch / t_dense,
+        # its two factors (product = dense_vs_patch_speedup)
+        "shared_convolutions_speedup": t_patch / t_ref,
+        "folding_and_fused_heads_speedup": t_ref / t_dense,
+        "max_abs_diff": max_diff, "same_class_map": same_classes,
         "max_abs_diff_reference_dense": float((r - pt).abs().max()),
         "macs_per_pixel_dense": macs, "macs_per_pixel_reference_dense": macs_per_pixel(model, dense=True),
         "macs_per_pixel_patch": macs_per_pixel(model, dense=False),
-        "matmul_pixels_per_s": pixels / t_mm, "matmul_gmacs_per_s": pixels * (macs // 512) * 512 / t_mm / 1e9,
-        "dense_gmacs_per_s": pixels * macs / t_dense / 1e9,
-        "compute_floor_ratio": (pixels / t_mm) / (pixels / t_dense),
+        "dense_gmacs_per_s": dense_gmacs, **gemm,
+        "dense_fraction_of_gemm_peak": dense_gmacs / gemm["gemm_peak_gmacs_per_s"],
+        "gemm_peak_pixels_per_s": floor_pixels_per_s,
+        "compute_floor_ratio": floor_pixels_per_s / (pixels / t_dense),
     }
 
 
@@ -260,9 +306,13 @@ def main(argv=None):
     small, large = mem[args.small], mem[args.large]
     results.update({
         "peak_rss_mb_small": small["peak_rss_mb"], "peak_rss_mb_large": large["peak_rss_mb"],
-        "baseline_rss_mb": large["baseline_rss_mb"], "small_side": args.small, "large_side": args.large,
+        "baseline_rss_mb": large["baseline_rss_mb"],
+        "baseline_rss_mb_small": small["baseline_rss_mb"], "baseline_rss_mb_large": large["baseline_rss_mb"],
+        "peak_rss_above_baseline_mb_small": small["peak_rss_mb"] - small["baseline_rss_mb"],
+        "peak_rss_above_baseline_mb_large": large["peak_rss_mb"] - large["baseline_rss_mb"],
+        "small_side": args.small, "large_side": args.large,
         "peak_rss_large_vs_small": large["peak_rss_mb"] / small["peak_rss_mb"],
-        "classify_seconds_large": large["seconds"],
+        "classify_seconds_small": small["seconds"], "classify_seconds_large": large["seconds"],
         "classify_pixels_per_s_small": args.small ** 2 / small["seconds"],
         "classify_pixels_per_s_large": args.large ** 2 / large["seconds"],
     })
@@ -281,24 +331,34 @@ def table(r: dict) -> str:
     s, lg = r["small_side"], r["large_side"]
     rows = [
         ("dense pixels/s (64-band HSI + LiDAR, 11x11 patches)", f"{r['dense_pixels_per_s']:,.0f}"),
+        ("reference dense path (à trous, unfolded) pixels/s", f"{r['reference_dense_pixels_per_s']:,.0f}"),
         ("per-patch pixels/s (same output)", f"{r['patch_pixels_per_s']:,.0f}"),
         ("**dense_vs_patch_speedup** (goal >= 10)", f"**{r['dense_vs_patch_speedup']:.1f}x**"),
+        ("= shared convolutions (reference dense vs per-patch)", f"{r['shared_convolutions_speedup']:.1f}x"),
+        ("x folding and fused heads (dense engine vs reference dense)",
+         f"{r['folding_and_fused_heads_speedup']:.1f}x"),
         ("max abs difference dense vs per-patch (similarities); same class map",
          f"{r['max_abs_diff']:.1e}; {'yes' if r['same_class_map'] else 'NO'}"),
-        ("reference dense path (à trous, unfolded) pixels/s", f"{r['reference_dense_pixels_per_s']:,.0f}"),
         ("multiply-adds per pixel: dense engine / reference dense / per-patch",
          f"{r['macs_per_pixel_dense'] / 1e3:,.0f} k / {r['macs_per_pixel_reference_dense'] / 1e3:,.0f} k / "
          f"{r['macs_per_pixel_patch'] / 1e6:.2f} M"),
-        ("GMAC/s: dense engine / plain matmul", f"{r['dense_gmacs_per_s']:.0f} / {r['matmul_gmacs_per_s']:.0f}"),
-        ("**compute_floor_ratio** (matmul pixels/s / dense pixels/s, goal <= 3)", f"**{r['compute_floor_ratio']:.2f}**"),
+        ("float32 GEMM GMAC/s, n x n matmul: " + " / ".join(f"n={n}" for n in r["gemm_gmacs_per_s_by_size"]),
+         " / ".join(f"{g:.0f}" for g in r["gemm_gmacs_per_s_by_size"].values())),
+        ("GMAC/s: dense engine / float32 GEMM peak", f"{r['dense_gmacs_per_s']:.0f} / {r['gemm_peak_gmacs_per_s']:.0f}"),
+        ("**dense_fraction_of_gemm_peak**", f"**{r['dense_fraction_of_gemm_peak']:.0%}**"),
+        ("**compute_floor_ratio** (GEMM-peak pixels/s / dense pixels/s, goal <= 3)",
+         f"**{r['compute_floor_ratio']:.2f}**"),
         ("**train_samples_per_s**", f"**{r['train_samples_per_s']:,.0f}**"),
-        ("RSS after importing torch and loading the model", f"{r['baseline_rss_mb']:,.0f} MB"),
+        (f"baseline RSS (torch imported, model loaded), {s}x{s} / {lg}x{lg} run",
+         f"{r['baseline_rss_mb_small']:,.0f} / {r['baseline_rss_mb_large']:,.0f} MB"),
         (f"**peak_rss_mb_small** (classify {s}x{s})", f"**{r['peak_rss_mb_small']:,.0f} MB**"),
         (f"**peak_rss_mb_large** (classify {lg}x{lg}; goal < 2048 and <= 1.2x small)",
          f"**{r['peak_rss_mb_large']:,.0f} MB** ({r['peak_rss_large_vs_small']:.2f}x small)"),
+        (f"**peak_rss_above_baseline_mb**, {s}x{s} / {lg}x{lg}",
+         f"**{r['peak_rss_above_baseline_mb_small']:,.0f} / {r['peak_rss_above_baseline_mb_large']:,.0f} MB**"),
         (f"whole-scene classify pixels/s, {s}x{s} / {lg}x{lg} (read, compute, write)",
          f"{r['classify_pixels_per_s_small']:,.0f} / {r['classify_pixels_per_s_large']:,.0f}"),
-        (f"classify {lg}x{lg} wall time", f"{r['classify_seconds_large']:.0f} s"),
+        (f"classify wall time, {s}x{s} / {lg}x{lg}", f"{r['classify_seconds_small']:.1f} / {r['classify_seconds_large']:.1f} s"),
     ]
     width = max(len(a) for a, _ in rows)
     vwidth = max(len(b) for _, b in rows)
