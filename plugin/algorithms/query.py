@@ -30,7 +30,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             "Scores every pixel against free-text prompts with a model whose embedding is aligned to text (any "
             "rsvl:train model): the prompts are encoded by the model's own text encoder, wrapped in its prompt "
             "template, and compared with each pixel's embedding by cosine similarity.<br><br>"
-            "<b>MODEL</b>: a .safetensors model file from rsvl:train; its text encoder must be available "
+            "<b>MODEL</b>: a model file written by rsvl:train (any file name); its text encoder must be available "
             "locally (the built-in MiniLM always is).<br>" + INPUTS_HELP +
             "<b>PROMPTS</b>: one prompt per line, e.g. 'flooded fields', 'greenhouses'.<br>"
             "<b>USE_TEMPLATE</b>: wrap each prompt in the model's prompt template (as its classes were).<br>"
