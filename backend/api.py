@@ -103,6 +103,9 @@ def train(
         raise InputError(f"LOSS must be one of {', '.join(LOSSES)} (got {loss!r})")
     if patch_size < 1 or patch_size % 2 == 0:
         raise InputError(f"PATCH_SIZE must be a positive odd number (got {patch_size})")
+    from .atomic import check_outputs
+
+    check_outputs([("OUTPUT_MODEL", output_model, 0)])  # writable, before reading anything
     layers = _as_layers(layers)
     if not (prompt_template or "").strip():
         prompt_template = default_template({layer.modality for layer in layers})
@@ -138,6 +141,7 @@ def train(
     torch.manual_seed(seed)
     model = MMLGNet(config, n_classes=len(classes))
     model.class_embeddings.copy_(text)
+    check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
     settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss)
     outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97))
 

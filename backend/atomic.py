@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
-from typing import Iterator
+from typing import Dict, Iterator, Sequence, Tuple
+
+from .errors import InputError
 
 
 def _sidecars(path: str):
@@ -39,3 +42,38 @@ def atomic_path(path: str) -> Iterator[str]:
     elif os.path.exists(path + ".aux.xml"):
         os.unlink(path + ".aux.xml")  # a stale sidecar would describe the old file
     os.replace(tmp, path)
+
+
+def check_outputs(outputs: Sequence[Tuple[str, str, int]]) -> None:
+    """Before the long work starts: every output folder can be created and written, and the
+    file system of each has room for the outputs (``(parameter, path, estimated bytes)``;
+    an uncompressed upper bound). Raises :class:`InputError` naming the parameter."""
+    need: Dict[int, list] = {}
+    for parameter, path, size in outputs:
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        existing = folder
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise InputError(f"{parameter}: {existing!r} is a file, so the folder {folder!r} cannot be created; "
+                             "choose another output path")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"{parameter}: the folder {existing!r} is not writable; choose another output path")
+        entry = need.setdefault(os.stat(existing).st_dev, [existing, 0, []])
+        entry[1] += int(size)
+        entry[2].append(parameter)
+    for folder, size, parameters in need.values():
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise InputError(
+                f"{', '.join(parameters)}: {folder!r} has {_size(free)} free but the output(s) may need up to "
+                f"{_size(size)}; free some space or write them to another disk")
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024

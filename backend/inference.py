@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import rasterio
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_outputs
 from .errors import InputError
 from .jobs import Job
 from .labels import ClassInfo, set_category_names
@@ -141,6 +141,10 @@ def run_inference(
     scale = float(model.scale().detach())
     embedder = DenseEmbedder(model, device) if method == "dense" else None
     windows = list(tile_windows(stack.width, stack.height, tile))
+    pixels = stack.width * stack.height
+    check_outputs([("OUTPUT", class_path, pixels * np.dtype(class_dtype(classes)).itemsize),
+                   ("OUTPUT_CONFIDENCE", confidence_path, pixels * 4),
+                   ("OUTPUT_SIMILARITY", similarity_path, pixels * 4 * k)])
     start = time.perf_counter()
     with contextlib.ExitStack() as ctx:
         ctx.enter_context(gdal_cache_limit(GDAL_CACHE_MB))
