@@ -1,0 +1,110 @@
+"""Bad and unusual inputs (issue 9, sweep): each case gives the right result or a clear
+error, never a traceback or a silently wrong map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+
+from rsvl.backend import api
+from rsvl.backend.errors import InputError
+from rsvl.backend.raster import LayerSpec
+
+FAST = dict(patch_size=5, epochs=2, batch_size=64, device="cpu")
+CUSTOM_UTM = CRS.from_wkt(
+    'PROJCS["custom utm",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
+    'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",14.5],PARAMETER["scale_factor",0.9996],'
+    'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]')
+
+
+@pytest.fixture(scope="module")
+def setup(helpers, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep") / "scène avec espaces"
+    scene = helpers.make_scene(root, size=32, modalities=("hsi", "lidar"))
+    layers = [LayerSpec(str(scene.paths["hsi"]), "hsi"), LayerSpec(str(scene.paths["lidar"]), "lidar")]
+    model = root / "modèle é.safetensors"
+    api.train(layers, str(scene.labels), str(model), **FAST)
+    with rasterio.open(scene.paths["hsi"]) as ds:
+        hsi, transform = ds.read(), ds.transform
+    with rasterio.open(scene.paths["lidar"]) as ds:
+        lidar = ds.read()
+    return scene, layers, str(model), hsi, lidar, transform, root
+
+
+def _classify(setup, hsi_path, lidar_path, name):
+    _scene, _layers, model, *_rest, root = setup
+    out = root / name
+    api.classify(model, [LayerSpec(str(hsi_path), "hsi"), LayerSpec(str(lidar_path), "lidar")], str(out), device="cpu")
+    with rasterio.open(out) as ds:
+        return ds.read(1), ds.transform, ds.crs, ds.dtypes[0]
+
+
+def test_paths_with_spaces_and_non_ascii_characters(setup):
+    scene, layers, model, *_ = setup
+    classes, *_ = _classify(setup, layers[0].path, layers[1].path, "classes é ü.tif")
+    assert classes.shape == scene.truth.shape and (classes > 0).all()
+
+
+def test_nan_and_inf_pixels_are_nodata(setup, helpers):
+    *_, hsi, lidar, transform, root = setup
+    bad = lidar.copy()
+    bad[0, 3:5, 3:5] = np.nan
+    bad[0, 6, 6] = np.inf
+    path = helpers.write_raster(root / "nan.tif", bad, transform, nodata=None)
+    classes, *_ = _classify(setup, setup[1][0].path, path, "nan.tif")
+    assert (classes[3:5, 3:5] == 0).all() and classes[6, 6] == 0 and classes[10, 10] > 0
+
+
+@pytest.mark.parametrize("side", [1, 3])
+def test_rasters_as_small_as_one_pixel_or_smaller_than_the_patch(setup, helpers, side):
+    *_, hsi, lidar, transform, root = setup
+    h = helpers.write_raster(root / f"h{side}.tif", hsi[:, :side, :side], transform, nodata=-1)
+    v = helpers.write_raster(root / f"l{side}.tif", lidar[:, :side, :side], transform, nodata=-9999.0)
+    classes, out_transform, *_ = _classify(setup, h, v, f"small{side}.tif")
+    assert classes.shape == (side, side) and out_transform == transform
+    assert (classes > 0).all()  # as at any scene edge: a pixel with valid values of its own is classified
+
+
+def test_rotated_geotransform_and_a_crs_without_epsg_code_are_kept(setup, helpers):
+    *_, hsi, lidar, transform, root = setup
+    rotated = Affine(10, 2, transform.c, 2, -10, transform.f)
+    h = helpers.write_raster(root / "rot_h.tif", hsi, rotated, crs=CUSTOM_UTM, nodata=-1)
+    v = helpers.write_raster(root / "rot_l.tif", lidar, rotated, crs=CUSTOM_UTM, nodata=-9999.0)
+    classes, out_transform, crs, _ = _classify(setup, h, v, "rotated.tif")
+    assert out_transform == rotated and crs == CUSTOM_UTM and crs.to_epsg() is None
+    assert (classes > 0).mean() > 0.9
+
+
+def test_an_all_nodata_input_gives_an_all_nodata_map_and_cannot_train(setup, helpers):
+    scene, layers, _model, hsi, lidar, transform, root = setup
+    empty = helpers.write_raster(root / "empty.tif", np.full_like(lidar, -9999.0), transform, nodata=-9999.0)
+    classes, *_ = _classify(setup, layers[0].path, empty, "empty.tif")
+    assert (classes == 0).all()
+    with pytest.raises(InputError, match="lidar layer has bands without any valid pixel"):
+        api.train([layers[0], LayerSpec(str(empty), "lidar")], str(scene.labels), str(root / "x.safetensors"), **FAST)
+
+
+def test_more_than_255_classes_give_a_uint16_map(setup):
+    scene, layers, *_rest, transform, root = setup
+    codes = (np.arange(32 * 32).reshape(32, 32) % 300 + 1).astype(np.uint16)
+    labels = root / "many.tif"
+    with rasterio.open(labels, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint16",
+                       crs=scene.crs, transform=transform, nodata=0) as dst:
+        dst.write(codes, 1)
+    model = root / "many.safetensors"
+    result = api.train([layers[0]], str(labels), str(model), **FAST, validation_fraction=0.0)
+    assert len(result.classes) == 300
+    api.classify(str(model), [layers[0]], str(root / "many_c.tif"), device="cpu")
+    with rasterio.open(root / "many_c.tif") as ds:
+        assert ds.dtypes[0] == "uint16" and ds.read(1).max() > 255
+
+
+def test_a_constant_uint16_band_near_the_type_limit_trains(setup, helpers):
+    scene, _layers, _model, hsi, _lidar, transform, root = setup
+    big = helpers.write_raster(root / "big.tif", np.full(hsi.shape, 65000, np.uint16), transform, nodata=None)
+    result = api.train([LayerSpec(str(big), "hsi")], str(scene.labels), str(root / "big.safetensors"), **FAST)
+    assert result.epochs_run == 2 and np.isfinite(result.history[-1]["train_loss"])
