@@ -9,6 +9,8 @@ import pickle
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SHIM = REPO / ".venv" / "bin" / "qgis_process"
 FAST = ["PATCH_SIZE=5", "EPOCHS=3", "BATCH_SIZE=64", "LEARNING_RATE=0.003", "PATIENCE=3", "DEVICE=1"]
@@ -45,11 +47,27 @@ def test_any_model_name_train_writes_is_accepted_back(helpers, tmp_path):
                        home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "OA:" in res.stdout and "OUTPUT_CSV:" in res.stdout
-    # A pickle renamed to the model extension is named as such and never unpickled.
-    marker = tmp_path / "pwned"
-    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(_Evil(marker)))
-    res = qgis_process("run", "rsvl:classify", "--", "MODEL=evil.safetensors", inputs, "OUTPUT=evil.tif",
-                       home=tmp_path, cwd=tmp_path)
-    out = res.stdout + res.stderr
-    assert res.returncode != 0 and "looks like a Python pickle (not loaded" in out
-    assert not marker.exists() and not (tmp_path / "evil.tif").exists()
+
+
+def test_a_pickle_named_like_a_model_is_described_and_never_loaded(qgis_app, qgis_processing, qgis_iface, helpers,
+                                                                   tmp_path):
+    """The same parameter check qgis_process runs (checkParameterValues), in process."""
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingException
+
+    import rsvl
+
+    plugin = rsvl.classFactory(qgis_iface)
+    plugin.initProcessing()
+    try:
+        assert QgsApplication.processingRegistry().algorithmById("rsvl:classify") is not None
+        scene = helpers.make_scene(tmp_path / "scene", size=16, modalities=("hsi",))
+        marker = tmp_path / "pwned"
+        (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(_Evil(marker)))
+        with pytest.raises(QgsProcessingException) as error:
+            processing.run("rsvl:classify", {"MODEL": str(tmp_path / "evil.safetensors"),
+                                             "INPUT_HSI": [str(scene.paths["hsi"])], "OUTPUT": str(tmp_path / "e.tif")})
+        assert "looks like a Python pickle (not loaded" in str(error.value)
+        assert not marker.exists() and not (tmp_path / "e.tif").exists()
+    finally:
+        plugin.unload()
