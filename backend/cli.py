@@ -216,9 +216,9 @@ def run(args) -> int:
     elif args.command == "split":
         from .labels import split_label_raster
 
-        first, second = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second,
-                                           mode=args.mode, block_size=args.block_size, buffer=args.buffer)
-        print(f"{args.first}: {sum(first.values())} pixels\n{args.second}: {sum(second.values())} pixels")
+        res = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second,
+                                 mode=args.mode, block_size=args.block_size, buffer=args.buffer)
+        print(f"{args.first}: {sum(res.first.values())} pixels\n{args.second}: {sum(res.second.values())} pixels")
     elif args.command == "baselines":
         from .baselines import format_table, run_baselines
 

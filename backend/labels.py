@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -235,7 +236,7 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
     if class_name_field and not is_int:
         log.info("CLASS_NAME_FIELD is ignored: CLASS_FIELD %r holds the class names itself", class_field)
         class_name_field = None
-    names_of: dict = {}
+    names_of = defaultdict(Counter)  # integer code -> how often each name goes with it
 
     target = osr.SpatialReference()
     target.ImportFromWkt(grid.crs.to_wkt())
@@ -264,7 +265,6 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
         if class_name_field:
             name = feature.GetField(class_name_field)
             if name is not None and str(name).strip():
-                names_of.setdefault(int(value), {}).setdefault(str(name).strip(), 0)
                 names_of[int(value)][str(name).strip()] += 1
     del layer, ds  # close the OGR data source
     if skipped:
@@ -279,11 +279,11 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
         mapping = {v: int(v) for v in values}
         names = []
         for v in values:
-            seen = names_of.get(int(v), {})
+            seen = names_of.get(int(v), Counter())
             if len(seen) > 1:
                 log.warning("CLASS_NAME_FIELD %r gives code %d several names (%s): using the most frequent",
                             class_name_field, v, ", ".join(sorted(seen)))
-            names.append(max(seen, key=seen.get) if seen else f"class {v}")
+            names.append(seen.most_common(1)[0][0] if seen else f"class {v}")
         out_classes = [ClassInfo(int(v), n, rgb) for v, n, rgb in zip(values, names, assign_colours(names))]
     else:
         mapping = {v: i + 1 for i, v in enumerate(values)}
@@ -307,32 +307,33 @@ class VectorLabels:
         # overwrite a larger polygon's pixels.
         small, normal, outside = [], [], 0
         for shape in shapes:
-            pixels = self._pixel_count(shape)
+            box = bounds(shape[0])  # (minx, miny, maxx, maxy)
+            pixels = self._pixel_count(shape[0], box)
             if pixels is None:
                 outside += 1
             elif pixels == 0:
-                small.append(shape)
+                small.append((shape, box))
             else:
-                normal.append(shape)
+                normal.append((shape, box))
         if small:
             log.info("%d polygon(s) cover no pixel centre (smaller than a pixel): they label the pixels they touch",
                      len(small))
         if outside:
             log.warning("%d feature(s) lie outside the input grid and label nothing", outside)
-        self.shapes = small + normal
+        self.shapes = [shape for shape, _ in small + normal]
         self.n_small = len(small)
-        self.bounds = np.array([bounds(g) for g, _ in self.shapes]).reshape(-1, 4)  # (minx, miny, maxx, maxy)
+        self.bounds = np.array([box for _, box in small + normal]).reshape(-1, 4)
 
-    def _pixel_count(self, shape):
-        """Pixel centres a polygon covers on the grid (None: it lies outside the grid)."""
-        from rasterio.features import bounds, rasterize
+    def _pixel_count(self, geom, box):
+        """Pixel centres a polygon with bounds ``box`` covers on the grid (None: it lies
+        outside the grid)."""
+        from rasterio.features import rasterize
         from rasterio.windows import from_bounds
         from rasterio.windows import transform as window_transform
 
-        geom, _ = shape
         if geom["type"] not in ("Polygon", "MultiPolygon"):
             return 1  # points and lines always burn the pixels they fall on
-        x0, y0, x1, y1 = bounds(geom)
+        x0, y0, x1, y1 = box
         full = Window(0, 0, self.grid.width, self.grid.height)
         w = from_bounds(x0, y0, x1, y1, self.grid.transform)
         col, row = math.floor(w.col_off), math.floor(w.row_off)
@@ -433,16 +434,26 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
     return src
 
 
+@dataclass
+class SplitResult:
+    classes: List[ClassInfo]  # the input's classes (codes, names, colours)
+    first: dict  # pixel count per class code in the first map
+    second: dict
+
+
 def split_label_raster(path: str, fraction: float, seed: int, first_path: str, second_path: str,
-                       mode: str = "random", block_size: int = 20, buffer: int = 0):
+                       mode: str = "random", block_size: int = 20, buffer: int = 0,
+                       progress=None, is_cancelled=None) -> SplitResult:
     """Write a seeded split of a class raster into two class rasters on the same grid (same
     colour table and category names): ``fraction`` of each class's pixels in the first
     (e.g. training), the rest in the second (e.g. test), at random or spatially apart
-    (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`). Returns the
-    pixel count per class code of each map."""
+    (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`)."""
     from .atomic import atomic_path
+    from .jobs import Job
     from .splits import split_codes
 
+    job = Job(progress, is_cancelled)
+    job.step(0.0, "reading labels")
     with rasterio.open(path) as src:
         grid = Grid.of(src)
         profile = src.profile.copy()
@@ -451,15 +462,18 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
         except ValueError:
             colormap = None
     labels = read_label_raster(path, grid)
+    job.step(0.3, "splitting")
     first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer)
     dtype = "uint8" if max(c.code for c in labels.classes) <= 255 else "uint16"
     profile.update(dtype=dtype, count=1, nodata=0, compress="deflate")
-    for codes, out in ((first, first_path), (second, second_path)):
+    for i, (codes, out) in enumerate(((first, first_path), (second, second_path))):
+        job.step(0.6 + 0.2 * i, "writing")
         with atomic_path(out) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(codes.astype(dtype), 1)
                 if colormap:
                     dst.write_colormap(1, colormap)
             set_category_names(tmp, labels.classes)
-    return {c.code: int((first == c.code).sum()) for c in labels.classes}, {
-        c.code: int((second == c.code).sum()) for c in labels.classes}
+    job.report(1.0, "split written")
+    return SplitResult(labels.classes, {c.code: int((first == c.code).sum()) for c in labels.classes},
+                       {c.code: int((second == c.code).sum()) for c in labels.classes})

@@ -58,7 +58,8 @@ def split_codes(codes: np.ndarray, fraction: float, seed: int, mode: str = "rand
         raise LabelError(f"BUFFER must be 0 or more pixels (got {buffer})")
     rng = np.random.default_rng(seed)
     labelled = codes > 0
-    rows, cols = np.indices(codes.shape)
+    if mode != "random":
+        rows, cols = np.indices(codes.shape)
     if mode == "random":
         first = _stratified_draw(codes, labelled, fraction, rng)
         second = np.where(labelled & (first == 0), codes, 0)

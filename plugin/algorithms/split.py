@@ -66,9 +66,8 @@ class SplitAlgorithm(RsvlAlgorithm):
 
         self._paths = (self.parameterAsOutputLayer(parameters, "OUTPUT_FIRST", context),
                        self.parameterAsOutputLayer(parameters, "OUTPUT_SECOND", context))
-        self._input = raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT")
         kwargs = dict(
-            path=self._input,
+            path=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),
             fraction=self.parameterAsDouble(parameters, "FRACTION", context),
             seed=self.parameterAsInt(parameters, "SEED", context),
             first_path=self._paths[0], second_path=self._paths[1],
@@ -77,26 +76,14 @@ class SplitAlgorithm(RsvlAlgorithm):
             buffer=self.parameterAsInt(parameters, "BUFFER", context),
         )
 
-        def split(progress=None, is_cancelled=None, **kw):  # a quick job: no progress steps to report
-            return split_label_raster(**kw)
-
-        return split, kwargs
+        return split_label_raster, kwargs
 
     def finish(self, result, parameters, context, feedback):
-        import rasterio
-
-        from ...backend.labels import RasterLabels
-        from ...backend.raster import Grid
-
-        first_counts, second_counts = result
-        with rasterio.open(self._input) as ds:
-            labels = RasterLabels(self._input, Grid.of(ds))
-        classes = backend_classes(labels.classes)
-        labels.close()
+        classes = backend_classes(result.classes)
         for path in self._paths:
             write_class_style(path, classes)
             style_output_on_load(context, path, classes)
-        names = {code: name for code, name, _ in classes}
-        for code, n in first_counts.items():
-            feedback.pushInfo(f"{names.get(code, code)}: {n} training, {second_counts.get(code, 0)} test pixels")
+        for c in result.classes:
+            feedback.pushInfo(f"{c.name}: {result.first.get(c.code, 0)} training, {result.second.get(c.code, 0)} test "
+                              "pixels")
         return {"OUTPUT_FIRST": self._paths[0], "OUTPUT_SECOND": self._paths[1]}
