@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from typing import Dict, Iterator, Sequence, Tuple
@@ -24,7 +25,8 @@ def atomic_path(path: str) -> Iterator[str]:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{ext}", dir=folder)
+    _remove_orphans(folder, stem, ext)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.rsvl-{os.getpid()}-", suffix=f".part{ext}", dir=folder)
     os.close(fd)
     os.unlink(tmp)  # GDAL creates the file itself
     try:
@@ -42,6 +44,33 @@ def atomic_path(path: str) -> Iterator[str]:
     elif os.path.exists(path + ".aux.xml"):
         os.unlink(path + ".aux.xml")  # a stale sidecar would describe the old file
     os.replace(tmp, path)
+
+
+def _remove_orphans(folder: str, stem: str, ext: str) -> None:
+    """Remove temporary files of this destination left by rsvl processes that were killed
+    (SIGKILL, power loss) before they could clean up: hidden ``.part`` files whose writing
+    process no longer exists. Those of live processes are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.rsvl-(\d+)-[^/]*\.part{re.escape(ext)}(\.aux\.xml)?$")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_outputs(outputs: Sequence[Tuple[str, str, int]]) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from .errors import InputError
+
+log = logging.getLogger("rsvl")
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -14,7 +18,10 @@ def resolve_device(name: str = "auto"):
     if name not in DEVICES and not name.startswith("cuda:"):
         raise InputError(f"DEVICE must be one of {', '.join(DEVICES)} (got {name!r})")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.info("DEVICE=auto: torch sees no CUDA GPU here, running on the CPU")
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("DEVICE is 'cuda' but torch sees no CUDA GPU here: use 'auto' or 'cpu'")
     return torch.device(name)

@@ -10,7 +10,10 @@ Streaming: windows are processed in a pipeline of three threads. A reader thread
 and normalises the next window (plus halo) while torch computes the current one on all
 its CPU threads, and a writer thread compresses and writes the previous window's
 outputs. At most one window waits at each stage and GDAL's block cache is capped
-(:data:`GDAL_CACHE_MB`), so peak memory does not depend on the scene size.
+(:data:`GDAL_CACHE_MB`), so peak memory does not depend on the scene height. Inputs are
+read in whole block rows, each block once (:meth:`RasterStack.scan`): the row buffers
+hold about two block rows of each input, and scenes too wide for
+:func:`~rsvl.backend.raster.read_buffer_bytes` are visited in column bands.
 
 Outputs are tiled, compressed GeoTIFFs on the reference grid, written window by window
 into temporary files that replace the destinations only when the whole scene is done;
@@ -34,12 +37,13 @@ from .atomic import atomic_path, check_outputs
 from .errors import InputError
 from .jobs import Job
 from .labels import ClassInfo, set_category_names
-from .raster import Grid, RasterStack, gdal_cache_limit, tile_windows
+from .raster import Grid, RasterStack, gdal_cache_limit
 from .samples import patches_at, read_window_normalised
 
 log = logging.getLogger("rsvl")
 METHODS = ("dense", "patch")
 GDAL_CACHE_MB = 128  # GDAL block cache cap (MiB) while a scene is classified
+MIN_COMPUTE_TILE = 8  # smallest sub-tile (dense) or batch (per-patch) after CUDA out-of-memory retries
 
 
 def gtiff_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
@@ -114,6 +118,28 @@ def _write_window(dst: dict, s: _WindowScores, codes: np.ndarray, threshold: Opt
         dst["sim"].write(out, window=s.window)
 
 
+def _smaller_batch(embedder, batch_size: int) -> int:
+    """After CUDA ran out of memory: halve the dense engine's sub-tile (or the per-patch
+    batch) and say so; past the smallest size, a clear error. Sub-tiles and batches change
+    no result beyond float rounding."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if embedder is not None:
+        if embedder.compute_tile <= MIN_COMPUTE_TILE:
+            raise InputError("the GPU ran out of memory even with the smallest sub-tile: set DEVICE to cpu, "
+                             "or free GPU memory (other programs, other rsvl runs)")
+        embedder.compute_tile //= 2
+        log.warning("the GPU ran out of memory: retrying with %d-pixel sub-tiles", embedder.compute_tile)
+        return batch_size
+    if batch_size <= MIN_COMPUTE_TILE:
+        raise InputError("the GPU ran out of memory even with the smallest batch: set DEVICE to cpu, "
+                         "or free GPU memory (other programs, other rsvl runs)")
+    log.warning("the GPU ran out of memory: retrying with batches of %d patches", batch_size // 2)
+    return batch_size // 2
+
+
 def run_inference(
     model, stack: RasterStack, stats, text, *, classes: Sequence[ClassInfo], class_path: Optional[str],
     confidence_path: Optional[str] = None, similarity_path: Optional[str] = None,
@@ -140,7 +166,6 @@ def run_inference(
     codes = np.asarray([c.code for c in classes], dtype=np.int64)
     scale = float(model.scale().detach())
     embedder = DenseEmbedder(model, device) if method == "dense" else None
-    windows = list(tile_windows(stack.width, stack.height, tile))
     pixels = stack.width * stack.height
     check_outputs([("OUTPUT", class_path, pixels * np.dtype(class_dtype(classes)).itemsize),
                    ("OUTPUT_CONFIDENCE", confidence_path, pixels * 4),
@@ -148,6 +173,7 @@ def run_inference(
     start = time.perf_counter()
     with contextlib.ExitStack() as ctx:
         ctx.enter_context(gdal_cache_limit(GDAL_CACHE_MB))
+        windows = ctx.enter_context(stack.scan(tile, halo))  # the order that reads each input block once
         dst = {}
         if class_path:
             tmp = ctx.enter_context(atomic_path(class_path))
@@ -178,11 +204,16 @@ def run_inference(
             scores = _WindowScores(window, ok)
             if ok.any():
                 with torch.no_grad():
-                    if embedder is not None:
-                        sim = embedder.similarity(norm, text)  # (K, h, w)
-                    else:
-                        emb = embed_patches(model, norm, halo, device, batch_size)  # (D, h, w)
-                        sim = torch.einsum("dhw,kd->khw", emb, text)
+                    while True:
+                        try:
+                            if embedder is not None:
+                                sim = embedder.similarity(norm, text)  # (K, h, w)
+                            else:
+                                emb = embed_patches(model, norm, halo, device, batch_size)  # (D, h, w)
+                                sim = torch.einsum("dhw,kd->khw", emb, text)
+                            break
+                        except torch.cuda.OutOfMemoryError:
+                            batch_size = _smaller_batch(embedder, batch_size)
                     best, arg = sim.max(0)
                     scores.best, scores.arg = best.cpu().numpy(), arg.cpu().numpy()
                     if "conf" in dst:

@@ -207,6 +207,14 @@ def _open_vector(path: str, layer_name: Optional[str]):
     return ds, layer
 
 
+def _looks_numeric(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 def vector_labels(path, grid, class_field, layer_name=None, class_name_field=None) -> VectorLabels:
     with gdal_exceptions():
         return _vector_labels(path, grid, class_field, layer_name, class_name_field)
@@ -251,7 +259,7 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
         log.warning("vector labels %s have no CRS; assuming the reference grid CRS", path)
 
     raw: List[Tuple[dict, object]] = []
-    skipped = 0
+    skipped = repaired = unrepairable = 0
     for feature in layer:
         geom = feature.GetGeometryRef()
         value = feature.GetField(class_field)
@@ -259,6 +267,15 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
             skipped += 1
             continue
         geom = geom.Clone()
+        if not geom.IsValid():
+            # Self-intersections, bow-ties, unclosed or duplicated rings: GEOS's MakeValid
+            # keeps the area the user drew (a bow-tie becomes its two triangles), where the
+            # rasteriser would burn whatever its scanline rule makes of the broken ring.
+            fixed = geom.MakeValid()
+            if fixed is None or fixed.IsEmpty():
+                unrepairable += 1
+                continue
+            geom, repaired = fixed, repaired + 1
         if transform is not None:
             geom.Transform(transform)
         raw.append((json.loads(geom.ExportToJson()), value.strip() if isinstance(value, str) else int(value)))
@@ -267,8 +284,21 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
             if name is not None and str(name).strip():
                 names_of[int(value)][str(name).strip()] += 1
     del layer, ds  # close the OGR data source
+    base = os.path.basename(path)
     if skipped:
-        log.info("%s: %d features without geometry or class value were skipped", os.path.basename(path), skipped)
+        log.warning("%s: %d feature(s) without geometry or with an empty, NULL%s value in %r were skipped",
+                    base, skipped, " or 0" if is_int else "", class_field)
+    if repaired:
+        log.warning("%s: %d invalid geometrie(s) (self-intersections, bow-ties) were repaired with MakeValid; "
+                    "check them (Vector ▸ Geometry Tools ▸ Check Validity)", base, repaired)
+    if unrepairable:
+        log.warning("%s: %d invalid geometrie(s) could not be repaired and were skipped", base, unrepairable)
+    if not is_int and raw:
+        numeric = {v for _, v in raw if _looks_numeric(v)}
+        if numeric and len(numeric) < len({v for _, v in raw}):
+            log.warning("CLASS_FIELD %r mixes numbers (%s) and names: every distinct value is its own class; if "
+                        "the numbers are codes of named classes, clean the field first",
+                        class_field, ", ".join(sorted(numeric)[:5]))
     if not raw:
         raise LabelError(f"vector labels {os.path.basename(path)!r} has no feature with a value in {class_field!r}")
 

@@ -145,7 +145,26 @@ def save_model(path: str, model: MMLGNet, header: ModelHeader) -> None:
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"rsvl": json.dumps(header.to_json())})
+        save_file(tensors, tmp, metadata={"rsvl": json.dumps(header.to_json()), DIGEST_KEY: weights_digest(tensors)})
+
+
+DIGEST_KEY = "rsvl_weights_sha256"
+
+
+def weights_digest(tensors) -> str:
+    """SHA-256 of the weights (names, dtypes, shapes and bytes, in name order): stored in
+    the model file so that bytes changed on disk or in transfer are caught on loading;
+    safetensors itself checks the layout but not the values."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_header(path: str) -> ModelHeader:
@@ -186,16 +205,45 @@ def _sniff(path: str) -> str:
         return "looks like a TIFF raster"
     if head.lstrip()[:1] in (b"{", b"<"):
         return "looks like a text (JSON/HTML/XML) file"
-    return "is not a safetensors file (truncated or corrupted?)"
+    truncated = _truncated_safetensors(path, head)
+    if truncated:
+        return truncated
+    return "is not a safetensors file (corrupted?)"
+
+
+def _truncated_safetensors(path: str, head: bytes) -> str:
+    """A description when ``path`` starts like a safetensors file but is shorter than its
+    header says (an interrupted copy or download), else ''."""
+    size = os.path.getsize(path)
+    n = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 2 <= n <= min(size, 100 * 2**20):
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)
+            meta = json.loads(f.read(n).decode("utf-8"))
+        end = 8 + n + max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return ""
+    if size < end:
+        return (f"is truncated: {size:,} of the {end:,} bytes its header describes (an interrupted copy, download "
+                "or training?)")
+    return ""
 
 
 def load_model(path: str, device="cpu"):
     """(model in eval mode on ``device``, header)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     header = read_header(path)
     model = MMLGNet(header.config, n_classes=len(header.classes))
     state = load_file(path, device="cpu")
+    with safe_open(path, framework="pt") as f:
+        digest = (f.metadata() or {}).get(DIGEST_KEY)
+    if digest is not None and digest != weights_digest(state):
+        raise ModelFileError(f"MODEL {path!r} is corrupted: its weights do not match the checksum rsvl:train "
+                             "wrote into it (changed on disk or in transfer); copy it again or train it again")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

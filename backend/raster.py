@@ -188,6 +188,7 @@ class _Source:
         names = _band_names(dataset, layer)
         self.band_names = [names[i - 1] for i in self.indexes]
         self.nodata = layer.nodata if layer.nodata is not None else dataset.nodata
+        self.rows: Optional[_RowBuffer] = None  # set while the stack is read top to bottom
 
     def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
         """float32 data (bands, h, w) and a per-band validity mask for an in-bounds window."""
@@ -207,6 +208,156 @@ class _Source:
         if self.reader is not self.dataset:
             self.reader.close()
         self.dataset.close()
+
+
+# Native types whose conversion to float32 is exact: kept as they are in the row buffer
+# (half the memory of float32 for 16-bit data); others are converted by GDAL on reading.
+_EXACT_IN_FLOAT32 = {"uint8", "int8", "uint16", "int16", "float32"}
+
+# Memory (MiB) the row buffers of one whole-scene pass may use before the scene is read in
+# column bands (see RasterStack.scan); RSVL_READ_BUFFER_MB overrides it.
+READ_BUFFER_MB = 512
+# A column band spans at least this many blocks of a tiled input, so the blocks read twice
+# at band edges (for the halo) stay at most 2 / MIN_BAND_BLOCKS of the input.
+MIN_BAND_BLOCKS = 8
+
+
+def read_buffer_bytes() -> int:
+    """The row-buffer budget of a whole-scene pass, in bytes."""
+    value = os.environ.get("RSVL_READ_BUFFER_MB", "")
+    try:
+        return (max(int(value), 1) if value else READ_BUFFER_MB) * 2**20
+    except ValueError:
+        raise InputError(f"RSVL_READ_BUFFER_MB must be a whole number of MiB (got {value!r})") from None
+
+
+class _RowBuffer:
+    """One source's rows for a whole-scene pass, each GDAL block read once.
+
+    Windowed reads that cut through blocks read each block once per window touching it:
+    a 512-row tile row is read by every 256-pixel window row overlapping it (halo
+    included), a band-interleaved strip by every window across the width. Here a pass
+    visits windows column band by column band (:meth:`RasterStack.scan`), top to bottom
+    within a band, and each request is served from chunks of whole block rows spanning
+    the band plus its halo (at least :attr:`MIN_ROWS` rows, so one-row strips are not
+    read a row at a time); a chunk is dropped once the windows have moved below it.
+
+    Memory: the chunks the current window row overlaps, about two block rows of the band
+    (in the file's own type where that converts exactly to float32, plus one byte per
+    pixel of mask where GDAL's mask is not derived from the data). It depends on the band
+    width and the block height, never on the scene size.
+
+    Results equal :meth:`_Source.read`: the same float32 values and the same validity
+    (finite, not the nodata value, GDAL's mask, alpha and warp coverage)."""
+
+    MIN_ROWS = 64
+
+    def __init__(self, src: _Source, halo: int, bands: Sequence[Tuple[int, int]] = ()):
+        from rasterio.enums import MaskFlags
+
+        self.src = src
+        reader = src.reader
+        block_h, block_w = (max(int(v), 1) for v in reader.block_shapes[0])
+        self.chunk_rows = block_h * max(1, -(-self.MIN_ROWS // block_h))
+        # Tiled files are read in whole tiles: band edges go out to tile edges. Strips and
+        # warped layers are read for the columns the band needs (uncompressed strips are
+        # read for exactly those bytes).
+        self.block_w = block_w if (not src.warped and block_w < reader.width) else 1
+        self.halo = halo
+        self.bands = list(bands)
+        self.band = -1
+        self.cols = (0, reader.width)
+        self.chunks: List[Tuple[int, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]] = []
+        self.next_row = 0
+        dtype = reader.dtypes[src.indexes[0] - 1] if src.indexes else "float32"
+        same = all(reader.dtypes[i - 1] == dtype for i in src.indexes)
+        self.out_dtype = dtype if same and dtype in _EXACT_IN_FLOAT32 else "float32"
+        flags = [set(reader.mask_flag_enums[i - 1]) for i in src.indexes]
+        nd = reader.nodata
+        if all(f == {MaskFlags.all_valid} for f in flags):
+            self.mask = "none"
+        elif all(MaskFlags.per_dataset in f for f in flags):
+            self.mask = "dataset"  # one mask for all bands (internal mask, alpha)
+        elif (np.issubdtype(np.dtype(self.out_dtype), np.integer) and all(f == {MaskFlags.nodata} for f in flags)
+              and nd is not None and float(nd).is_integer()
+              and np.iinfo(self.out_dtype).min <= nd <= np.iinfo(self.out_dtype).max):
+            self.mask = "nodata"  # GDAL's mask is value != nodata: computed per window, not stored
+        else:
+            self.mask = "bands"
+
+    def bytes_per_column(self, tile: int) -> int:
+        """Most bytes held per column of the band: the rows a window row spans (plus
+        halo) rounded out to chunks, times data, stored masks and alphas per pixel."""
+        rows = (-(-(tile + 2 * self.halo) // self.chunk_rows) + 1) * self.chunk_rows
+        per_pixel = len(self.src.indexes) * np.dtype(self.out_dtype).itemsize
+        per_pixel += len(self.src.indexes) if self.mask == "bands" else 0
+        per_pixel += int(self.mask == "dataset") + int(self.src.alpha is not None) + int(self.src.coverage_alpha is not None)
+        return rows * per_pixel
+
+    def _band_columns(self, band: int) -> Tuple[int, int]:
+        width = self.src.reader.width
+        c0, c1 = self.bands[band]
+        lo, hi = max(c0 - self.halo, 0), min(c1 + self.halo, width)
+        lo -= lo % self.block_w
+        hi = min(-(-hi // self.block_w) * self.block_w, width)
+        return lo, hi
+
+    def _read_chunk(self) -> None:
+        src, reader = self.src, self.src.reader
+        row0 = self.next_row
+        lo, hi = self.cols
+        win = Window(lo, row0, hi - lo, min(self.chunk_rows, reader.height - row0))
+        data = reader.read(indexes=src.indexes, window=win, out_dtype=self.out_dtype)
+        pix = bands = None
+        if self.mask == "dataset":
+            pix = reader.read_masks(src.indexes[0], window=win) > 0
+        elif self.mask == "bands":
+            bands = reader.read_masks(indexes=src.indexes, window=win) > 0
+        for extra in (src.alpha, src.coverage_alpha):
+            if extra is not None:
+                a = reader.read(extra, window=win) > 0
+                pix = a if pix is None else (pix & a)
+        self.chunks.append((row0, data, bands, pix))
+        self.next_row = row0 + int(win.height)
+
+    def read(self, inner: Window, col: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Data and validity of ``inner`` (a window plus halo, within the raster) for the
+        window starting at column ``col``; None when the request goes back up (the caller
+        then reads directly)."""
+        band = max(i for i, (c0, _) in enumerate(self.bands) if c0 <= col) if col >= self.bands[0][0] else 0
+        r0, r1 = int(inner.row_off), int(inner.row_off) + int(inner.height)
+        if band != self.band:
+            self.band, self.cols, self.chunks, self.next_row = band, self._band_columns(band), [], 0
+        first = self.chunks[0][0] if self.chunks else self.next_row
+        lo, hi = self.cols
+        c0, c1 = int(inner.col_off) - lo, int(inner.col_off) + int(inner.width) - lo
+        if r0 < first or c0 < 0 or c1 > hi - lo:
+            return None
+        while self.chunks and self.chunks[0][0] + self.chunks[0][1].shape[1] <= r0:
+            self.chunks.pop(0)  # wholly above the window: later windows of the band start no higher
+        if not self.chunks:
+            self.next_row = max(self.next_row, r0 - r0 % self.chunk_rows)
+        while self.next_row < r1:
+            self._read_chunk()
+        parts = [c for c in self.chunks if c[0] < r1 and c[0] + c[1].shape[1] > r0]
+
+        def rows(i, k):
+            return np.concatenate([p[k][..., max(r0 - p[0], 0):r1 - p[0], c0:c1] for p in parts], axis=i)
+
+        data = rows(1, 1)
+        if data.dtype != np.float32:
+            data = data.astype(np.float32)
+        valid = np.isfinite(data)
+        src = self.src
+        if src.nodata is not None and not (isinstance(src.nodata, float) and math.isnan(src.nodata)):
+            valid &= data != np.float32(src.nodata)
+        if self.mask == "nodata" and src.reader.nodata != src.nodata:
+            valid &= data != np.float32(src.reader.nodata)  # exact: integers of 16 bits or fewer
+        if parts[0][2] is not None:
+            valid &= rows(1, 2)
+        if parts[0][3] is not None:
+            valid &= rows(0, 3)[None]
+        return data, valid
 
 
 def _check_overlap(layer: LayerSpec, dataset, grid: Grid, reference: LayerSpec) -> None:
@@ -333,7 +484,8 @@ class RasterStack:
             if inner.width > 0 and inner.height > 0:
                 band = 0
                 for src in srcs:
-                    d, v = src.read(inner)
+                    got = src.rows.read(inner, int(window.col_off)) if src.rows is not None else None
+                    d, v = got if got is not None else src.read(inner)
                     sl = (slice(band, band + src.count), slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
                     arr[sl] = d
                     ok[sl] = v
@@ -341,6 +493,43 @@ class RasterStack:
             data[modality] = arr
             valid[modality] = ok
         return data, valid
+
+    def column_bands(self, tile: int, halo: int = 0) -> List[Tuple[int, int]]:
+        """Column ranges a whole-scene pass visits one after the other: the whole width
+        when the row buffers of all inputs fit in :func:`read_buffer_bytes`, else bands of a
+        multiple of ``tile`` pixels (and of the widest tiled input's block width where
+        that fits), at least :data:`MIN_BAND_BLOCKS` blocks wide."""
+        per_column = sum(_RowBuffer(s, halo).bytes_per_column(tile) for s in self.sources)
+        budget = read_buffer_bytes()
+        if per_column * self.width <= budget:
+            return [(0, self.width)]
+        tiled = [int(s.reader.block_shapes[0][1]) for s in self.sources
+                 if not s.warped and int(s.reader.block_shapes[0][1]) < s.reader.width]
+        block_w = max(tiled, default=1)
+        unit = math.lcm(tile, block_w) if math.lcm(tile, block_w) <= max(self.width // 2, tile) else tile
+        width = max(budget // per_column - 2 * block_w, MIN_BAND_BLOCKS * block_w, unit)  # halo blocks too
+        width = max(width // unit * unit, unit)
+        if width >= self.width:
+            return [(0, self.width)]
+        return [(c, min(c + width, self.width)) for c in range(0, self.width, width)]
+
+    @contextlib.contextmanager
+    def scan(self, tile: int, halo: int = 0) -> Iterator[List[Window]]:
+        """A whole-scene pass reading each input block once: yields the windows of
+        ``tile`` pixels (the same windows as :func:`tile_windows`) in the order to read
+        them (column band by column band, row-major within a band) and serves
+        :meth:`read` calls with ``halo`` from :class:`_RowBuffer` s meanwhile. Reads in
+        another order are still right, only read directly."""
+        bands = self.column_bands(tile, halo)
+        windows = [Window(col, row, min(tile, c1 - col), min(tile, self.height - row))
+                   for c0, c1 in bands for row in range(0, self.height, tile) for col in range(c0, c1, tile)]
+        for src in self.sources:
+            src.rows = _RowBuffer(src, halo, bands)
+        try:
+            yield windows
+        finally:
+            for src in self.sources:
+                src.rows = None
 
     def close(self):
         for src in self.sources:
@@ -375,17 +564,17 @@ def compute_band_stats(stack: RasterStack, tile: int = 512, job=None) -> Dict[st
     sums = {m: np.zeros(c) for m, c in stack.band_counts().items()}
     sq = {m: np.zeros(c) for m, c in stack.band_counts().items()}
     n = {m: np.zeros(c) for m, c in stack.band_counts().items()}
-    windows = list(tile_windows(stack.width, stack.height, tile))
-    for i, window in enumerate(windows):
-        if job is not None:
-            job.step(i / len(windows), "computing band statistics")
-        data, valid = stack.read(window)
-        for m, arr in data.items():
-            v = valid[m]
-            x = np.where(v, arr, 0).astype(np.float64)
-            sums[m] += x.sum(axis=(1, 2))
-            sq[m] += (x * x).sum(axis=(1, 2))
-            n[m] += v.sum(axis=(1, 2))
+    with stack.scan(tile) as windows:
+        for i, window in enumerate(windows):
+            if job is not None:
+                job.step(i / len(windows), "computing band statistics")
+            data, valid = stack.read(window)
+            for m, arr in data.items():
+                v = valid[m]
+                x = np.where(v, arr, 0).astype(np.float64)
+                sums[m] += x.sum(axis=(1, 2))
+                sq[m] += (x * x).sum(axis=(1, 2))
+                n[m] += v.sum(axis=(1, 2))
     stats = {}
     for m in sums:
         if (n[m] == 0).any():

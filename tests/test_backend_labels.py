@@ -116,3 +116,25 @@ def test_integer_class_field_takes_names_from_class_name_field(tmp_path, helpers
     ds = None
     res = api.evaluate(str(mapped), path, class_field="code", class_name_field="label")
     assert res.accuracy.matching == "name" and res.accuracy.oa == 1.0
+
+
+def test_invalid_null_and_mixed_class_values_are_handled_and_reported(tmp_path, caplog):
+    bow_tie = f"POLYGON(({X0} {Y0},{X0 + 40} {Y0 - 20},{X0 + 40} {Y0},{X0} {Y0 - 20},{X0} {Y0}))"
+    path = _gpkg(tmp_path / "messy.gpkg", [
+        (bow_tie, "forest", ""),  # self-intersecting: its two triangles are labelled
+        (_square(X0, Y0 - 30, 10), None, ""),  # NULL class: skipped
+        (_square(X0 + 30, Y0 - 30, 10), "  ", ""),  # blank class: skipped
+        (_square(X0 + 10, Y0 - 30, 10), "7", ""),  # a number among names: its own class, with a warning
+    ])
+    with caplog.at_level(logging.INFO, logger="rsvl"):
+        labels = open_labels(path, GRID, "code")
+    assert sorted(c.name for c in labels.classes) == ["7", "forest"]
+    codes = labels.read(rasterio.windows.Window(0, 0, 4, 4))
+    forest = next(c.code for c in labels.classes if c.name == "forest")
+    seven = next(c.code for c in labels.classes if c.name == "7")
+    # the pixel centres inside the left and right triangles, not those between them
+    assert (codes[:2, [0, 3]] == forest).all() and (codes[:2, 1:3] == 0).all()
+    assert codes[3, 1] == seven and codes[3, 0] == 0 and codes[3, 3] == 0
+    assert "1 invalid geometrie(s)" in caplog.text and "repaired with MakeValid" in caplog.text
+    assert "2 feature(s) without geometry or with an empty, NULL value in 'code' were skipped" in caplog.text
+    assert "mixes numbers (7) and names" in caplog.text

@@ -4,6 +4,7 @@ name their bands, and pixel size against the training grid."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import rasterio
@@ -57,3 +58,53 @@ def test_pixel_size_far_from_training_is_refused_and_near_is_warned(trained_mode
     with caplog.at_level(logging.WARNING, logger="rsvl"):
         api.classify(str(model_path), layers_at(12.0), str(tmp_path / "c.tif"), device="cpu")
     assert "pixel size" not in caplog.text  # within a factor of 1.5: silent
+
+
+def _rewrite_header(src, dst, edit):
+    """Copy a safetensors file with its JSON header changed by ``edit`` (dict → None)."""
+    import json
+
+    raw = open(src, "rb").read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    open(dst, "wb").write(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+    return str(dst)
+
+
+def test_damaged_and_newer_model_files_get_clear_errors(trained_model, tmp_path):
+    """A truncated file, changed weight bytes and a newer format each name the problem and
+    what to do; none gives a traceback or a map."""
+    import json
+
+    from rsvl.backend.errors import ModelFileError
+
+    model_path, _result, layers = trained_model
+    raw = open(model_path, "rb").read()
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(raw[: len(raw) * 2 // 3])
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(raw[:-40] + bytes([raw[-40] ^ 0x10]) + raw[-39:])
+
+    def newer(header):
+        meta = json.loads(header["__metadata__"]["rsvl"])
+        meta["format_version"] += 1
+        meta["rsvl_version"] = "99.0"
+        header["__metadata__"]["rsvl"] = json.dumps(meta)
+
+    newer_path = _rewrite_header(model_path, tmp_path / "newer.safetensors", newer)
+    cases = {
+        str(truncated): r"is truncated: [\d,]+ of the [\d,]+ bytes its header describes",
+        str(flipped): r"is corrupted: its weights do not match the checksum",
+        newer_path: r"was made by rsvl 99.0 .*this is rsvl .*update rsvl",
+    }
+    for path, message in cases.items():
+        out = tmp_path / (os.path.basename(path) + ".tif")
+        with pytest.raises(ModelFileError, match=message):
+            api.classify(path, layers, str(out), device="cpu")
+        assert not out.exists()
+    # The unchanged file still loads (the checksum is right).
+    api.classify(str(model_path), layers, str(tmp_path / "fine.tif"), device="cpu")

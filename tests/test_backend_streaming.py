@@ -206,3 +206,77 @@ def test_direct_io_reads_the_same_pixels(tmp_path, compress, monkeypatch):
         assert direct == cached >= tile_bytes  # GDAL ignores direct I/O for compressed files
     else:
         assert direct <= cached - 4 * tile_bytes  # the tiles the windows touch stayed out of the cache
+
+
+@pytest.mark.parametrize("method", ["dense", "patch"])
+def test_gpu_out_of_memory_retries_smaller_with_a_warning(tmp_path, helpers, monkeypatch, caplog, method, random_model):
+    """CUDA running out of memory (simulated: no GPU here) halves the sub-tile or batch
+    and retries with a warning, giving the same map; at the smallest size it is a clear
+    error naming what to do, and no output is left."""
+    import logging
+
+    import torch
+
+    from rsvl.backend import dense, inference
+    from rsvl.backend.errors import InputError
+    from rsvl.backend.raster import RasterStack
+
+    layers, stats, classes = _small_scene(tmp_path, helpers)
+    model = random_model({"hsi": 6, "lidar": 1}, 5)
+
+    def run(name):
+        with RasterStack(layers) as stack:
+            inference.run_inference(model, stack, stats, model.class_embeddings, classes=classes, method=method,
+                                    class_path=str(tmp_path / name), tile=16, batch_size=64)
+        with rasterio.open(tmp_path / name) as ds:
+            return ds.read(1)
+
+    expected = run("plain.tif")
+    sizes = []
+    if method == "dense":
+        original = dense.DenseEmbedder.similarity
+
+        def flaky(self, norm, text):
+            sizes.append(self.compute_tile)
+            if self.compute_tile > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return original(self, norm, text)
+
+        monkeypatch.setattr(dense.DenseEmbedder, "similarity", flaky)
+    else:
+        original = inference.embed_patches
+
+        def flaky(model_, norm, halo, device, batch_size=4096):
+            sizes.append(batch_size)
+            if batch_size > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return original(model_, norm, halo, device, batch_size)
+
+        monkeypatch.setattr(inference, "embed_patches", flaky)
+    limit = 16
+    with caplog.at_level(logging.WARNING, logger="rsvl"):
+        got = run("retried.tif")
+    assert np.array_equal(got, expected)
+    assert "the GPU ran out of memory: retrying" in caplog.text
+    assert sizes[:3] == [64, 32, 16]  # dense sub-tile 64 by default; per-patch batch_size=64 here
+    limit = 0
+    with pytest.raises(InputError, match="ran out of memory even with the smallest .*set DEVICE to cpu"):
+        run("failed.tif")
+    assert not (tmp_path / "failed.tif").exists()
+
+
+def test_device_auto_without_cuda_logs_the_cpu_fallback(caplog):
+    import logging
+
+    import torch
+
+    from rsvl.backend.device import resolve_device
+    from rsvl.backend.errors import InputError
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: auto takes it")
+    with caplog.at_level(logging.INFO, logger="rsvl"):
+        assert resolve_device("auto").type == "cpu"
+    assert "DEVICE=auto: torch sees no CUDA GPU here, running on the CPU" in caplog.text
+    with pytest.raises(InputError, match="DEVICE is 'cuda' but torch sees no CUDA GPU here"):
+        resolve_device("cuda")

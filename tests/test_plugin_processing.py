@@ -432,3 +432,30 @@ def test_split_algorithm_writes_styled_spatial_split(plugin, scene, tmp_path):
     layer = QgsRasterLayer(first, "train", "gdal")
     assert layer.renderer().type() == "paletted"  # the .qml beside it, with the input's classes
     assert {c.label for c in layer.renderer().classes()} == {"water", "forest", "buildings", "grassland"}
+
+
+def test_nodata_override_and_reference_grid_parameters(trained, scene, tmp_path, helpers):
+    """NODATA_<MODALITY> declares a fill value the file does not; REFERENCE_GRID picks the
+    grid the outputs take; a reference modality without a layer is a clear error."""
+    result, _ = trained
+    with rasterio.open(scene.paths["hsi_holes"]) as ds:
+        data = ds.read()
+    undeclared = str(helpers.write_raster(tmp_path / "hsi_fill.tif", data, scene.transform, nodata=None))
+    with rasterio.open(scene.paths["lidar"]) as ds:
+        lidar = ds.read()
+    coarse_t = scene.transform * scene.transform.scale(2, 2)
+    coarse = str(helpers.write_raster(tmp_path / "lidar_coarse.tif", lidar[:, ::2, ::2], coarse_t))
+    base = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [undeclared], "INPUT_LIDAR": [coarse], "DEVICE": 1,
+            "FORCE": True}
+    plain = run("rsvl:classify", {**base, "OUTPUT": str(tmp_path / "plain.tif")})
+    fixed = run("rsvl:classify", {**base, "NODATA_HSI": -1, "OUTPUT": str(tmp_path / "fixed.tif")})
+    coarse_out = run("rsvl:classify", {**base, "NODATA_HSI": -1, "REFERENCE_GRID": 2,
+                                       "OUTPUT": str(tmp_path / "coarse.tif")})
+    with rasterio.open(plain["OUTPUT"]) as p, rasterio.open(fixed["OUTPUT"]) as f, \
+            rasterio.open(coarse_out["OUTPUT"]) as c:
+        assert (p.read(1)[30:34, 5:12] > 0).all()  # -1 read as data without the override
+        assert (f.read(1)[30:34, 5:12] == 0).all() and (f.read(1)[:30] > 0).all()
+        assert f.transform == scene.transform and c.transform == coarse_t and c.width == f.width // 2
+    with pytest.raises(QgsProcessingException, match="REFERENCE_GRID .*INPUT_SAR is empty"):
+        run("rsvl:classify", {**base, "REFERENCE_GRID": 3, "OUTPUT": str(tmp_path / "none.tif")})
+    assert not (tmp_path / "none.tif").exists()

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
@@ -41,6 +42,10 @@ MODALITY_TITLES = {
     "ms": "Multispectral (MS) raster(s)",
 }
 DEVICES = ["auto", "cpu", "cuda"]
+# REFERENCE_GRID choices: the grid every layer is warped onto (backend: index of a layer).
+REFERENCE_CHOICES = ["auto (first HSI layer, else MS, SAR, LiDAR)", "first HSI layer", "first LiDAR layer",
+                     "first SAR layer", "first MS layer"]
+REFERENCE_MODALITIES = [None, "hsi", "lidar", "sar", "ms"]
 # Any extension: whatever rsvl:train wrote is accepted back; the content is what is checked.
 MODEL_FILTER = "rsvl model (*.safetensors *.rsvl);;All files (*.*)"
 
@@ -50,6 +55,10 @@ INPUTS_HELP = (
     "least one is required. Layers on another grid (CRS, resolution, extent) are warped onto the reference "
     "grid — the first HSI layer, else MS, SAR, LiDAR — with bilinear resampling. Nodata in any input band "
     "makes the output pixel nodata.<br>"
+    "<b>NODATA_HSI, NODATA_LIDAR, NODATA_SAR, NODATA_MS</b> (advanced): a fill value that the file does not declare "
+    "as nodata (e.g. 0 or -9999 borders); it replaces the layers' own nodata value.<br>"
+    "<b>REFERENCE_GRID</b> (advanced): which layer's grid (CRS, pixel size, extent) the outputs take; the other "
+    "layers are warped onto it.<br>"
 )
 DEVICE_HELP = "<b>DEVICE</b>: auto (CUDA GPU when available, else CPU), cpu or cuda.<br>"
 FORCE_HELP = (
@@ -138,6 +147,16 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         for modality, key in MODALITY_PARAMS.items():
             self.addParameter(QgsProcessingParameterMultipleLayers(
                 key, MODALITY_TITLES[modality], layerType=QgsProcessing.TypeRaster, optional=True))
+        for modality in MODALITY_PARAMS:
+            p = QgsProcessingParameterNumber(
+                f"NODATA_{modality.upper()}", f"Nodata value of the {MODALITY_TITLES[modality].lower()} "
+                "(overrides the file's)", type=QgsProcessingParameterNumber.Double, optional=True)
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+        p = QgsProcessingParameterEnum("REFERENCE_GRID", "Reference grid (outputs take this layer's grid)",
+                                       options=REFERENCE_CHOICES, defaultValue=0)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
 
     def add_device(self):
         self.addParameter(QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0))
@@ -148,12 +167,44 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
 
         specs = []
         for modality, key in MODALITY_PARAMS.items():
+            nodata_key = f"NODATA_{modality.upper()}"
+            given = parameters.get(nodata_key)
+            nodata = (self.parameterAsDouble(parameters, nodata_key, context)
+                      if given is not None and str(given).strip() not in ("", "NULL", "None") else None)
             for layer in self.parameterAsLayerList(parameters, key, context) or []:
-                specs.append(LayerSpec(path=raster_path(layer, key), modality=modality, name=layer.name()))
+                specs.append(LayerSpec(path=raster_path(layer, key), modality=modality, name=layer.name(),
+                                       nodata=nodata))
         if not specs:
             raise QgsProcessingException(
                 "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS")
         return specs
+
+    def check_layers(self, parameters, context, missing: str) -> Tuple[bool, str]:
+        """(ok, message): some INPUT_* layer is given (else ``missing``), and REFERENCE_GRID
+        names a modality that has a layer."""
+        given = {m for m, key in MODALITY_PARAMS.items() if self.parameterAsLayerList(parameters, key, context)}
+        if not given:
+            return False, missing
+        choice = self.parameterAsEnum(parameters, "REFERENCE_GRID", context)
+        modality = REFERENCE_MODALITIES[choice] if 0 <= choice < len(REFERENCE_MODALITIES) else None
+        if modality is not None and modality not in given:
+            return False, (f"REFERENCE_GRID is the {REFERENCE_CHOICES[choice]}, but {MODALITY_PARAMS[modality]} is "
+                           "empty: give that layer or choose another reference grid")
+        return True, ""
+
+    def inputs(self, parameters, context) -> dict:
+        """``layers`` and ``reference`` (index of the REFERENCE_GRID layer, None = auto) for the backend."""
+        specs = self.layer_specs(parameters, context)
+        choice = self.parameterAsEnum(parameters, "REFERENCE_GRID", context)
+        modality = REFERENCE_MODALITIES[choice] if 0 <= choice < len(REFERENCE_MODALITIES) else None
+        if modality is None:
+            return {"layers": specs, "reference": None}
+        for i, spec in enumerate(specs):
+            if spec.modality == modality:
+                return {"layers": specs, "reference": i}
+        raise QgsProcessingException(
+            f"REFERENCE_GRID is the {REFERENCE_CHOICES[choice]}, but {MODALITY_PARAMS[modality]} is empty: give "
+            "that layer or choose another reference grid")
 
     def check_labels(self, parameters, key: str, context) -> Tuple[bool, str]:
         """(ok, message) for a labels parameter (raster, or vector + CLASS_FIELD)."""

@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm, check_model
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm, check_model
 
 
 class ClassifyAlgorithm(RsvlAlgorithm):
@@ -53,8 +53,9 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
-        if not any(self.parameterAsLayerList(parameters, key, context) for key in MODALITY_PARAMS.values()):
-            return False, "No input layer: set the INPUT_* layers the model was trained on"
+        ok, message = self.check_layers(parameters, context, "No input layer: set the INPUT_* layers the model was trained on")
+        if not ok:
+            return ok, message
         return check_model(self.parameterAsFile(parameters, "MODEL", context))
 
     def backend_request(self, parameters, context, feedback):
@@ -63,7 +64,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         self._output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         kwargs = dict(
             model_path=self.parameterAsFile(parameters, "MODEL", context),
-            layers=self.layer_specs(parameters, context), output=self._output,
+            **self.inputs(parameters, context), output=self._output,
             confidence=self.parameterAsOutputLayer(parameters, "OUTPUT_CONFIDENCE", context) or None,
             tile_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             device=self.device(parameters, context),

@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm, check_model
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm, check_model
 
 
 def split_prompts(text: str):
@@ -66,8 +66,9 @@ class QueryAlgorithm(RsvlAlgorithm):
             return ok, message
         if not split_prompts(self.parameterAsString(parameters, "PROMPTS", context)):
             return False, "PROMPTS is empty: give at least one text prompt, one per line"
-        if not any(self.parameterAsLayerList(parameters, key, context) for key in MODALITY_PARAMS.values()):
-            return False, "No input layer: set the INPUT_* layers the model was trained on"
+        ok, message = self.check_layers(parameters, context, "No input layer: set the INPUT_* layers the model was trained on")
+        if not ok:
+            return ok, message
         return check_model(self.parameterAsFile(parameters, "MODEL", context))
 
     def backend_request(self, parameters, context, feedback):
@@ -76,7 +77,7 @@ class QueryAlgorithm(RsvlAlgorithm):
         threshold = parameters.get("THRESHOLD")
         kwargs = dict(
             model_path=self.parameterAsFile(parameters, "MODEL", context),
-            layers=self.layer_specs(parameters, context),
+            **self.inputs(parameters, context),
             prompts=split_prompts(self.parameterAsString(parameters, "PROMPTS", context)),
             output_similarity=self.parameterAsOutputLayer(parameters, "OUTPUT_SIMILARITY", context),
             output=self.parameterAsOutputLayer(parameters, "OUTPUT", context) or None,

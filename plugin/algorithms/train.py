@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import DEVICE_HELP, INPUTS_HELP, MODALITY_PARAMS, MODEL_FILTER, RsvlAlgorithm
+from .base import DEVICE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm
 
 LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
@@ -114,8 +114,10 @@ class TrainAlgorithm(RsvlAlgorithm):
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
-        if not any(self.parameterAsLayerList(parameters, key, context) for key in MODALITY_PARAMS.values()):
-            return False, "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS"
+        ok, message = self.check_layers(
+            parameters, context, "No input layer: set at least one of INPUT_HSI, INPUT_LIDAR, INPUT_SAR or INPUT_MS")
+        if not ok:
+            return ok, message
         ok, message = self.check_labels(parameters, "TRAINING", context)
         if not ok:
             return ok, message
@@ -133,7 +135,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         labels, class_field, class_name_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
         kwargs = dict(
-            layers=self.layer_specs(parameters, context), labels=labels, class_field=class_field,
+            **self.inputs(parameters, context), labels=labels, class_field=class_field,
             class_name_field=class_name_field,
             output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context),
             prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context).strip() or None,
