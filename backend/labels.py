@@ -348,6 +348,10 @@ class VectorLabels:
         if small:
             log.info("%d polygon(s) cover no pixel centre (smaller than a pixel): they label the pixels they touch",
                      len(small))
+        if outside and not small and not normal:
+            raise LabelError(
+                f"none of the {outside} labelled feature(s) lies on the input grid: check that the labels and the "
+                "input layers show the same place (and that the labels' CRS is right)")
         if outside:
             log.warning("%d feature(s) lie outside the input grid and label nothing", outside)
         self.shapes = [shape for shape, _ in small + normal]

@@ -108,3 +108,80 @@ def test_a_constant_uint16_band_near_the_type_limit_trains(setup, helpers):
     big = helpers.write_raster(root / "big.tif", np.full(hsi.shape, 65000, np.uint16), transform, nodata=None)
     result = api.train([LayerSpec(str(big), "hsi")], str(scene.labels), str(root / "big.safetensors"), **FAST)
     assert result.epochs_run == 2 and np.isfinite(result.history[-1]["train_loss"])
+
+
+def _polygon_labels(path, scene, cells, crs=None):
+    """A GeoPackage of pixel squares: ``cells`` is [(row, col, class name)]."""
+    from osgeo import ogr, osr
+
+    t = scene.transform
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt((crs or scene.crs).to_wkt())
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+    for row, col, name in cells:
+        x0, y0 = t * (col, row)
+        x1, y1 = t * (col + 1, row + 1)
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"))
+        f.SetField("name", name)
+        layer.CreateFeature(f)
+    ds = None
+    return str(path)
+
+
+def test_non_ascii_class_names_and_a_class_with_one_sample(setup):
+    """Class names outside ASCII survive training and reach the map's category names; a
+    class labelled on a single pixel trains (it cannot be validated) and is mapped."""
+    scene, layers, *_rest, root = setup
+    cells = [(r, c, {1: "eau", 2: "forêt", 3: "bâti", 4: "prairie"}[int(scene.truth[r, c])])
+             for r in range(0, 32, 3) for c in range(0, 32, 3) if scene.truth[r, c] != 3]
+    r, c = map(int, np.argwhere(scene.truth == 3)[0])
+    cells.append((r, c, "bâti"))  # the only sample of its class
+    labels = _polygon_labels(root / "accents.gpkg", scene, cells)
+    model = root / "accents.safetensors"
+    result = api.train(layers, labels, str(model), class_field="name", **FAST)
+    assert sorted(c.name for c in result.classes) == ["bâti", "eau", "forêt", "prairie"]
+    out = root / "accents.tif"
+    api.classify(str(model), layers, str(out), device="cpu")
+    from rsvl.backend.labels import _category_names
+
+    assert {"bâti", "eau", "forêt", "prairie"} <= set(_category_names(str(out)))
+
+
+def test_labels_that_cover_no_pixel_of_the_scene_are_an_error(setup):
+    scene, layers, *_rest, root = setup
+    far = [(r + 5000, c, "water") for r, c in [(0, 0), (1, 1)]] + [(5000, 3, "forest")]
+    labels = _polygon_labels(root / "far.gpkg", scene, far)
+    from rsvl.backend.errors import RsvlError
+
+    with pytest.raises(RsvlError, match="none of the 3 labelled feature.* lies on the input grid"):
+        api.train(layers, labels, str(root / "far.safetensors"), class_field="name", **FAST)
+    assert not (root / "far.safetensors").exists()
+
+
+def test_a_model_for_other_modalities_is_refused_by_name(setup):
+    scene, layers, model, *_rest, root = setup
+    from rsvl.backend.errors import RsvlError
+
+    with pytest.raises(RsvlError, match="(?i)lidar") as info:
+        api.classify(model, [layers[0]], str(root / "other.tif"), device="cpu")
+    assert "Traceback" not in str(info.value)
+    assert not (root / "other.tif").exists()
+
+
+def test_the_same_seed_gives_bit_identical_weights_and_maps(setup):
+    from safetensors.torch import load_file
+
+    scene, layers, *_rest, root = setup
+    maps = []
+    for i in range(2):
+        path = root / f"seed{i}.safetensors"
+        api.train(layers, str(scene.labels), str(path), **FAST, seed=7)
+        api.classify(str(path), layers, str(root / f"seed{i}.tif"), device="cpu")
+        with rasterio.open(root / f"seed{i}.tif") as ds:
+            maps.append(ds.read(1))
+    a, b = (load_file(str(root / f"seed{i}.safetensors")) for i in range(2))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert np.array_equal(*maps)
