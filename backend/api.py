@@ -17,25 +17,13 @@ import numpy as np
 from . import __version__
 from .errors import InputError, LabelError
 from .jobs import IsCancelled, Job, Progress
-from .labels import ClassInfo, open_labels
+from .labels import ClassInfo, open_labels, prompt_classes
 from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
-from .raster import LayerSpec, RasterStack, compute_band_stats
+from .raster import LayerSpec, RasterStack, as_layers, compute_band_stats
 from .text import apply_template, default_template
 
 log = logging.getLogger("rsvl")
 EVALUATE_TILE = 1024  # pixels per side of the windows evaluate() reads at a time
-
-
-def _as_layers(layers) -> List[LayerSpec]:
-    out = []
-    for layer in layers:
-        if isinstance(layer, LayerSpec):
-            out.append(layer)
-        elif isinstance(layer, (tuple, list)) and len(layer) == 2:
-            out.append(LayerSpec(path=str(layer[1]), modality=str(layer[0])))
-        else:
-            raise InputError(f"an input layer must be a LayerSpec or (modality, path), got {layer!r}")
-    return out
 
 
 @dataclass
@@ -106,7 +94,7 @@ def train(
     from .atomic import check_outputs
 
     check_outputs([("OUTPUT_MODEL", output_model, 0)])  # writable, before reading anything
-    layers = _as_layers(layers)
+    layers = as_layers(layers)
     if not (prompt_template or "").strip():
         prompt_template = default_template({layer.modality for layer in layers})
     apply_template(prompt_template, ["x"])  # validates the template early
@@ -194,7 +182,7 @@ def _open_for_model(model_path: str, layers, reference, align, device, force: bo
 
     dev = resolve_device(device)
     model, header = load_model(model_path, dev)
-    stack = RasterStack(_as_layers(layers), reference=reference, align=align)
+    stack = RasterStack(as_layers(layers), reference=reference, align=align)
     try:
         header.check_inputs(stack.band_counts(), stack.band_names(), stack.grid, force=force)
     except Exception:
@@ -246,6 +234,8 @@ class QueryResult:
     texts: List[str]
     classes: List[ClassInfo]
     seconds: float
+    multi_label: bool = False  # output holds one 0/1 band per prompt (foundation checkpoints)
+    model: str = "rsvl"  # "rsvl", or the preset of a foundation checkpoint
 
 
 def query(
@@ -265,13 +255,37 @@ def query(
     force: bool = False,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
+    preset: str = "auto",
+    templates: Optional[Sequence[str]] = None,
+    stride: Optional[int] = None,
+    resolution: str = "tile",
+    multi_label: bool = False,
+    bands: Optional[str] = None,
+    value_scale: str = "auto",
+    offset: float = 0.0,
 ) -> QueryResult:
     """Open-vocabulary query: cosine similarity of every pixel's embedding to each free-text
     prompt (one float band per prompt, named after it) and optionally the argmax map, with
-    pixels whose best similarity is below ``threshold`` left as nodata."""
+    pixels whose best similarity is below ``threshold`` left as nodata.
+
+    ``model_path`` is an rsvl model, or a pretrained vision-language checkpoint
+    (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip): then the scene is mapped
+    from text alone (:func:`rsvl.backend.foundation.zeroshot_map`; ``preset``,
+    ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
+    ``offset`` apply, and ``tile_size`` 0 means the model's input size)."""
+    from .foundation import is_rsvl_model, zeroshot_map
     from .inference import run_inference
     from .text import get_text_encoder
 
+    if os.path.isfile(model_path) and not is_rsvl_model(model_path):
+        res = zeroshot_map(
+            model_path, layers, prompts, output_similarity=output_similarity, output=output, preset=preset,
+            templates=templates, tile_size=tile_size or None, stride=stride, resolution=resolution,
+            multi_label_output=multi_label, threshold=threshold, bands=bands, scale=value_scale, offset=offset,
+            device=device, reference=reference, progress=progress, is_cancelled=is_cancelled)
+        return QueryResult(res.similarity, res.output, res.prompts, res.prompts, res.classes, res.seconds,
+                           multi_label=res.multi_label, model=res.preset)
+    tile_size = tile_size or 256
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
         raise InputError("PROMPTS is empty: give at least one text prompt, one per line")
@@ -295,17 +309,6 @@ def query(
             job=job.span(0.05, 1.0),
         )
     return QueryResult(output_similarity, output, prompts, texts, classes, res.seconds)
-
-
-def prompt_classes(prompts: Sequence[str], model_classes: Sequence[ClassInfo]) -> List[ClassInfo]:
-    """Codes 1..N for the prompts, coloured as people read maps: a prompt that names one of
-    the model's classes takes that class's colour, others a land-cover lexicon's or a
-    qualitative palette's (see :mod:`rsvl.backend.palette`)."""
-    from .palette import assign_colours
-
-    by_name = {c.name.strip().lower(): tuple(c.colour) for c in model_classes}
-    colours = assign_colours(prompts, [by_name.get(p.strip().lower()) for p in prompts])
-    return [ClassInfo(i + 1, p, rgb) for i, (p, rgb) in enumerate(zip(prompts, colours))]
 
 
 @dataclass

@@ -31,6 +31,17 @@ def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
                    help="refuse layers not on the reference grid instead of warping them onto it")
 
 
+def _add_foundation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pretrained vision-language checkpoints (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP)")
+    g.add_argument("--preset", default="auto", help="auto, a preset name (see README) or open_clip:ARCH")
+    g.add_argument("--template", action="append", default=None,
+                   help="prompt template with {} or {c} (repeat; default: the preset's ensemble)")
+    g.add_argument("--bands", default=None, help="input bands in model order, codes or 1-based numbers, comma-separated")
+    g.add_argument("--value-scale", default="auto", help="raster value x this = digital number (default auto)")
+    g.add_argument("--offset", type=float, default=0.0, help="subtracted from digital numbers (L2A baseline >= 04.00: "
+                                                             "1000)")
+
+
 def _layers(args) -> List[LayerSpec]:
     overrides = {}
     for item in args.nodata:
@@ -117,10 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="best cosine similarity below this = nodata")
     p.add_argument("--raw-prompts", action="store_true", help="do not wrap prompts in the model's template")
     p.add_argument("--method", default="dense", choices=["dense", "patch"])
-    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--tile-size", type=int, default=0,
+                   help="window size: rsvl models 256; foundation checkpoints the model's input size (224)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
                                                          "training (with a warning)")
+    _add_foundation_args(p)
+    p.add_argument("--stride", type=int, default=None, help="foundation checkpoints: window step (default tile/2)")
+    p.add_argument("--resolution", default="tile", choices=["tile", "token"],
+                   help="foundation checkpoints: a score per window, or per 16-pixel patch token")
+    p.add_argument("--multi-label", action="store_true",
+                   help="foundation checkpoints: --output gets one 0/1 band per prompt (score above the mean of "
+                        "the others)")
+
+    p = sub.add_parser("retrieve", help="the tiles of a scene most similar to a text (pretrained checkpoint)")
+    p.add_argument("--model", "-m", required=True, help="a pretrained vision-language checkpoint")
+    _add_layer_args(p, "ms (or an RGB raster as --ms)")
+    p.add_argument("--query", "-q", required=True, help="the text to search for")
+    p.add_argument("--output", "-o", required=True, help="GeoPackage of the top tiles (rank, score)")
+    p.add_argument("--top-k", type=int, default=20)
+    p.add_argument("--tile-size", type=int, default=0, help="tile size (default: the model's input size)")
+    p.add_argument("--stride", type=int, default=None, help="tile step (default: the tile size)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_foundation_args(p)
 
     p = sub.add_parser("evaluate", help="accuracy of a class raster against reference labels")
     p.add_argument("--classification", "-c", required=True)
@@ -199,9 +229,21 @@ def run(args) -> int:
             args.model, _layers(args), args.prompt, args.output_similarity, output=args.output,
             threshold=args.threshold, use_template=not args.raw_prompts, method=args.method,
             tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
-            force=args.force, progress=progress,
+            force=args.force, progress=progress, preset=args.preset, templates=args.template, stride=args.stride,
+            resolution=args.resolution, multi_label=args.multi_label, bands=args.bands,
+            value_scale=args.value_scale, offset=args.offset,
         )
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
+    elif args.command == "retrieve":
+        from .foundation import retrieve
+
+        res = retrieve(args.model, _layers(args), args.query, args.output, top_k=args.top_k, preset=args.preset,
+                       templates=args.template, tile_size=args.tile_size or None, stride=args.stride,
+                       bands=args.bands, scale=args.value_scale, offset=args.offset, device=args.device,
+                       reference=args.reference, progress=progress)
+        for rank, score, (r, c, h, w) in res.ranked[:10]:
+            print(f"{rank:3d}  {score:.4f}  rows {r}..{r + h}  cols {c}..{c + w}")
+        print(f"tiles: {res.output}")
     elif args.command == "evaluate":
         res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
                            class_name_field=args.class_name_field,

@@ -511,3 +511,12 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     job.report(1.0, "split written")
     return SplitResult(labels.classes, {c.code: int((first == c.code).sum()) for c in labels.classes},
                        {c.code: int((second == c.code).sum()) for c in labels.classes})
+
+
+def prompt_classes(prompts: Sequence[str], model_classes: Sequence[ClassInfo]) -> List[ClassInfo]:
+    """Codes 1..N for the prompts, coloured as people read maps: a prompt that names one of
+    the model's classes takes that class's colour, others a land-cover lexicon's or a
+    qualitative palette's (see :mod:`rsvl.backend.palette`)."""
+    by_name = {c.name.strip().lower(): tuple(c.colour) for c in model_classes}
+    colours = assign_colours(prompts, [by_name.get(p.strip().lower()) for p in prompts])
+    return [ClassInfo(i + 1, p, rgb) for i, (p, rgb) in enumerate(zip(prompts, colours))]

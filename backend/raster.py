@@ -55,6 +55,19 @@ class LayerSpec:
             self.name = os.path.basename(str(self.path))
 
 
+def as_layers(layers) -> List[LayerSpec]:
+    """LayerSpecs from LayerSpecs or (modality, path) pairs."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, LayerSpec):
+            out.append(layer)
+        elif isinstance(layer, (tuple, list)) and len(layer) == 2:
+            out.append(LayerSpec(path=str(layer[1]), modality=str(layer[0])))
+        else:
+            raise InputError(f"an input layer must be a LayerSpec or (modality, path), got {layer!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class Grid:
     """A raster grid: CRS, affine transform and size in pixels."""
@@ -530,6 +543,23 @@ class RasterStack:
         finally:
             for src in self.sources:
                 src.rows = None
+
+    @contextlib.contextmanager
+    def downward(self, window_rows: int) -> Iterator[RasterStack]:
+        """Serve reads of windows of up to ``window_rows`` rows that move down the scene
+        (row-major, any overlap) from whole block rows read once, when the full-width row
+        buffers fit in :func:`read_buffer_bytes`; otherwise reads stay direct."""
+        per_column = sum(_RowBuffer(s, 0).bytes_per_column(window_rows) for s in self.sources)
+        use = per_column * self.width <= read_buffer_bytes()
+        if use:
+            for src in self.sources:
+                src.rows = _RowBuffer(src, 0, [(0, self.width)])
+        try:
+            yield self
+        finally:
+            if use:
+                for src in self.sources:
+                    src.rows = None
 
     def close(self):
         for src in self.sources:

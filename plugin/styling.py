@@ -82,3 +82,30 @@ def style_output_on_load(context, output_path: str, classes, name=None) -> None:
         if name:
             details.name = name
         details.setPostProcessor(ClassStylePostProcessor.create(classes, name))
+
+
+class ScoreStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles retrieved tiles on load: graduated by score (light to dark), outlines only
+    where the fill would hide the map."""
+
+    _alive = []
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
+        from qgis.core import QgsGradientColorRamp, QgsGraduatedSymbolRenderer, QgsVectorLayer
+
+        if isinstance(layer, QgsVectorLayer) and layer.isValid() and layer.fields().indexOf("score") >= 0:
+            renderer = QgsGraduatedSymbolRenderer("score")
+            renderer.setSourceColorRamp(QgsGradientColorRamp(QColor(255, 255, 178, 150), QColor(189, 0, 38, 200)))
+            renderer.updateClasses(layer, QgsGraduatedSymbolRenderer.Quantile, min(5, max(layer.featureCount(), 1)))
+            layer.setRenderer(renderer)
+            layer.triggerRepaint()
+        if self in ScoreStylePostProcessor._alive:
+            ScoreStylePostProcessor._alive.remove(self)
+
+
+def style_scores_on_load(context, output_path: str) -> None:
+    """If Processing will load the retrieved tiles, style them by score there."""
+    if context.willLoadLayerOnCompletion(output_path):
+        processor = ScoreStylePostProcessor()
+        ScoreStylePostProcessor._alive.append(processor)
+        context.layerToLoadOnCompletionDetails(output_path).setPostProcessor(processor)

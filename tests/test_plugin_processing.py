@@ -61,7 +61,7 @@ def trained(plugin, scene, tmp_path_factory):
 
 def test_algorithms_are_registered_with_help(plugin):
     registry = QgsApplication.processingRegistry()
-    for name in ("train", "classify", "query", "evaluate", "split"):
+    for name in ("train", "classify", "query", "retrieve", "evaluate", "split"):
         alg = registry.algorithmById(f"rsvl:{name}")
         assert alg is not None and alg.name() == name
         help_text = alg.shortHelpString()
@@ -78,8 +78,8 @@ def test_toolbox_shows_algorithms_directly_under_rsvl(plugin):
     children = [model.index(row, 0, provider) for row in range(model.rowCount(provider))]
     # Not rsvl ▸ rsvl ▸ …: every child of the provider is an algorithm, none a group.
     assert sorted(model.algorithmForIndex(c).id() for c in children if model.algorithmForIndex(c)) == \
-        ["rsvl:classify", "rsvl:evaluate", "rsvl:query", "rsvl:split", "rsvl:train"]
-    assert len(children) == 5
+        ["rsvl:classify", "rsvl:evaluate", "rsvl:query", "rsvl:retrieve", "rsvl:split", "rsvl:train"]
+    assert len(children) == 6
 
 
 def test_outputs_worth_keeping_are_not_temporary(plugin):

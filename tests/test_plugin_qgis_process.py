@@ -82,3 +82,45 @@ def test_help_and_run_classify_from_the_shell(chain, tmp_path):
                        f"INPUT_HSI={scene.paths['hsi']}", "OUTPUT=bad.tif", home=root, cwd=tmp_path)
     assert res.returncode != 0 and "lidar" in (res.stdout + res.stderr)
     assert not (tmp_path / "bad.tif").exists()
+
+
+def test_query_and_retrieve_with_a_pretrained_checkpoint_from_the_shell(tmp_path):
+    """A tiny random open_clip checkpoint (custom architecture directory, PRESET
+    open_clip:local-dir:DIR) maps a 13-band scene from text and retrieves its top tiles."""
+    import json
+
+    import torch
+    from osgeo import ogr
+    from rasterio.transform import from_origin
+
+    from rsvl.backend import foundation as F
+
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
+                                           "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (arch / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    preset = f"open_clip:local-dir:{arch}"
+    torch.manual_seed(0)
+    torch.save({"state_dict": F.build_model(F.get_preset(preset)).state_dict()}, tmp_path / "tiny clip.pt")
+    rng = np.random.default_rng(0)
+    with rasterio.open(tmp_path / "s2.tif", "w", driver="GTiff", width=96, height=64, count=13, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), nodata=0) as dst:
+        dst.write(rng.integers(1, 5000, (13, 64, 96)).astype(np.uint16))
+    res = qgis_process("run", "rsvl:query", "--", f"MODEL={tmp_path / 'tiny clip.pt'}", f"PRESET={preset}",
+                       f"INPUT_MS={tmp_path / 's2.tif'}", "PROMPTS=water\nforest\ncity",
+                       "OUTPUT_SIMILARITY=sim.tif", "OUTPUT=best.tif", "RESOLUTION=1", "DEVICE=1",
+                       home=tmp_path, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with rasterio.open(tmp_path / "sim.tif") as ds:
+        assert ds.count == 3 and list(ds.descriptions) == ["water", "forest", "city"]
+        assert np.isfinite(ds.read()).all()
+    with rasterio.open(tmp_path / "best.tif") as ds:
+        assert set(np.unique(ds.read(1))) <= {1, 2, 3}
+    res = qgis_process("run", "rsvl:retrieve", "--", f"MODEL={tmp_path / 'tiny clip.pt'}", f"PRESET={preset}",
+                       f"INPUT_MS={tmp_path / 's2.tif'}", "QUERY=greenhouses", "TOP_K=3", "OUTPUT=tiles.gpkg",
+                       "DEVICE=1", home=tmp_path, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ds = ogr.Open(str(tmp_path / "tiles.gpkg"))  # kept: its layer dies with it
+    assert [f.GetField("rank") for f in ds.GetLayer(0)] == [1, 2, 3]

@@ -5,7 +5,9 @@ def all_algorithms():
     from .classify import ClassifyAlgorithm
     from .evaluate import EvaluateAlgorithm
     from .query import QueryAlgorithm
+    from .retrieve import RetrieveAlgorithm
     from .split import SplitAlgorithm
     from .train import TrainAlgorithm
 
-    return [TrainAlgorithm(), ClassifyAlgorithm(), QueryAlgorithm(), EvaluateAlgorithm(), SplitAlgorithm()]
+    return [TrainAlgorithm(), ClassifyAlgorithm(), QueryAlgorithm(), RetrieveAlgorithm(), EvaluateAlgorithm(),
+            SplitAlgorithm()]

@@ -304,6 +304,62 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
         logger.removeHandler(handler)
 
 
+FOUNDATION_FILTER = ("rsvl model or pretrained checkpoint (*.safetensors *.rsvl *.pt *.pth *.bin *.ckpt);;"
+                     "All files (*.*)")
+PRESET_HELP = (
+    "<b>PRESET</b> (pretrained checkpoints): auto (recognised from the file), llama3-ms-clip, remoteclip-rn50, "
+    "remoteclip-vit-b-32, remoteclip-vit-l-14, georsclip-vit-b-32, georsclip-vit-l-14, georsclip-vit-h-14, "
+    "skyclip-vit-b-32, skyclip-vit-l-14, or open_clip:ARCH for any other open_clip checkpoint.<br>"
+    "<b>TEMPLATES</b>: prompt templates, one per line, each with {} or {c} where the prompt goes (default: the "
+    "preset's ensemble; each prompt's templates are encoded, normalised, averaged and re-normalised).<br>"
+    "<b>TILE_SIZE</b>, <b>STRIDE</b>: windows of TILE_SIZE pixels (0 = the model's input, 224) every STRIDE "
+    "pixels (0 = half the tile); each is resized to the model input.<br>"
+    "<b>BANDS</b>: the input bands in the model's order, as band codes or 1-based numbers (default: from band "
+    "descriptions, else a 13-band L1C or 12-band L2A stack by count, else an RGB raster for RGB models).<br>"
+    "<b>VALUE_SCALE</b>: raster value × this = digital number (reflectance × 10000); auto: integers as they are, "
+    "floats in reflectance range × 10000. <b>OFFSET</b>: subtracted from digital numbers (1000 for L2A of "
+    "processing baseline 04.00 and later).<br>"
+    "<b>INPUT_RGB</b>: for RGB checkpoints, a 3-band RGB raster (8-bit values taken as 0-255) instead of "
+    "INPUT_MS.<br>"
+)
+
+
+def add_foundation_parameters(alg, tiling_default_stride: str = "half the tile") -> None:
+    """The advanced parameters of pretrained checkpoints, shared by rsvl:query and rsvl:retrieve."""
+    params = [
+        QgsProcessingParameterString("PRESET", "Pretrained checkpoint preset", defaultValue="auto"),
+        QgsProcessingParameterString("TEMPLATES", "Prompt templates (one per line, {} or {c}; empty: the preset's)",
+                                     multiLine=True, optional=True),
+        QgsProcessingParameterNumber("TILE_SIZE", "Window size in pixels (0: the model's input size)",
+                                     type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=0),
+        QgsProcessingParameterNumber("STRIDE", f"Window step in pixels (0: {tiling_default_stride})",
+                                     type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=0),
+        QgsProcessingParameterString("BANDS", "Input bands in model order (codes or numbers, comma-separated)",
+                                     optional=True),
+        QgsProcessingParameterString("VALUE_SCALE", "Value scale to digital numbers (auto or a number)",
+                                     defaultValue="auto"),
+        QgsProcessingParameterNumber("OFFSET", "Offset subtracted from digital numbers",
+                                     type=QgsProcessingParameterNumber.Double, defaultValue=0.0),
+    ]
+    for p in params:
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        alg.addParameter(p)
+
+
+def foundation_kwargs(alg, parameters, context) -> dict:
+    templates = [t.strip() for t in (alg.parameterAsString(parameters, "TEMPLATES", context) or "").splitlines()
+                 if t.strip()]
+    return dict(
+        preset=alg.parameterAsString(parameters, "PRESET", context) or "auto",
+        templates=templates or None,
+        tile_size=alg.parameterAsInt(parameters, "TILE_SIZE", context),
+        stride=alg.parameterAsInt(parameters, "STRIDE", context) or None,
+        bands=alg.parameterAsString(parameters, "BANDS", context) or None,
+        value_scale=alg.parameterAsString(parameters, "VALUE_SCALE", context) or "auto",
+        offset=alg.parameterAsDouble(parameters, "OFFSET", context),
+    )
+
+
 def check_model(path: str):
     """(ok, message) for a MODEL parameter, reading only the model's JSON header."""
     from ...backend.errors import RsvlError
@@ -314,3 +370,14 @@ def check_model(path: str):
     except RsvlError as exc:
         return False, str(exc)
     return True, ""
+
+
+def check_model_or_checkpoint(path: str):
+    """(ok, message) for a MODEL that may also be a pretrained checkpoint (read on running)."""
+    import os
+
+    from ...backend.foundation import is_rsvl_model
+
+    if path and os.path.isfile(path) and not is_rsvl_model(path):
+        return True, ""
+    return check_model(path)

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterString,
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm, check_model
+from .base import (
+    DEVICE_HELP,
+    FORCE_HELP,
+    FOUNDATION_FILTER,
+    INPUTS_HELP,
+    PRESET_HELP,
+    RsvlAlgorithm,
+    add_foundation_parameters,
+    check_model_or_checkpoint,
+    foundation_kwargs,
+    raster_path,
+)
+
+RESOLUTIONS = ["tile", "token"]
 
 
 def split_prompts(text: str):
@@ -30,8 +48,10 @@ class QueryAlgorithm(RsvlAlgorithm):
             "Scores every pixel against free-text prompts with a model whose embedding is aligned to text (any "
             "rsvl:train model): the prompts are encoded by the model's own text encoder, wrapped in its prompt "
             "template, and compared with each pixel's embedding by cosine similarity.<br><br>"
-            "<b>MODEL</b>: a model file written by rsvl:train (any file name); its text encoder must be available "
-            "locally (the built-in MiniLM always is).<br>" + INPUTS_HELP +
+            "<b>MODEL</b>: a model file written by rsvl:train (any file name; its text encoder must be available "
+            "locally, the built-in MiniLM always is), or a pretrained vision-language checkpoint downloaded once "
+            "(Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, any open_clip checkpoint): the scene is then mapped "
+            "from text alone, with no labels, in windows whose scores are averaged per pixel.<br>" + INPUTS_HELP +
             "<b>PROMPTS</b>: one prompt per line, e.g. 'flooded fields', 'greenhouses'.<br>"
             "<b>USE_TEMPLATE</b>: wrap each prompt in the model's prompt template (as its classes were).<br>"
             "<b>OUTPUT_SIMILARITY</b>: float32 raster, one band per prompt (band description = the prompt), "
@@ -42,11 +62,18 @@ class QueryAlgorithm(RsvlAlgorithm):
             "friendly qualitative palette.<br>"
             "<b>Similarity threshold for the best-prompt map</b> (THRESHOLD): pixels whose best similarity is "
             "below it are left empty in the best-prompt map (leave empty for none).<br>" + FORCE_HELP + DEVICE_HELP
+            + PRESET_HELP +
+            "<b>RESOLUTION</b>: tile (a score per window) or token (per 16-pixel patch token of a ViT, finer).<br>"
+            "<b>MULTI_LABEL</b>: OUTPUT gets one 0/1 band per prompt instead: a prompt is present where its score "
+            "exceeds the mean of the other prompts' scores (Llama3-MS-CLIP's multi-label rule).<br>"
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
-        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", fileFilter=MODEL_FILTER))
+        self.addParameter(QgsProcessingParameterFile("MODEL", "Model file or pretrained checkpoint",
+                                                     fileFilter=FOUNDATION_FILTER))
         self.add_modality_inputs()
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            "INPUT_RGB", "RGB raster (pretrained RGB checkpoints)", layerType=QgsProcessing.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterString("PROMPTS", "Prompts (one per line)", multiLine=True))
         self.addParameter(QgsProcessingParameterBoolean("USE_TEMPLATE", "Wrap prompts in the model's template",
                                                         defaultValue=True))
@@ -59,6 +86,13 @@ class QueryAlgorithm(RsvlAlgorithm):
                                                                   createByDefault=True))
         self.add_force()
         self.add_device()
+        add_foundation_parameters(self)
+        for p in (QgsProcessingParameterEnum("RESOLUTION", "Score resolution (pretrained checkpoints)",
+                                             options=RESOLUTIONS, defaultValue=0),
+                  QgsProcessingParameterBoolean("MULTI_LABEL", "Multi-label output: one 0/1 band per prompt",
+                                                defaultValue=False)):
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
         ok, message = super().checkParameterValues(parameters, context)
@@ -66,18 +100,36 @@ class QueryAlgorithm(RsvlAlgorithm):
             return ok, message
         if not split_prompts(self.parameterAsString(parameters, "PROMPTS", context)):
             return False, "PROMPTS is empty: give at least one text prompt, one per line"
-        ok, message = self.check_layers(parameters, context, "No input layer: set the INPUT_* layers the model was trained on")
-        if not ok:
-            return ok, message
-        return check_model(self.parameterAsFile(parameters, "MODEL", context))
+        if not self.parameterAsLayerList(parameters, "INPUT_RGB", context):
+            ok, message = self.check_layers(parameters, context,
+                                            "No input layer: set the INPUT_* layers the model was trained on")
+            if not ok:
+                return ok, message
+        return check_model_or_checkpoint(self.parameterAsFile(parameters, "MODEL", context))
 
     def backend_request(self, parameters, context, feedback):
         from ...backend import api
+        from ...backend.foundation import is_rsvl_model
+        from ...backend.raster import LayerSpec
 
         threshold = parameters.get("THRESHOLD")
+        model_path = self.parameterAsFile(parameters, "MODEL", context)
+        rgb = self.parameterAsLayerList(parameters, "INPUT_RGB", context) or []
+        if rgb and is_rsvl_model(model_path):
+            raise QgsProcessingException("INPUT_RGB is for pretrained RGB checkpoints; an rsvl model takes the "
+                                         "INPUT_* layers it was trained on")
+        if rgb:
+            inputs = {"layers": [LayerSpec(path=raster_path(layer, "INPUT_RGB"), modality="ms", name=layer.name())
+                                 for layer in rgb], "reference": None}
+        else:
+            inputs = self.inputs(parameters, context)
+        foundation = foundation_kwargs(self, parameters, context)
         kwargs = dict(
-            model_path=self.parameterAsFile(parameters, "MODEL", context),
-            **self.inputs(parameters, context),
+            model_path=model_path,
+            **inputs,
+            **foundation,
+            resolution=RESOLUTIONS[self.parameterAsEnum(parameters, "RESOLUTION", context)],
+            multi_label=self.parameterAsBool(parameters, "MULTI_LABEL", context),
             prompts=split_prompts(self.parameterAsString(parameters, "PROMPTS", context)),
             output_similarity=self.parameterAsOutputLayer(parameters, "OUTPUT_SIMILARITY", context),
             output=self.parameterAsOutputLayer(parameters, "OUTPUT", context) or None,
@@ -90,10 +142,12 @@ class QueryAlgorithm(RsvlAlgorithm):
 
     def finish(self, result, parameters, context, feedback):
         outputs = {"OUTPUT_SIMILARITY": result.similarity}
-        if result.output:
+        if result.output and result.multi_label:
+            outputs["OUTPUT"] = result.output
+        elif result.output:
             classes = backend_classes(result.classes)
             write_class_style(result.output, classes)
             style_output_on_load(context, result.output, classes)
             outputs["OUTPUT"] = result.output
-        feedback.pushInfo("prompts: " + " | ".join(result.texts))
+        feedback.pushInfo(f"model: {result.model}; prompts: " + " | ".join(result.texts))
         return outputs
