@@ -165,6 +165,14 @@ def train(
     )
 
 
+def train_fewshot(checkpoint: str, layers: Sequence[LayerSpec], labels: str, output_model: str, **kwargs):
+    """Few-shot adaptation of a pretrained checkpoint (FOUNDATION_MODEL): see
+    :mod:`rsvl.backend.fewshot`."""
+    from .fewshot import train_fewshot as run
+
+    return run(checkpoint, as_layers(layers), labels, output_model, **kwargs)
+
+
 @dataclass
 class ClassifyResult:
     output: Optional[str]
@@ -212,10 +220,15 @@ def classify(
     table and class names), optionally a confidence raster and a per-class similarity stack.
     Inputs are checked against the model (band counts; band order and pixel size, which
     ``force`` accepts with a warning: see :meth:`ModelHeader.check_inputs`)."""
+    from .fewshot import classify_fewshot, model_kind
     from .inference import run_inference
 
     if not output:
         raise InputError("OUTPUT is required")
+    if os.path.isfile(model_path) and model_kind(model_path) == "fewshot":
+        r = classify_fewshot(model_path, layers, output, confidence=confidence, similarity=similarity, device=device,
+                             reference=reference, progress=progress, is_cancelled=is_cancelled)
+        return ClassifyResult(r.output, r.confidence, r.similarity, r.classes, r.pixels, r.seconds, "fewshot")
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     with stack:
         res = run_inference(
@@ -273,11 +286,19 @@ def query(
     from text alone (:func:`rsvl.backend.foundation.zeroshot_map`; ``preset``,
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
     ``offset`` apply, and ``tile_size`` 0 means the model's input size)."""
-    from .foundation import is_rsvl_model, zeroshot_map
+    from .fewshot import model_kind, read_fewshot
+    from .foundation import zeroshot_map
     from .inference import run_inference
     from .text import get_text_encoder
 
-    if os.path.isfile(model_path) and not is_rsvl_model(model_path):
+    kind = model_kind(model_path) if os.path.isfile(model_path) else "rsvl"
+    if kind == "fewshot":  # prompts in the space of the checkpoint the model adapts
+        fs, _head = read_fewshot(model_path)
+        model_path, preset, tile_size, stride = fs.checkpoint, fs.preset, tile_size or fs.tile, stride or fs.stride
+        templates, bands, value_scale, offset = templates or fs.templates, bands or fs.bands, fs.value_scale, fs.offset
+        if resolution == "tile":
+            resolution = fs.resolution
+    if kind in ("fewshot", "checkpoint"):
         res = zeroshot_map(
             model_path, layers, prompts, output_similarity=output_similarity, output=output, preset=preset,
             templates=templates, tile_size=tile_size or None, stride=stride, resolution=resolution,

@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="supervised", choices=["supervised", "clip"],
                    help="supervised: same-class pairs in a batch are positives (default); clip: the paper's loss, "
                         "where they are negatives")
+    p.add_argument("--foundation-model", default=None,
+                   help="few-shot: adapt this pretrained checkpoint to the labels (a head on its frozen embeddings) "
+                        "instead of training MMLGNet")
+    p.add_argument("--fewshot-resolution", default="tile", choices=["tile", "token"],
+                   help="few-shot: window or 16-pixel token embeddings")
+    p.add_argument("--fewshot-tile-size", type=int, default=0, help="few-shot: window size (default: the model's)")
+    p.add_argument("--fewshot-stride", type=int, default=None, help="few-shot: window step (default: half a tile)")
+    p.add_argument("--fewshot-learning-rate", type=float, default=1e-2, help="few-shot: Adam step of the head")
+    _add_foundation_args(p)
 
     p = sub.add_parser("classify", help="classify a scene with a trained model")
     p.add_argument("--model", "-m", required=True)
@@ -198,7 +207,24 @@ def run(args) -> int:
     from . import api
 
     progress = _progress(args.quiet)
-    if args.command == "train":
+    if args.command == "train" and args.foundation_model:
+        res = api.train_fewshot(
+            args.foundation_model, _layers(args), args.labels, args.output, class_field=args.class_field,
+            class_name_field=args.class_name_field, preset=args.preset, templates=args.template,
+            tile_size=args.fewshot_tile_size or None, stride=args.fewshot_stride, resolution=args.fewshot_resolution,
+            bands=args.bands, value_scale=args.value_scale, offset=args.offset, epochs=args.epochs,
+            learning_rate=args.fewshot_learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
+            device=args.device, reference=args.reference, progress=progress,
+        )
+
+        def oa(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
+        print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
+              f"few-shot head: {res.n_train} training / {res.n_val} validation pixels, best epoch {res.best_epoch} "
+              f"of {res.epochs_run}, {res.seconds:.1f} s\nvalidation OA: zero-shot {oa(res.validation_oa_zero_shot)}, "
+              f"adapted {oa(res.validation_oa)}")
+    elif args.command == "train":
         res = api.train(
             _layers(args), args.labels, args.output, class_field=args.class_field,
             class_name_field=args.class_name_field,

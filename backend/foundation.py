@@ -711,6 +711,68 @@ def _scan_blocks(setup: ZeroShotSetup, scores: WindowScores, job, tile: int = 25
             yield block, ok & (count > 0), mean
 
 
+def write_maps(setup: ZeroShotSetup, scores: WindowScores, classes, names: Sequence[str], *,
+               output_similarity: Optional[str] = None, output: Optional[str] = None,
+               confidence: Optional[str] = None, logit_scale: float = 100.0, multi_label_output: bool = False,
+               threshold: Optional[float] = None, job=None) -> None:
+    """Write the stitched per-pixel scores, block by block, into the requested outputs:
+    cosine similarity per class/prompt (float32, band names), the best class (codes of
+    ``classes``, colour table, category names), its softmax probability (``confidence``),
+    or one 0/1 band per prompt (``multi_label_output``). Atomic: all or nothing."""
+    import contextlib
+
+    import rasterio
+
+    from .atomic import atomic_path
+    from .inference import class_dtype, gtiff_profile
+    from .jobs import Job
+    from .labels import set_category_names
+
+    job = job or Job()
+    stack = setup.stack
+    k = len(names)
+    codes = np.asarray([c.code for c in classes], dtype=np.int64)
+    with contextlib.ExitStack() as ctx:
+        dst = {}
+        if output_similarity:
+            tmp = ctx.enter_context(atomic_path(output_similarity))
+            dst["sim"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, k, "float32", math.nan)))
+            for i, name in enumerate(names, start=1):
+                dst["sim"].set_band_description(i, name)
+        if output and multi_label_output:
+            tmp = ctx.enter_context(atomic_path(output))
+            dst["ml"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, k, "uint8", 255)))
+            for i, name in enumerate(names, start=1):
+                dst["ml"].set_band_description(i, f"{name} (1 = present)")
+        elif output:
+            class_tmp = ctx.enter_context(atomic_path(output))
+            dst["cls"] = ctx.enter_context(rasterio.open(class_tmp, "w", **gtiff_profile(stack.grid, 1,
+                                                                                        class_dtype(classes), 0)))
+            dst["cls"].write_colormap(1, {0: (0, 0, 0, 0), **{c.code: (*c.colour, 255) for c in classes}})
+        if confidence:
+            tmp = ctx.enter_context(atomic_path(confidence))
+            dst["conf"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, 1, "float32",
+                                                                                     math.nan)))
+            dst["conf"].set_band_description(1, "confidence (softmax probability of the class)")
+        for block, ok, mean in _scan_blocks(setup, scores, job):
+            if "sim" in dst:
+                dst["sim"].write(np.where(ok[None], mean, np.float32(np.nan)).astype(np.float32), window=block)
+            if "ml" in dst:
+                dst["ml"].write(np.where(ok[None], multi_label(mean), 255).astype(np.uint8), window=block)
+            if "cls" in dst:
+                best, arg = mean.max(axis=0), mean.argmax(axis=0)
+                keep = ok if threshold is None else (ok & (best >= threshold))
+                dst["cls"].write(np.where(keep, codes[arg], 0).astype(dst["cls"].dtypes[0]), 1, window=block)
+            if "conf" in dst:
+                z = logit_scale * (mean - mean.max(axis=0, keepdims=True))
+                p = 1.0 / np.exp(z).sum(axis=0)
+                dst["conf"].write(np.where(ok, p, np.float32(np.nan)).astype(np.float32), 1, window=block)
+        for d in dst.values():
+            d.close()
+        if "cls" in dst:
+            set_category_names(class_tmp, classes)
+
+
 @dataclass
 class ZeroShotResult:
     similarity: Optional[str]
@@ -734,15 +796,12 @@ def zeroshot_map(
     """Map a scene from text alone with a pretrained vision-language checkpoint: one
     cosine-similarity band per prompt (``output_similarity``) and the styled best-prompt map
     (``output``; with ``multi_label_output`` one 0/1 band per prompt instead)."""
-    import contextlib
 
-    import rasterio
 
-    from .atomic import atomic_path, check_outputs
+    from .atomic import check_outputs
     from .device import resolve_device
-    from .inference import gtiff_profile
     from .jobs import Job
-    from .labels import prompt_classes, set_category_names
+    from .labels import prompt_classes
     from .raster import as_layers
 
     prompts = [p.strip() for p in prompts if p and p.strip()]
@@ -775,39 +834,8 @@ def zeroshot_map(
         boxes = scene_windows(stack.width, stack.height, tile, stride)
         scores = score_windows(setup, text, boxes, tokens=resolution == "token", batch_size=batch_size,
                                job=job.span(0.05, 0.9))
-        with contextlib.ExitStack() as ctx:
-            dst = {}
-            if output_similarity:
-                tmp = ctx.enter_context(atomic_path(output_similarity))
-                dst["sim"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, k, "float32",
-                                                                                        math.nan)))
-                for i, p in enumerate(prompts, start=1):
-                    dst["sim"].set_band_description(i, p)
-            if output:
-                tmp = ctx.enter_context(atomic_path(output))
-                if multi_label_output:
-                    dst["ml"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, k, "uint8", 255)))
-                    for i, p in enumerate(prompts, start=1):
-                        dst["ml"].set_band_description(i, f"{p} (1 = present)")
-                else:
-                    dst["cls"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, 1, "uint8"
-                                                                                            if k < 255 else "uint16", 0)))
-                    dst["cls"].write_colormap(1, {0: (0, 0, 0, 0), **{c.code: (*c.colour, 255) for c in classes}})
-                    class_tmp = tmp
-            for block, ok, mean in _scan_blocks(setup, scores, job.span(0.9, 1.0)):
-                if "sim" in dst:
-                    dst["sim"].write(np.where(ok[None], mean, np.float32(np.nan)).astype(np.float32), window=block)
-                if "ml" in dst:
-                    dst["ml"].write(np.where(ok[None], multi_label(mean), 255).astype(np.uint8), window=block)
-                if "cls" in dst:
-                    best, arg = mean.max(axis=0), mean.argmax(axis=0)
-                    keep = ok if threshold is None else (ok & (best >= threshold))
-                    codes = np.where(keep, arg + 1, 0).astype(dst["cls"].dtypes[0])
-                    dst["cls"].write(codes, 1, window=block)
-            for d in dst.values():
-                d.close()
-            if "cls" in dst:
-                set_category_names(class_tmp, classes)
+        write_maps(setup, scores, classes, prompts, output_similarity=output_similarity, output=output,
+                   multi_label_output=multi_label_output, threshold=threshold, job=job.span(0.9, 1.0))
         job.report(1.0, "done")
     seconds = time.perf_counter() - start
     log.info("zero-shot map: %d windows of %d px (stride %d, %s) in %.1f s with %s", len(scores.boxes), tile, stride,

@@ -459,3 +459,41 @@ def test_nodata_override_and_reference_grid_parameters(trained, scene, tmp_path,
     with pytest.raises(QgsProcessingException, match="REFERENCE_GRID .*INPUT_SAR is empty"):
         run("rsvl:classify", {**base, "REFERENCE_GRID": 3, "OUTPUT": str(tmp_path / "none.tif")})
     assert not (tmp_path / "none.tif").exists()
+
+
+def test_few_shot_training_from_processing(plugin, tmp_path):
+    """FOUNDATION_MODEL in rsvl:train adapts a (tiny, random) checkpoint; rsvl:classify
+    uses the resulting model file like any other."""
+    import json
+
+    import torch
+    from rasterio.transform import from_origin
+
+    from rsvl.backend import foundation as F
+
+    (tmp_path / "arch").mkdir()
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
+                                           "head_width": 32},
+           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "arch" / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    preset = f"open_clip:local-dir:{tmp_path / 'arch'}"
+    torch.manual_seed(0)
+    torch.save(F.build_model(F.get_preset(preset)).state_dict(), tmp_path / "clip.pt")
+    truth = np.ones((48, 64), np.uint8)
+    truth[:, 32:] = 2
+    rng = np.random.default_rng(0)
+    rgb = np.clip(np.where(truth == 1, 40, 200)[None] + rng.normal(0, 8, (3, 48, 64)), 0, 255).astype(np.uint8)
+    common = dict(driver="GTiff", width=64, height=48, crs="EPSG:32633", transform=from_origin(0, 480, 10, 10))
+    with rasterio.open(tmp_path / "rgb.tif", "w", count=3, dtype="uint8", **common) as dst:
+        dst.write(rgb)
+    with rasterio.open(tmp_path / "labels.tif", "w", count=1, dtype="uint8", nodata=0, **common) as dst:
+        dst.write(np.where(rng.random((48, 64)) < 0.3, truth, 0).astype(np.uint8), 1)
+    res = run("rsvl:train", {"INPUT_MS": [str(tmp_path / "rgb.tif")], "TRAINING": str(tmp_path / "labels.tif"),
+                             "FOUNDATION_MODEL": str(tmp_path / "clip.pt"), "PRESET": preset, "TILE_SIZE": 32,
+                             "STRIDE": 16, "EPOCHS": 60, "DEVICE": 1, "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
+    assert res["VALIDATION_OA"] >= 0.9
+    out = run("rsvl:classify", {"MODEL": res["OUTPUT_MODEL"], "INPUT_MS": [str(tmp_path / "rgb.tif")], "DEVICE": 1,
+                                "OUTPUT": str(tmp_path / "classes.tif")})
+    with rasterio.open(out["OUTPUT"]) as ds:
+        pred = ds.read(1)
+    assert (pred[:, 4:28] == 1).mean() > 0.9 and (pred[:, 36:60] == 2).mean() > 0.9

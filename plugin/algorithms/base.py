@@ -362,11 +362,17 @@ def foundation_kwargs(alg, parameters, context) -> dict:
 
 def check_model(path: str):
     """(ok, message) for a MODEL parameter, reading only the model's JSON header."""
+    import os
+
     from ...backend.errors import RsvlError
+    from ...backend.fewshot import model_kind, read_fewshot
     from ...backend.modelfile import read_header
 
     try:
-        read_header(path)
+        if path and os.path.isfile(path) and model_kind(path) == "fewshot":
+            read_fewshot(path)  # a head on a pretrained checkpoint (rsvl:train with FOUNDATION_MODEL)
+        else:
+            read_header(path)
     except RsvlError as exc:
         return False, str(exc)
     return True, ""

@@ -8,13 +8,23 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
 
-from .base import DEVICE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm
+from .base import (
+    DEVICE_HELP,
+    FOUNDATION_FILTER,
+    INPUTS_HELP,
+    MODEL_FILTER,
+    PRESET_HELP,
+    RsvlAlgorithm,
+    add_foundation_parameters,
+    foundation_kwargs,
+)
 
 LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
@@ -66,7 +76,14 @@ class TrainAlgorithm(RsvlAlgorithm):
             "date and time, so closing QGIS never loses a model.<br>"
             "<b>OUTPUT_REPORT</b>: optional HTML report with loss/accuracy curves, validation confusion matrix "
             "and class table (skipped unless a file is given).<br>"
-            "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining."
+            "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining.<br><br>"
+            "<b>FOUNDATION_MODEL</b> (advanced): instead of MMLGNet, adapt a pretrained vision-language checkpoint "
+            "(see rsvl:query) to the labels, few-shot: a light head on its frozen window (or token, "
+            "RESOLUTION) embeddings, initialised from the class names' text embeddings (with EPOCHS 0 it is the "
+            "zero-shot map), trained with Adam (step 0.01) on the labels; the weights of the best validation epoch "
+            "are kept. INPUT_MS (or an RGB raster as INPUT_MS) is the input. The model file names the checkpoint, "
+            "which must stay where it is; rsvl:classify and rsvl:query use it like any model.<br>"
+            + PRESET_HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -105,6 +122,15 @@ class TrainAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
+        foundation = QgsProcessingParameterFile("FOUNDATION_MODEL", "Few-shot: adapt this pretrained checkpoint",
+                                                fileFilter=FOUNDATION_FILTER, optional=True)
+        foundation.setFlags(foundation.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(foundation)
+        add_foundation_parameters(self)
+        resolution = QgsProcessingParameterEnum("RESOLUTION", "Few-shot: window or token embeddings",
+                                                options=["tile", "token"], defaultValue=0)
+        resolution.setFlags(resolution.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(resolution)
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_OA", "Validation overall accuracy"))
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_AA", "Validation average accuracy"))
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_KAPPA", "Validation kappa"))
@@ -134,6 +160,20 @@ class TrainAlgorithm(RsvlAlgorithm):
 
         labels, class_field, class_name_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
+        foundation = self.parameterAsFile(parameters, "FOUNDATION_MODEL", context)
+        if foundation:
+            f = foundation_kwargs(self, parameters, context)
+            f["tile_size"] = f["tile_size"] or None
+            kwargs = dict(
+                checkpoint=foundation, **self.inputs(parameters, context), labels=labels, class_field=class_field,
+                class_name_field=class_name_field,
+                output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context), **f,
+                resolution=["tile", "token"][self.parameterAsEnum(parameters, "RESOLUTION", context)],
+                epochs=self.parameterAsInt(parameters, "EPOCHS", context),
+                validation_fraction=self.parameterAsDouble(parameters, "VALIDATION_FRACTION", context),
+                seed=self.parameterAsInt(parameters, "SEED", context), device=self.device(parameters, context),
+            )
+            return api.train_fewshot, kwargs
         kwargs = dict(
             **self.inputs(parameters, context), labels=labels, class_field=class_field,
             class_name_field=class_name_field,
@@ -153,11 +193,23 @@ class TrainAlgorithm(RsvlAlgorithm):
         return api.train, kwargs
 
     def finish(self, result, parameters, context, feedback):
+        from ...backend.fewshot import FewShotResult
         from ...backend.report import write_training_report
 
+        nan = float("nan")
+        if isinstance(result, FewShotResult):
+            if self._report:
+                feedback.pushWarning("OUTPUT_REPORT: few-shot models have no training report yet; none was written")
+            oa = result.validation_oa
+            zero = result.validation_oa_zero_shot
+            feedback.pushInfo(
+                f"classes: {', '.join(c.name for c in result.classes)}; few-shot head, best epoch "
+                f"{result.best_epoch} of {result.epochs_run}; validation OA zero-shot "
+                f"{'n/a' if zero is None else f'{zero:.4f}'}, adapted {'n/a' if oa is None else f'{oa:.4f}'}")
+            return {"OUTPUT_MODEL": result.model_path, "EPOCHS_RUN": result.epochs_run,
+                    "VALIDATION_OA": nan if oa is None else oa, "VALIDATION_AA": nan, "VALIDATION_KAPPA": nan}
         outputs = {"OUTPUT_MODEL": result.model_path, "EPOCHS_RUN": result.epochs_run}
         val = result.validation
-        nan = float("nan")
         outputs.update(VALIDATION_OA=val.oa if val else nan, VALIDATION_AA=val.aa if val else nan,
                        VALIDATION_KAPPA=val.kappa if val else nan)
         if self._report:
