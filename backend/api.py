@@ -226,9 +226,10 @@ def classify(
     if not output:
         raise InputError("OUTPUT is required")
     if os.path.isfile(model_path) and model_kind(model_path) == "fewshot":
-        r = classify_fewshot(model_path, layers, output, confidence=confidence, similarity=similarity, device=device,
-                             reference=reference, progress=progress, is_cancelled=is_cancelled)
-        return ClassifyResult(r.output, r.confidence, r.similarity, r.classes, r.pixels, r.seconds, "fewshot")
+        classes, pixels, seconds = classify_fewshot(
+            model_path, layers, output, confidence=confidence, similarity=similarity, device=device,
+            reference=reference, progress=progress, is_cancelled=is_cancelled)
+        return ClassifyResult(output, confidence, similarity, classes, pixels, seconds, "fewshot")
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     with stack:
         res = run_inference(

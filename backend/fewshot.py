@@ -29,12 +29,10 @@ import numpy as np
 from . import __version__
 from .errors import InputError, LabelError, ModelFileError
 from .foundation import (
-    FoundationModel,
     ZeroShotSetup,
     _read_window,
     _resize,
-    check_tiling,
-    open_scene,
+    open_for_scene,
     scene_windows,
     score_windows,
     write_maps,
@@ -251,11 +249,9 @@ def train_fewshot(
     from safetensors.torch import save_file
 
     from .atomic import atomic_path, check_outputs
-    from .device import resolve_device
     from .jobs import Job
     from .labels import open_labels
     from .modelfile import DIGEST_KEY, weights_digest
-    from .raster import as_layers
 
     if resolution not in ("tile", "token"):
         raise InputError(f"RESOLUTION must be tile or token (got {resolution!r})")
@@ -266,12 +262,9 @@ def train_fewshot(
     check_outputs([("OUTPUT_MODEL", output_model, 0)])
     job = Job(progress, is_cancelled)
     start = time.perf_counter()
-    dev = resolve_device(device)
-    job.step(0.0, "loading the foundation model")
-    fm = FoundationModel(checkpoint, preset, dev)
-    tile = tile_size or fm.image_size
-    stride = check_tiling(tile, stride)
-    setup = open_scene(fm, as_layers(layers), bands, value_scale, offset, reference)
+    fm, setup, tile, stride, _dev = open_for_scene(checkpoint, preset, device, layers, tile_size=tile_size,
+                                                   stride=stride, bands=bands, scale=value_scale, offset=offset,
+                                                   reference=reference, job=job)
     with setup.stack as stack:
         job.step(0.02, "reading labels")
         source = open_labels(labels, stack.grid, class_field, class_name_field=class_name_field)
@@ -322,35 +315,22 @@ def train_fewshot(
                          time.perf_counter() - start, history)
 
 
-@dataclass
-class FewShotClassifyResult:
-    output: Optional[str]
-    confidence: Optional[str]
-    similarity: Optional[str]
-    classes: List[ClassInfo]
-    pixels: int
-    seconds: float
-    method: str = "fewshot"
-
-
 def classify_fewshot(model_path: str, layers, output: str, *, confidence: Optional[str] = None,
                      similarity: Optional[str] = None, device: str = "auto", reference=None, progress=None,
-                     is_cancelled=None, batch_size: int = 8) -> FewShotClassifyResult:
+                     is_cancelled=None, batch_size: int = 8) -> Tuple[List[ClassInfo], int, float]:
     """Classify a scene with a few-shot model: the head's class vectors score the stitched
-    window (or token) embeddings; outputs as rsvl:classify writes them."""
+    window (or token) embeddings; outputs as rsvl:classify writes them. Returns (classes,
+    pixels, seconds)."""
     from .atomic import check_outputs
-    from .device import resolve_device
     from .inference import class_dtype
     from .jobs import Job
-    from .raster import as_layers
 
     header, head = read_fewshot(model_path)
     job = Job(progress, is_cancelled)
     start = time.perf_counter()
-    dev = resolve_device(device)
-    job.step(0.0, "loading the foundation model")
-    fm = FoundationModel(header.checkpoint, header.preset, dev)
-    setup = open_scene(fm, as_layers(layers), header.bands, header.value_scale, header.offset, reference)
+    _fm, setup, _tile, _stride, dev = open_for_scene(
+        header.checkpoint, header.preset, device, layers, tile_size=header.tile, stride=header.stride,
+        bands=header.bands, scale=header.value_scale, offset=header.offset, reference=reference, job=job)
     k = len(header.classes)
     with setup.stack as stack:
         pixels = stack.width * stack.height
@@ -362,4 +342,4 @@ def classify_fewshot(model_path: str, layers, output: str, *, confidence: Option
         write_maps(setup, scores, header.classes, [c.name for c in header.classes], output_similarity=similarity,
                    output=output, confidence=confidence, logit_scale=header.logit_scale, job=job.span(0.9, 1.0))
         job.report(1.0, "done")
-    return FewShotClassifyResult(output, confidence, similarity, header.classes, pixels, time.perf_counter() - start)
+    return header.classes, pixels, time.perf_counter() - start

@@ -773,6 +773,25 @@ def write_maps(setup: ZeroShotSetup, scores: WindowScores, classes, names: Seque
             set_category_names(class_tmp, classes)
 
 
+def open_for_scene(checkpoint: str, preset, device: str, layers, *, tile_size: Optional[int], stride: Optional[int],
+                   bands: Optional[str], scale: str, offset: float, reference=None, job=None,
+                   stride_default: str = "half"):
+    """(model, scene setup, tile, stride, torch device): the checkpoint loaded on the
+    resolved device, the input stack opened and checked, the tiling validated (``stride``
+    None: half a tile, or the tile with ``stride_default="tile"``)."""
+    from .device import resolve_device
+    from .raster import as_layers
+
+    dev = resolve_device(device)
+    if job is not None:
+        job.step(0.0, "loading the foundation model")
+    fm = FoundationModel(checkpoint, preset, dev)
+    tile = tile_size or fm.image_size
+    stride = check_tiling(tile, stride or (tile if stride_default == "tile" else None))
+    setup = open_scene(fm, as_layers(layers), bands, scale, offset, reference)
+    return fm, setup, tile, stride, dev
+
+
 @dataclass
 class ZeroShotResult:
     similarity: Optional[str]
@@ -799,10 +818,8 @@ def zeroshot_map(
 
 
     from .atomic import check_outputs
-    from .device import resolve_device
     from .jobs import Job
     from .labels import prompt_classes
-    from .raster import as_layers
 
     prompts = [p.strip() for p in prompts if p and p.strip()]
     if not prompts:
@@ -817,12 +834,9 @@ def zeroshot_map(
         multi_label(np.zeros((1, 1)))  # raises the clear error
     job = Job(progress, is_cancelled)
     start = time.perf_counter()
-    dev = resolve_device(device)
-    job.step(0.0, "loading the foundation model")
-    fm = FoundationModel(checkpoint, preset, dev)
-    tile = tile_size or fm.image_size
-    stride = check_tiling(tile, stride)
-    setup = open_scene(fm, as_layers(layers), bands, scale, offset, reference)
+    fm, setup, tile, stride, dev = open_for_scene(checkpoint, preset, device, layers, tile_size=tile_size,
+                                                  stride=stride, bands=bands, scale=scale, offset=offset,
+                                                  reference=reference, job=job)
     k = len(prompts)
     classes = prompt_classes(prompts, [])
     with setup.stack as stack:
@@ -865,9 +879,7 @@ def retrieve(
     every ``stride`` (default: the tile size, no overlap); tiles with less than
     ``min_valid`` valid pixels are left out."""
     from .atomic import atomic_path, check_outputs
-    from .device import resolve_device
     from .jobs import Job
-    from .raster import as_layers
 
     query = (query or "").strip()
     if not query:
@@ -878,12 +890,9 @@ def retrieve(
         raise InputError("OUTPUT is required")
     job = Job(progress, is_cancelled)
     start = time.perf_counter()
-    dev = resolve_device(device)
-    job.step(0.0, "loading the foundation model")
-    fm = FoundationModel(checkpoint, preset, dev)
-    tile = tile_size or fm.image_size
-    stride = check_tiling(tile, stride or tile)
-    setup = open_scene(fm, as_layers(layers), bands, scale, offset, reference)
+    fm, setup, tile, stride, dev = open_for_scene(checkpoint, preset, device, layers, tile_size=tile_size,
+                                                  stride=stride, bands=bands, scale=scale, offset=offset,
+                                                  reference=reference, job=job, stride_default="tile")
     with setup.stack as stack:
         check_outputs([("OUTPUT", output, 1 << 20)])
         text = fm.text_embeddings([query], templates).to(dev)
