@@ -199,6 +199,22 @@ def _open_for_model(model_path: str, layers, reference, align, device, force: bo
     return model, header, stack, dev
 
 
+NORMALIZE = ("model", "scene")
+
+
+def normalisation(stack: RasterStack, header, normalize: str, job: Job):
+    """The band statistics inputs are standardised with: the training scene's (``model``,
+    the default), or this scene's own (``scene``: for another date or sensor, whose bands
+    differ from the training scene's by a gain and an offset; it assumes a similar mix of
+    land cover, and costs one more pass over the inputs)."""
+    if normalize not in NORMALIZE:
+        raise InputError(f"NORMALIZE must be one of {', '.join(NORMALIZE)} (got {normalize!r})")
+    if normalize == "model":
+        return header.stats
+    log.info("NORMALIZE=scene: inputs standardised by their own band statistics, not the training scene's")
+    return compute_band_stats(stack, job=job)
+
+
 def classify(
     model_path: str,
     layers: Sequence[LayerSpec],
@@ -215,6 +231,7 @@ def classify(
     force: bool = False,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
+    normalize: str = "model",
 ) -> ClassifyResult:
     """Classify a whole scene with a trained model into a class raster (codes, colour
     table and class names), optionally a confidence raster and a per-class similarity stack.
@@ -232,10 +249,12 @@ def classify(
         return ClassifyResult(output, confidence, similarity, classes, pixels, seconds, "fewshot")
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     with stack:
+        job = Job(progress, is_cancelled)
+        stats = normalisation(stack, header, normalize, job.span(0.0, 0.1))
         res = run_inference(
-            model, stack, header.stats, model.class_embeddings, classes=header.classes, class_path=output,
+            model, stack, stats, model.class_embeddings, classes=header.classes, class_path=output,
             confidence_path=confidence, similarity_path=similarity, method=method, tile=tile_size,
-            batch_size=batch_size, device=dev, job=Job(progress, is_cancelled),
+            batch_size=batch_size, device=dev, job=job.span(0.1 if normalize == "scene" else 0.0, 1.0),
         )
     return ClassifyResult(output, confidence, similarity, header.classes, res.pixels, res.seconds, method)
 
@@ -277,6 +296,7 @@ def query(
     bands: Optional[str] = None,
     value_scale: str = "auto",
     offset: float = 0.0,
+    normalize: str = "model",
 ) -> QueryResult:
     """Open-vocabulary query: cosine similarity of every pixel's embedding to each free-text
     prompt (one float band per prompt, named after it) and optionally the argmax map, with
@@ -325,10 +345,11 @@ def query(
         texts = apply_template(header.prompt_template, prompts) if use_template else list(prompts)
         text = encoder.encode(texts)
         classes = prompt_classes(prompts, header.classes)
+        stats = normalisation(stack, header, normalize, job.span(0.05, 0.15))
         res = run_inference(
-            model, stack, header.stats, text, classes=classes, class_path=output, similarity_path=output_similarity,
+            model, stack, stats, text, classes=classes, class_path=output, similarity_path=output_similarity,
             similarity_names=prompts, threshold=threshold, method=method, tile=tile_size, device=dev,
-            job=job.span(0.05, 1.0),
+            job=job.span(0.15, 1.0),
         )
     return QueryResult(output_similarity, output, prompts, texts, classes, res.seconds)
 

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
                                                          "training (with a warning)")
+    p.add_argument("--normalize", default="model", choices=["model", "scene"],
+                   help="standardise inputs with the training scene's band statistics (model) or their own (scene: "
+                        "another date or sensor)")
 
     p = sub.add_parser("query", help="open-vocabulary query: similarity of every pixel to text prompts")
     p.add_argument("--model", "-m", required=True)
@@ -142,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
                                                          "training (with a warning)")
+    p.add_argument("--normalize", default="model", choices=["model", "scene"],
+                   help="standardise inputs with the training scene's band statistics (model) or their own (scene: "
+                        "another date or sensor)")
     _add_foundation_args(p)
     p.add_argument("--stride", type=int, default=None, help="foundation checkpoints: window step (default tile/2)")
     p.add_argument("--resolution", default="tile", choices=["tile", "token"],
@@ -246,6 +252,7 @@ def run(args) -> int:
             args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
             method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
             reference=args.reference, align=not args.no_align, force=args.force, progress=progress,
+            normalize=args.normalize,
         )
         print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
               + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
@@ -257,7 +264,7 @@ def run(args) -> int:
             tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
             force=args.force, progress=progress, preset=args.preset, templates=args.template, stride=args.stride,
             resolution=args.resolution, multi_label=args.multi_label, bands=args.bands,
-            value_scale=args.value_scale, offset=args.offset,
+            value_scale=args.value_scale, offset=args.offset, normalize=args.normalize,
         )
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
     elif args.command == "retrieve":

@@ -108,3 +108,33 @@ def test_damaged_and_newer_model_files_get_clear_errors(trained_model, tmp_path)
         assert not out.exists()
     # The unchanged file still loads (the checksum is right).
     api.classify(str(model_path), layers, str(tmp_path / "fine.tif"), device="cpu")
+
+
+def test_normalize_scene_undoes_a_date_like_gain_and_offset(trained_model, shared_scene, tmp_path, helpers):
+    """Another date changes each band by a gain and an offset: NORMALIZE=scene standardises
+    the scene by its own statistics, which removes that change; the training scene's
+    statistics do not."""
+    import numpy as np
+
+    from rsvl.backend.augment import shift_scene
+
+    model_path, _result, layers = trained_model
+    with rasterio.open(shared_scene.paths["hsi"]) as ds:
+        data, descriptions, t, nodata = ds.read(), list(ds.descriptions), ds.transform, ds.nodata
+    rng = np.random.default_rng(0)
+    gains = rng.uniform(1.2, 1.5, data.shape[0])
+    offsets = rng.uniform(0.2, 0.5, data.shape[0]) * np.abs(data.reshape(data.shape[0], -1).mean(1))
+    shifted = helpers.write_raster(tmp_path / "shifted.tif", shift_scene(data, gains, offsets, nodata), t,
+                                   nodata=nodata, descriptions=descriptions)
+    shifted_layers = [LayerSpec(str(shifted), "hsi"), layers[1]]
+    maps = {}
+    for name, lay, norm in [("orig", layers, "scene"), ("shift_scene", shifted_layers, "scene"),
+                            ("shift_model", shifted_layers, "model"), ("orig_model", layers, "model")]:
+        api.classify(str(model_path), lay, str(tmp_path / f"{name}.tif"), device="cpu", normalize=norm)
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            maps[name] = ds.read(1)
+    truth = shared_scene.truth
+    acc = {k: float((v == truth).mean()) for k, v in maps.items()}
+    assert (maps["shift_scene"] == maps["orig"]).mean() > 0.995
+    assert acc["shift_scene"] > acc["shift_model"] + 0.03, acc
+    assert acc["orig"] > 0.8 and acc["orig_model"] > 0.8, acc

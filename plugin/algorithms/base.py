@@ -61,6 +61,12 @@ INPUTS_HELP = (
     "layers are warped onto it.<br>"
 )
 DEVICE_HELP = "<b>DEVICE</b>: auto (CUDA GPU when available, else CPU), cpu or cuda.<br>"
+NORMALIZE_CHOICES = ["model", "scene"]
+NORMALIZE_HELP = (
+    "<b>NORMALIZE</b> (advanced): standardise the inputs with the training scene's band statistics (model, "
+    "default) or with this scene's own (scene: for another date or sensor, whose bands differ by a gain and an "
+    "offset; assumes a similar mix of land cover; one more pass over the inputs).<br>"
+)
 FORCE_HELP = (
     "<b>FORCE</b>: inputs are checked against the model: band counts always; band order when both the model and "
     "the inputs name their bands; pixel size against the training grid (a warning beyond 1.5x, refused beyond "
@@ -245,6 +251,15 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
             "FORCE", "Accept inputs whose band order or pixel size differs from training", defaultValue=False)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(p)
+
+    def add_normalize(self):
+        p = QgsProcessingParameterEnum("NORMALIZE", "Input standardisation", options=NORMALIZE_CHOICES,
+                                       defaultValue=0)
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
+
+    def normalize(self, parameters, context) -> str:
+        return NORMALIZE_CHOICES[self.parameterAsEnum(parameters, "NORMALIZE", context)]
 
     def device(self, parameters, context) -> str:
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]

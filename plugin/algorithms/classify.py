@@ -10,7 +10,15 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm, check_model
+from .base import (
+    DEVICE_HELP,
+    FORCE_HELP,
+    INPUTS_HELP,
+    MODEL_FILTER,
+    NORMALIZE_HELP,
+    RsvlAlgorithm,
+    check_model,
+)
 
 
 class ClassifyAlgorithm(RsvlAlgorithm):
@@ -33,6 +41,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_CONFIDENCE</b>: optional float32 raster, softmax probability of the chosen class.<br>"
             "<b>BATCH_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
             "window side in pixels — larger is faster, uses more memory.<br>" + FORCE_HELP + DEVICE_HELP
+            + NORMALIZE_HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -48,6 +57,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         self.addParameter(p)
         self.add_force()
         self.add_device()
+        self.add_normalize()
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
         ok, message = super().checkParameterValues(parameters, context)
@@ -69,6 +79,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             tile_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
+            normalize=self.normalize(parameters, context),
         )
         return api.classify, kwargs
 

@@ -21,6 +21,7 @@ from .base import (
     FORCE_HELP,
     FOUNDATION_FILTER,
     INPUTS_HELP,
+    NORMALIZE_HELP,
     PRESET_HELP,
     RsvlAlgorithm,
     add_foundation_parameters,
@@ -62,6 +63,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             "friendly qualitative palette.<br>"
             "<b>Similarity threshold for the best-prompt map</b> (THRESHOLD): pixels whose best similarity is "
             "below it are left empty in the best-prompt map (leave empty for none).<br>" + FORCE_HELP + DEVICE_HELP
+            + NORMALIZE_HELP
             + PRESET_HELP +
             "<b>RESOLUTION</b>: tile (a score per window) or token (per 16-pixel patch token of a ViT, finer).<br>"
             "<b>MULTI_LABEL</b>: OUTPUT gets one 0/1 band per prompt instead: a prompt is present where its score "
@@ -86,6 +88,7 @@ class QueryAlgorithm(RsvlAlgorithm):
                                                                   createByDefault=True))
         self.add_force()
         self.add_device()
+        self.add_normalize()
         add_foundation_parameters(self)
         for p in (QgsProcessingParameterEnum("RESOLUTION", "Score resolution (pretrained checkpoints)",
                                              options=RESOLUTIONS, defaultValue=0),
@@ -137,6 +140,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             use_template=self.parameterAsBool(parameters, "USE_TEMPLATE", context),
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
+            normalize=self.normalize(parameters, context),
         )
         return api.query, kwargs
 
