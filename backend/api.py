@@ -64,6 +64,8 @@ def train(
     align: bool = True,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
+    augment: bool = False,
+    balanced: bool = False,
 ) -> TrainResult:
     """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
     with ``class_field``) and save it to ``output_model`` (.safetensors). Without a
@@ -130,8 +132,9 @@ def train(
     model = MMLGNet(config, n_classes=len(classes))
     model.class_embeddings.copy_(text)
     check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
-    settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss)
-    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97))
+    settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
+                             augment=augment, balanced=balanced)
+    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats)
 
     validation = None
     if outcome.val_index is not None and outcome.val_index.size:
@@ -146,6 +149,7 @@ def train(
         "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
         "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
+        "augment": augment, "balanced": balanced,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "reference_grid": grid.to_json(), "torch": torch.__version__,
     }

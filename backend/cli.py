@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="supervised", choices=["supervised", "clip"],
                    help="supervised: same-class pairs in a batch are positives (default); clip: the paper's loss, "
                         "where they are negatives")
+    p.add_argument("--augment", action="store_true",
+                   help="spectral gain/offset jitter, flips and 90-degree rotations of the training patches (for "
+                        "other dates and sensors)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced epochs (rare classes seen as often)")
     p.add_argument("--foundation-model", default=None,
                    help="few-shot: adapt this pretrained checkpoint to the labels (a head on its frozen embeddings) "
                         "instead of training MMLGNet")
@@ -238,6 +242,7 @@ def run(args) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
             seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
+            augment=args.augment, balanced=args.balanced,
         )
         if args.report:
             from .report import write_training_report

@@ -28,6 +28,10 @@ class TrainSettings:
     # "supervised": same-class pairs are positives (default); "clip": MMLGNet's eq. 4-6,
     # where the i-th image matches only the i-th text and same-class pairs are negatives.
     loss: str = "supervised"
+    # Generalisation (issue 11, backend/augment.py): spectral gain/offset jitter plus flips
+    # and 90-degree rotations of the training patches; class-balanced epochs.
+    augment: bool = False
+    balanced: bool = False
 
 
 @dataclass
@@ -80,12 +84,15 @@ def predict_patches(model, patches: Dict[str, object], index: np.ndarray, batch_
     return torch.cat(out) if out else torch.zeros(0, model.class_embeddings.shape[0])
 
 
-def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainSettings, device, job: Job) -> TrainOutcome:
+def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainSettings, device, job: Job,
+          stats: Optional[dict] = None) -> TrainOutcome:
     """Train ``model`` in place (its ``class_embeddings`` must be set); ``y`` holds class
-    indices 0..C-1. Returns the history; the model ends with its best weights."""
+    indices 0..C-1. Returns the history; the model ends with its best weights. ``stats``
+    (the patches' normalisation) is what spectral augmentation needs."""
     import torch
     import torch.nn.functional as F
 
+    from .augment import SpectralJitter, balanced_order, flip_rotate, spectral_jitter
     from .mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
 
     _seed_everything(settings.seed)
@@ -108,6 +115,8 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = torch.from_numpy(train_idx)[torch.randperm(train_idx.size, generator=generator)]
+        if settings.balanced:
+            order = torch.from_numpy(balanced_order(y, train_idx, generator))
         total, correct, count = 0.0, 0, 0
         for bi, s in enumerate(range(0, order.numel(), settings.batch_size)):
             job.step(((epoch - 1) + bi / n_batches) / settings.epochs, f"epoch {epoch}/{settings.epochs}")
@@ -115,6 +124,8 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
             if b.numel() < 2:  # batch norm needs two samples
                 continue
             batch = {m: t[b].to(device, non_blocking=True) for m, t in tensors.items()}
+            if settings.augment:
+                batch = flip_rotate(spectral_jitter(batch, stats or {}, SpectralJitter(), generator), generator)
             yb = y_t[b].to(device)
             z = model.embed(batch)
             if settings.loss == "clip":

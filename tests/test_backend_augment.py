@@ -1,0 +1,83 @@
+"""Augmentation for other dates and sensors, and class-balanced sampling (issue 11)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rsvl.backend.augment import SpectralJitter, balanced_order, flip_rotate, shift_scene, spectral_jitter
+from rsvl.backend.raster import BandStats
+
+
+def test_spectral_jitter_is_a_bounded_per_band_gain_and_offset_in_physical_units():
+    rng = np.random.default_rng(0)
+    mean, std = np.array([1000.0, 2000.0, 3000.0]), np.array([100.0, 300.0, 500.0])
+    phys = rng.uniform(500, 4000, (16, 3, 5, 5))
+    z = torch.from_numpy((phys - mean[None, :, None, None]) / std[None, :, None, None]).float()
+    stats = {"ms": BandStats(mean.tolist(), std.tolist()), "lidar": BandStats([700.0], [50.0])}
+    lidar = torch.randn(16, 1, 5, 5)
+    jitter = SpectralJitter(gain=0.05, offset=0.03, illumination=0.05)
+    out = spectral_jitter({"ms": z, "lidar": lidar}, stats, jitter, torch.Generator().manual_seed(1))
+    assert out["lidar"] is lidar  # heights do not change with the date
+    new = out["ms"].double().numpy() * std[None, :, None, None] + mean[None, :, None, None]
+    # per sample and band: new = g * phys + o (a least-squares fit leaves no residual), g within the bounds
+    xs, ns = phys.reshape(16, 3, -1), new.reshape(16, 3, -1)
+    xc, nc = xs - xs.mean(-1, keepdims=True), ns - ns.mean(-1, keepdims=True)
+    g = (xc * nc).sum(-1) / (xc * xc).sum(-1)
+    assert np.abs(nc - g[..., None] * xc).max() < 1e-3 * std.max()
+    assert ((g > (0.95 * 0.95) - 1e-6) & (g < 1.05 * 1.05 + 1e-6)).all() and g.std() > 0.01
+    o = ns.mean(-1) - g * xs.mean(-1)
+    assert (np.abs(o) <= 0.03 * mean + 1e-3).all()
+    same = spectral_jitter({"ms": z}, stats, SpectralJitter(0, 0, 0), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(same["ms"], z)
+
+
+def test_flips_and_rotations_keep_the_centre_pixel_and_act_alike_on_every_modality():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5).repeat(20, 1, 1, 1)
+    y = x[:, :1] * 10
+    out = flip_rotate({"hsi": x, "lidar": y}, torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(x.shape[0]):
+        assert torch.equal(out["hsi"][i, :, 2, 2], x[i, :, 2, 2])
+        match = [(k, f) for k in range(4) for f in (False, True)
+                 if torch.equal(out["hsi"][i], torch.rot90(torch.flip(x[i], (-1,)) if f else x[i], k, (-2, -1)))]
+        assert len(match) >= 1
+        k, f = match[0]
+        assert torch.equal(out["lidar"][i], torch.rot90(torch.flip(y[i], (-1,)) if f else y[i], k, (-2, -1)))
+        seen.add((k, f))
+    assert len(seen) >= 6  # the draws cover the dihedral group
+
+
+def test_balanced_order_draws_each_class_about_equally():
+    y = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    index = np.arange(y.size)
+    order = balanced_order(y, index, torch.Generator().manual_seed(0))
+    assert order.size == y.size
+    share = np.bincount(y[order], minlength=3) / order.size
+    assert np.allclose(share, 1 / 3, atol=0.06)
+
+
+def test_shift_scene_keeps_nodata():
+    data = np.array([[[1.0, -1.0]], [[2.0, 4.0]]], dtype=np.float32)
+    out = shift_scene(data, [1.1, 0.9], [0.5, -1.0], nodata=-1.0)
+    np.testing.assert_allclose(out, [[[1.6, -1.0]], [[0.8, 2.6]]], rtol=1e-6)
+
+
+def test_training_with_augmentation_and_balanced_epochs_is_seeded(shared_scene, tmp_path):
+    from safetensors.torch import load_file
+
+    from rsvl.backend import api
+    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.raster import LayerSpec
+
+    layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
+    fast = dict(patch_size=5, epochs=8, batch_size=64, learning_rate=3e-3, seed=3, device="cpu")
+    results = [api.train(layers, str(shared_scene.labels), str(tmp_path / f"m{i}.safetensors"), augment=True,
+                         balanced=True, **fast) for i in range(2)]
+    plain = api.train(layers, str(shared_scene.labels), str(tmp_path / "plain.safetensors"), **fast)
+    a, b, c = (load_file(str(tmp_path / n)) for n in ("m0.safetensors", "m1.safetensors", "plain.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same seed, the same augmented run
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # and augmentation changed it
+    assert results[0].validation.oa > 0.8 and plain.validation.oa > 0.8
+    training = read_header(str(tmp_path / "m0.safetensors")).training
+    assert training["augment"] is True and training["balanced"] is True
