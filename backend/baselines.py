@@ -29,15 +29,21 @@ class BaselineResult:
     accuracy: Accuracy
 
 
-def _pixels(stack, labels_path, stats):
+def _pixels(stack, labels_path, stats, context: int = 1):
+    """Features of the labelled pixels: their standardised band values, or with
+    ``context`` > 1 each band's mean and standard deviation over a context × context window
+    (the texture features forest users add)."""
     source = open_labels(labels_path, stack.grid)
     try:
-        patches, codes, _ = extract_patches(stack, source, stats, patch_size=1)
+        patches, codes, _ = extract_patches(stack, source, stats, patch_size=context)
         names = {c.code: c.name for c in source.classes}
     finally:
         source.close()
-    features = np.concatenate([patches[m][:, :, 0, 0] for m in stack.modalities], axis=1).astype(np.float32)
-    return features, codes, names
+    if context == 1:
+        parts = [patches[m][:, :, 0, 0] for m in stack.modalities]
+    else:
+        parts = [f(patches[m], axis=(2, 3)) for m in stack.modalities for f in (np.mean, np.std)]
+    return np.concatenate(parts, axis=1).astype(np.float32), codes, names
 
 
 def _nearest_neighbour(train_x, train_y, test_x, chunk: int = 4096):
@@ -50,19 +56,39 @@ def _nearest_neighbour(train_x, train_y, test_x, chunk: int = 4096):
     return out
 
 
+FOREST_CONTEXT = 7  # window side of the "random forest 7x7" texture features
+
+
 def run_baselines(layers: Sequence[LayerSpec], train_labels: str, test_labels: str, seed: int = 0,
-                  methods: Optional[Sequence[str]] = None) -> List[BaselineResult]:
+                  methods: Optional[Sequence[str]] = None, test_layers: Optional[Sequence[LayerSpec]] = None,
+                  normalize: str = "model") -> List[BaselineResult]:
     """Train each baseline on ``train_labels`` and score it on ``test_labels`` (class
-    rasters or vectors readable by :func:`rsvl.backend.labels.open_labels`)."""
+    rasters or vectors readable by :func:`rsvl.backend.labels.open_labels`). With
+    ``test_layers`` the test pixels come from other layers on the same grid (another date),
+    standardised with the training layers' statistics (``normalize="model"``) or their own
+    (``"scene"``), as rsvl's NORMALIZE does."""
+    methods = list(methods or ("majority", "nearest centroid", "1-NN", "random forest"))
+    contexts = sorted({FOREST_CONTEXT if m == "random forest 7x7" else 1 for m in methods})
+    train_f, test_f = {}, {}
     with RasterStack(list(layers)) as stack:
         stats = compute_band_stats(stack)
-        train_x, train_y, names = _pixels(stack, train_labels, stats)
-        test_x, test_y, test_names = _pixels(stack, test_labels, stats)
+        for ctx in contexts:
+            train_f[ctx] = _pixels(stack, train_labels, stats, ctx)
+            if test_layers is None:
+                test_f[ctx] = _pixels(stack, test_labels, stats, ctx)
+    if test_layers is not None:
+        with RasterStack(list(test_layers)) as stack:
+            test_stats = compute_band_stats(stack) if normalize == "scene" else stats
+            for ctx in contexts:
+                test_f[ctx] = _pixels(stack, test_labels, test_stats, ctx)
+    _x, train_y, names = train_f[contexts[0]]
+    _x, test_y, test_names = test_f[contexts[0]]
     names.update({c: n for c, n in test_names.items() if c not in names})
     codes = sorted(set(train_y.tolist()) | set(test_y.tolist()))
     predictions: Dict[str, np.ndarray] = {}
-    methods = list(methods or ("majority", "nearest centroid", "1-NN", "random forest"))
     for method in methods:
+        ctx = FOREST_CONTEXT if method == "random forest 7x7" else 1
+        train_x, test_x = train_f[ctx][0], test_f[ctx][0]
         if method == "majority":
             values, counts = np.unique(train_y, return_counts=True)
             predictions[method] = np.full_like(test_y, values[counts.argmax()])
@@ -73,7 +99,7 @@ def run_baselines(layers: Sequence[LayerSpec], train_labels: str, test_labels: s
             predictions[method] = classes[d.argmin(1)]
         elif method == "1-NN":
             predictions[method] = _nearest_neighbour(train_x, train_y, test_x)
-        elif method == "random forest":
+        elif method in ("random forest", "random forest 7x7"):
             try:
                 from sklearn.ensemble import RandomForestClassifier
             except ImportError:

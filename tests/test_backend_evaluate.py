@@ -91,3 +91,34 @@ def test_baselines_are_computed_on_the_same_split(scene, tmp_path, cli):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1].split()[-3:] == ["0.500", "0.250", "0.125"] and "random forest" in lines[-1]
+
+
+def test_forest_baselines_with_texture_features_and_another_date(shared_scene, tmp_path, helpers):
+    """The 7x7 mean/std forest runs on the same split; test pixels can come from other
+    layers (another date), standardised with the training scene's statistics or their own."""
+    import rasterio
+
+    from rsvl.backend.augment import shift_scene
+    from rsvl.backend.baselines import run_baselines
+    from rsvl.backend.labels import split_label_raster
+    from rsvl.backend.raster import LayerSpec
+
+    layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
+    truth = helpers.write_labels(tmp_path / "truth.tif", shared_scene.truth, shared_scene.transform)
+    train, test = str(tmp_path / "train.tif"), str(tmp_path / "test.tif")
+    split_label_raster(str(truth), 0.2, 0, train, test)
+    with rasterio.open(shared_scene.paths["hsi"]) as ds:
+        data, t, nodata = ds.read(), ds.transform, ds.nodata
+    shifted = helpers.write_raster(tmp_path / "shift.tif", shift_scene(data, [3.0] * data.shape[0],
+                                                                       [50.0] * data.shape[0], nodata), t,
+                                   nodata=nodata)
+    other = [LayerSpec(str(shifted), "hsi"), layers[1]]
+    same = {b.name: b.accuracy.oa for b in run_baselines(layers, train, test, methods=["random forest",
+                                                                                      "random forest 7x7"])}
+    assert same["random forest"] > 0.8 and same["random forest 7x7"] > 0.8
+    scene = {b.name: b.accuracy.oa for b in run_baselines(layers, train, test, methods=["random forest"],
+                                                          test_layers=other, normalize="scene")}
+    model = {b.name: b.accuracy.oa for b in run_baselines(layers, train, test, methods=["random forest"],
+                                                          test_layers=other, normalize="model")}
+    assert abs(scene["random forest"] - same["random forest"]) < 0.02  # a gain and offset are standardised away
+    assert model["random forest"] < scene["random forest"] - 0.1  # the training statistics do not remove them
