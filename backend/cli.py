@@ -160,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="foundation checkpoints: --output gets one 0/1 band per prompt (score above the mean of "
                         "the others)")
 
+    p = sub.add_parser("distill", help="spectral distillation: a student with fewer bands learns a teacher's "
+                                          "embeddings (no labels needed)")
+    p.add_argument("--teacher", required=True, help="rsvl model trained on the full bands")
+    p.add_argument("--teacher-layer", action="append", required=True, metavar="MODALITY=PATH",
+                   help="the teacher's input layers, e.g. ms=s2.tif lidar=dem.tif (repeat)")
+    p.add_argument("--student-layer", action="append", required=True, metavar="MODALITY=PATH",
+                   help="the student's input layers on the same grid, e.g. ms=rgb.tif (repeat)")
+    p.add_argument("--output", "-o", required=True, help="student model file")
+    p.add_argument("--samples", type=int, default=20000, help="pixels drawn over the scene")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
     p = sub.add_parser("retrieve", help="the tiles of a scene most similar to a text (pretrained checkpoint)")
     p.add_argument("--model", "-m", required=True, help="a pretrained vision-language checkpoint")
     _add_layer_args(p, "ms (or an RGB raster as --ms)")
@@ -272,6 +287,23 @@ def run(args) -> int:
             value_scale=args.value_scale, offset=args.offset, normalize=args.normalize,
         )
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
+    elif args.command == "distill":
+        from .distill import distill
+
+        def pairs(items):
+            out = []
+            for item in items:
+                if "=" not in item:
+                    raise RsvlError(f"layers are given as MODALITY=PATH (got {item!r})")
+                m, path = item.split("=", 1)
+                out.append(LayerSpec(path=path, modality=m.strip().lower()))
+            return out
+
+        res = distill(args.teacher, pairs(args.teacher_layer), pairs(args.student_layer), args.output,
+                      samples=args.samples, epochs=args.epochs, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, seed=args.seed, device=args.device, progress=progress)
+        print(f"student: {res.model_path}\nheld-out cosine to the teacher: {res.cosine_before:.3f} -> "
+              f"{res.cosine_after:.3f} (epoch {res.best_epoch}), {res.n_samples} pixels, {res.seconds:.1f} s")
     elif args.command == "retrieve":
         from .foundation import retrieve
 
