@@ -66,6 +66,7 @@ def train(
     is_cancelled: Optional[IsCancelled] = None,
     augment: bool = False,
     balanced: bool = False,
+    pretrained: Optional[str] = None,
 ) -> TrainResult:
     """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
     with ``class_field``) and save it to ``output_model`` (.safetensors). Without a
@@ -131,6 +132,11 @@ def train(
     torch.manual_seed(seed)
     model = MMLGNet(config, n_classes=len(classes))
     model.class_embeddings.copy_(text)
+    if pretrained:
+        from .pretrain import load_pretrained
+
+        load_pretrained(pretrained, model)
+        log.info("encoders start from %s (rsvl:pretrain)", os.path.basename(pretrained))
     check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
     settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
                              augment=augment, balanced=balanced)
@@ -149,7 +155,7 @@ def train(
         "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
         "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
-        "augment": augment, "balanced": balanced,
+        "augment": augment, "balanced": balanced, "pretrained": os.path.abspath(pretrained) if pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "reference_grid": grid.to_json(), "torch": torch.__version__,
     }

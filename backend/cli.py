@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spectral gain/offset jitter, flips and 90-degree rotations of the training patches (for "
                         "other dates and sensors)")
     p.add_argument("--balanced", action="store_true", help="class-balanced epochs (rare classes seen as often)")
+    p.add_argument("--pretrained", default=None, help="start the encoders from an rsvl pretrain file")
     p.add_argument("--foundation-model", default=None,
                    help="few-shot: adapt this pretrained checkpoint to the labels (a head on its frozen embeddings) "
                         "instead of training MMLGNet")
@@ -159,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multi-label", action="store_true",
                    help="foundation checkpoints: --output gets one 0/1 band per prompt (score above the mean of "
                         "the others)")
+
+    p = sub.add_parser("pretrain", help="self-supervised Siamese pretraining of the encoders on unlabelled layers")
+    _add_layer_args(p, "at least two modalities")
+    p.add_argument("--output", "-o", required=True, help="encoder file (.safetensors) for train --pretrained")
+    p.add_argument("--patch-size", type=int, default=11)
+    p.add_argument("--samples", type=int, default=20000, help="pixels drawn over the scene")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("distill", help="spectral distillation: a student with fewer bands learns a teacher's "
                                           "embeddings (no labels needed)")
@@ -257,7 +269,7 @@ def run(args) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
             seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
-            augment=args.augment, balanced=args.balanced,
+            augment=args.augment, balanced=args.balanced, pretrained=args.pretrained,
         )
         if args.report:
             from .report import write_training_report
@@ -287,6 +299,15 @@ def run(args) -> int:
             value_scale=args.value_scale, offset=args.offset, normalize=args.normalize,
         )
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
+    elif args.command == "pretrain":
+        from .pretrain import pretrain
+
+        res = pretrain(_layers(args), args.output, patch_size=args.patch_size, samples=args.samples,
+                       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                       seed=args.seed, device=args.device, reference=args.reference, progress=progress)
+        print(f"encoders: {res.path} ({', '.join(f'{m} {b} bands' for m, b in res.modalities.items())})\n"
+              f"SimSiam loss: {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}, {res.n_samples} pixels, "
+              f"{res.seconds:.1f} s")
     elif args.command == "distill":
         from .distill import distill
 

@@ -61,7 +61,7 @@ def trained(plugin, scene, tmp_path_factory):
 
 def test_algorithms_are_registered_with_help(plugin):
     registry = QgsApplication.processingRegistry()
-    for name in ("train", "classify", "query", "retrieve", "evaluate", "split"):
+    for name in ("train", "classify", "query", "retrieve", "evaluate", "split", "pretrain"):
         alg = registry.algorithmById(f"rsvl:{name}")
         assert alg is not None and alg.name() == name
         help_text = alg.shortHelpString()
@@ -78,8 +78,9 @@ def test_toolbox_shows_algorithms_directly_under_rsvl(plugin):
     children = [model.index(row, 0, provider) for row in range(model.rowCount(provider))]
     # Not rsvl ▸ rsvl ▸ …: every child of the provider is an algorithm, none a group.
     assert sorted(model.algorithmForIndex(c).id() for c in children if model.algorithmForIndex(c)) == \
-        ["rsvl:classify", "rsvl:evaluate", "rsvl:query", "rsvl:retrieve", "rsvl:split", "rsvl:train"]
-    assert len(children) == 6
+        ["rsvl:classify", "rsvl:evaluate", "rsvl:pretrain", "rsvl:query", "rsvl:retrieve", "rsvl:split",
+         "rsvl:train"]
+    assert len(children) == 7
 
 
 def test_outputs_worth_keeping_are_not_temporary(plugin):
@@ -497,3 +498,16 @@ def test_few_shot_training_from_processing(plugin, tmp_path):
     with rasterio.open(out["OUTPUT"]) as ds:
         pred = ds.read(1)
     assert (pred[:, 4:28] == 1).mean() > 0.9 and (pred[:, 36:60] == 2).mean() > 0.9
+
+
+def test_pretrain_then_train_with_pretrained_from_processing(plugin, scene, tmp_path):
+    layers = {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])]}
+    pre = run("rsvl:pretrain", {**layers, "PATCH_SIZE": 5, "SAMPLES": 600, "EPOCHS": 3, "BATCH_SIZE": 64,
+                                "DEVICE": 1, "OUTPUT": str(tmp_path / "enc.safetensors")})
+    assert os.path.exists(pre["OUTPUT"]) and pre["FINAL_LOSS"] < 0
+    res = run("rsvl:train", {**layers, "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST,
+                             "PRETRAINED": pre["OUTPUT"], "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
+    from rsvl.backend.modelfile import read_header
+
+    assert read_header(res["OUTPUT_MODEL"]).training["pretrained"] == pre["OUTPUT"]
+    assert res["VALIDATION_OA"] > 0.7

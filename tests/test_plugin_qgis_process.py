@@ -124,3 +124,12 @@ def test_query_and_retrieve_with_a_pretrained_checkpoint_from_the_shell(tmp_path
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ds = ogr.Open(str(tmp_path / "tiles.gpkg"))  # kept: its layer dies with it
     assert [f.GetField("rank") for f in ds.GetLayer(0)] == [1, 2, 3]
+
+
+def test_pretrain_from_the_shell(helpers, tmp_path):
+    scene = helpers.make_scene(tmp_path / "scene", size=32, modalities=("hsi", "lidar"))
+    res = qgis_process("run", "rsvl:pretrain", "--", f"INPUT_HSI={scene.paths['hsi']}",
+                       f"INPUT_LIDAR={scene.paths['lidar']}", "PATCH_SIZE=5", "SAMPLES=300", "EPOCHS=2",
+                       "BATCH_SIZE=64", "DEVICE=1", "OUTPUT=enc.safetensors", home=tmp_path, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (tmp_path / "enc.safetensors").exists() and "FINAL_LOSS" in res.stdout

@@ -83,6 +83,8 @@ class TrainAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_REPORT</b>: optional HTML report with loss/accuracy curves, validation confusion matrix "
             "and class table (skipped unless a file is given).<br>"
             "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining.<br><br>"
+            "<b>PRETRAINED</b> (advanced): an encoder file from rsvl:pretrain (same layers and PATCH_SIZE): the "
+            "encoders start from it, the fusion layer fresh.<br>"
             "<b>FOUNDATION_MODEL</b> (advanced): instead of MMLGNet, adapt a pretrained vision-language checkpoint "
             "(see rsvl:query) to the labels, few-shot: a light head on its frozen window (or token, "
             "RESOLUTION) embeddings, initialised from the class names' text embeddings (with EPOCHS 0 it is the "
@@ -133,6 +135,10 @@ class TrainAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
+        pretrained = QgsProcessingParameterFile("PRETRAINED", "Start the encoders from an rsvl:pretrain file",
+                                                fileFilter=MODEL_FILTER, optional=True)
+        pretrained.setFlags(pretrained.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(pretrained)
         foundation = QgsProcessingParameterFile("FOUNDATION_MODEL", "Few-shot: adapt this pretrained checkpoint",
                                                 fileFilter=FOUNDATION_FILTER, optional=True)
         foundation.setFlags(foundation.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -200,6 +206,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             device=self.device(parameters, context),
             seed=self.parameterAsInt(parameters, "SEED", context),
             loss=LOSSES[self.parameterAsEnum(parameters, "LOSS", context)],
+            pretrained=self.parameterAsFile(parameters, "PRETRAINED", context) or None,
             augment=self.parameterAsBool(parameters, "AUGMENT", context),
             balanced=self.parameterAsBool(parameters, "BALANCED", context),
         )
