@@ -42,6 +42,16 @@ class TrainResult:
     header: dict = field(default_factory=dict)
 
 
+# Training recipes of rsvl:train (RECIPE). Both write the same model format and are served
+# by the dense engine. Other papers' recipes have their own entries: distill (SATtxt),
+# pretrain (multimodal Siamese), train_fewshot (foundation checkpoints).
+RECIPES = {
+    "mmlgnet": "MMLGNet: one CNN branch per modality, fused, aligned to the class prompts",
+    "band-groups": "BP-LCZ band-group prompting: one branch per physical band group, each aligned to "
+                   "'<group physics> of <class>' prompts, plus the fused embedding (rsvl.backend.bandgroups)",
+}
+
+
 def train(
     layers: Sequence[LayerSpec],
     labels: str,
@@ -67,6 +77,8 @@ def train(
     augment: bool = False,
     balanced: bool = False,
     pretrained: Optional[str] = None,
+    recipe: str = "mmlgnet",
+    band_groups_file: Optional[str] = None,
 ) -> TrainResult:
     """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
     with ``class_field``) and save it to ``output_model`` (.safetensors). Without a
@@ -128,7 +140,19 @@ def train(
     prompts = apply_template(prompt_template, [c.name for c in classes])
     text = encoder.encode(prompts)
 
-    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size)
+    if recipe not in RECIPES:
+        raise InputError(f"RECIPE must be one of {', '.join(RECIPES)} (got {recipe!r})")
+    groups, group_text = {}, None
+    if recipe == "band-groups":
+        from .bandgroups import band_groups, group_prompts
+
+        groups = band_groups(band_names, band_groups_file)
+        group_text = {k: encoder.encode(v) for k, v in group_prompts(groups, [c.name for c in classes]).items()}
+        log.info("band groups: %s", "; ".join(f"{m}: " + ", ".join(f"{g} ({len(i)})" for g, i in gs)
+                                               for m, gs in groups.items()))
+    elif band_groups_file:
+        raise InputError("BAND_GROUPS applies to RECIPE band-groups")
+    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size, groups=groups)
     torch.manual_seed(seed)
     model = MMLGNet(config, n_classes=len(classes))
     model.class_embeddings.copy_(text)
@@ -140,7 +164,7 @@ def train(
     check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
     settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
                              augment=augment, balanced=balanced)
-    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats)
+    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats, group_text=group_text)
 
     validation = None
     if outcome.val_index is not None and outcome.val_index.size:
@@ -155,7 +179,8 @@ def train(
         "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
         "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
-        "augment": augment, "balanced": balanced, "pretrained": os.path.abspath(pretrained) if pretrained else None,
+        "recipe": recipe, "augment": augment, "balanced": balanced,
+        "pretrained": os.path.abspath(pretrained) if pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "reference_grid": grid.to_json(), "torch": torch.__version__,
     }

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "other dates and sensors)")
     p.add_argument("--balanced", action="store_true", help="class-balanced epochs (rare classes seen as often)")
     p.add_argument("--pretrained", default=None, help="start the encoders from an rsvl pretrain file")
+    p.add_argument("--recipe", default="mmlgnet", choices=["mmlgnet", "band-groups"],
+                   help="mmlgnet (default) or band-groups (BP-LCZ band-group prompting)")
+    p.add_argument("--band-groups", default=None, help="band-groups: a JSON file of groups per modality")
     p.add_argument("--foundation-model", default=None,
                    help="few-shot: adapt this pretrained checkpoint to the labels (a head on its frozen embeddings) "
                         "instead of training MMLGNet")
@@ -269,7 +272,8 @@ def run(args) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
             seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
-            augment=args.augment, balanced=args.balanced, pretrained=args.pretrained,
+            augment=args.augment, balanced=args.balanced, pretrained=args.pretrained, recipe=args.recipe,
+            band_groups_file=args.band_groups,
         )
         if args.report:
             from .report import write_training_report

@@ -53,13 +53,14 @@ class DenseEmbedder:
         self.halo = self.patch_size // 2
         self.compute_tile = compute_tile
         self.modalities = list(model.config.bands)
+        self.branches = model.config.branches()  # (key, modality, band indexes or None)
         self.layers: Dict[str, List[Tuple[torch.Tensor, torch.Tensor, bool]]] = {}
         self.heads: Dict[str, torch.Tensor] = {}
         with torch.no_grad():
             fusion_w = model.fusion.weight.detach().double()
             bias = model.fusion.bias.detach().double().clone()
             offset = 0
-            for m in self.modalities:
+            for m, _modality, _idx in self.branches:
                 enc = model.encoders[m]
                 layers = []
                 for (_k, pool), conv, norm in zip(enc.plan, enc.convs, enc.norms):
@@ -91,8 +92,9 @@ class DenseEmbedder:
         w = any_x.shape[-1] - (self.patch_size - 1)
         out = None
         with torch.no_grad():
-            for m in self.modalities:
-                x = windows[m].to(self.device).contiguous(memory_format=torch.channels_last)
+            for m, modality, idx in self.branches:
+                x = windows[modality] if idx is None else windows[modality][:, idx]
+                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
                 d = 1
                 for weight, bias, pool in self.layers[m]:
                     x = F.conv2d(x, weight, bias, dilation=d).relu_()

@@ -43,6 +43,9 @@ class ModelConfig:
     patch_size: int = 11
     channels: Dict[str, List[int]] = field(default_factory=dict)
     modality_features: int = MODALITY_FEATURES
+    # Band-group prompting (recipe "band-groups"): modality -> [[group name, [band indexes]], ...];
+    # each group gets its own encoder branch. Empty: one branch per modality (MMLGNet).
+    groups: Dict[str, List[list]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.bands = {m: int(self.bands[m]) for m in MODALITIES if m in self.bands}
@@ -53,18 +56,38 @@ class ModelConfig:
         for m in self.bands:
             self.channels.setdefault(m, list(DEFAULT_CHANNELS[m]))
         self.channels = {m: [int(c) for c in self.channels[m]] for m in self.bands}
+        self.groups = {m: [[str(g), [int(i) for i in idx]] for g, idx in self.groups[m]]
+                       for m in self.bands if self.groups.get(m)}
+        for m, groups in self.groups.items():
+            used = sorted(i for _g, idx in groups for i in idx)
+            if not used or used[0] < 0 or used[-1] >= self.bands[m] or len(set(used)) != len(used):
+                raise ValueError(f"band groups of {m} must use its bands 0..{self.bands[m] - 1} at most once")
+
+    def branches(self) -> List[Tuple[str, str, object]]:
+        """(key, modality, band indexes or None) of every encoder branch, in order."""
+        out = []
+        for m in self.bands:
+            if m in self.groups:
+                out += [(f"{m}:{g}", m, list(idx)) for g, idx in self.groups[m]]
+            else:
+                out.append((m, m, None))
+        return out
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "bands": self.bands, "embed_dim": self.embed_dim, "patch_size": self.patch_size,
             "channels": self.channels, "modality_features": self.modality_features,
         }
+        if self.groups:
+            d["groups"] = self.groups
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> ModelConfig:
         return cls(
             bands=dict(d["bands"]), embed_dim=int(d["embed_dim"]), patch_size=int(d["patch_size"]),
             channels={k: list(v) for k, v in d["channels"].items()}, modality_features=int(d["modality_features"]),
+            groups={k: [list(g) for g in v] for k, v in d.get("groups", {}).items()},
         )
 
 
@@ -139,22 +162,41 @@ class MMLGNet(nn.Module):
     def __init__(self, config: ModelConfig, n_classes: int):
         super().__init__()
         self.config = config
+        branches = config.branches()
         self.encoders = nn.ModuleDict({
-            m: ConvEncoder(b, config.channels[m], config.patch_size, config.modality_features)
-            for m, b in config.bands.items()
+            key: ConvEncoder(len(idx) if idx is not None else config.bands[m], config.channels[m], config.patch_size,
+                             config.modality_features)
+            for key, m, idx in branches
         })
-        self.fusion = nn.Linear(config.modality_features * len(config.bands), config.embed_dim)
+        self.fusion = nn.Linear(config.modality_features * len(branches), config.embed_dim)
+        # Band-group prompting: each group's features projected into the text space, aligned
+        # with "<the group's physics> of <class>" prompts during training (not used to map).
+        self.group_heads = nn.ModuleDict({key: nn.Linear(config.modality_features, config.embed_dim)
+                                          for key, _m, idx in branches if idx is not None}) if config.groups else None
         self.logit_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(1 / 0.07)))))
         self.register_buffer("class_embeddings", torch.zeros(n_classes, config.embed_dim))
 
-    def embed(self, patches: Dict[str, torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def _bands(x: torch.Tensor, idx) -> torch.Tensor:
+        return x if idx is None else x[:, idx]
+
+    def branch_features(self, patches: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Each branch's (N, modality_features) features of per-patch inputs."""
+        return {key: self.encoders[key](self._bands(patches[m], idx)) for key, m, idx in self.config.branches()}
+
+    def embed(self, patches: Dict[str, torch.Tensor], features: Dict[str, torch.Tensor] = None) -> torch.Tensor:
         """Per-patch path: dict of (N, bands, P, P) → L2-normalised (N, D)."""
-        feats = [self.encoders[m](patches[m]) for m in self.config.bands]
-        return F.normalize(self.fusion(torch.cat(feats, dim=1)), dim=1)
+        features = features if features is not None else self.branch_features(patches)
+        return F.normalize(self.fusion(torch.cat(list(features.values()), dim=1)), dim=1)
+
+    def group_embeddings(self, features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """L2-normalised (N, D) text-space embedding of each band group (band-group models)."""
+        return {key: F.normalize(head(features[key]), dim=1) for key, head in (self.group_heads or {}).items()}
 
     def embed_dense(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Dense path: dict of (N, bands, H+P-1, W+P-1) → L2-normalised (N, D, H, W)."""
-        feats = [self.encoders[m].forward_dense(windows[m]) for m in self.config.bands]
+        feats = [self.encoders[key].forward_dense(self._bands(windows[m], idx))
+                 for key, m, idx in self.config.branches()]
         x = torch.cat(feats, dim=1)
         weight = self.fusion.weight[:, :, None, None]
         return F.normalize(F.conv2d(x, weight, self.fusion.bias), dim=1)

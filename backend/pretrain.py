@@ -203,6 +203,9 @@ def load_pretrained(path: str, model) -> dict:
     header = json.loads(meta[PRETRAINED_KEY])
     arch = header["architecture"]
     config = model.config
+    if config.groups:
+        raise InputError("PRETRAINED encoders are per modality; RECIPE band-groups has one per band group: "
+                         "train it without PRETRAINED")
     problems = []
     if dict(arch["bands"]) != dict(config.bands):
         problems.append(f"it was pretrained on {arch['bands']}, the training layers have {config.bands}")

@@ -85,7 +85,7 @@ def predict_patches(model, patches: Dict[str, object], index: np.ndarray, batch_
 
 
 def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainSettings, device, job: Job,
-          stats: Optional[dict] = None) -> TrainOutcome:
+          stats: Optional[dict] = None, group_text: Optional[dict] = None) -> TrainOutcome:
     """Train ``model`` in place (its ``class_embeddings`` must be set); ``y`` holds class
     indices 0..C-1. Returns the history; the model ends with its best weights. ``stats``
     (the patches' normalisation) is what spectral augmentation needs."""
@@ -103,6 +103,7 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
         raise LabelError(f"the training set has {train_idx.size} usable pixel(s); label at least two")
     model.to(device)
     text = model.class_embeddings.to(device)
+    group_text = {k: v.to(device) for k, v in (group_text or {}).items()}
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(settings.seed)
     tensors = {m: torch.from_numpy(p) for m, p in patches.items()}
@@ -127,11 +128,16 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
             if settings.augment:
                 batch = flip_rotate(spectral_jitter(batch, stats or {}, SpectralJitter(), generator), generator)
             yb = y_t[b].to(device)
-            z = model.embed(batch)
+            features = model.branch_features(batch)
+            z = model.embed(batch, features)
             if settings.loss == "clip":
                 loss = symmetric_contrastive_loss(z, text[yb], model.scale())
             else:
                 loss = supervised_contrastive_loss(z, text[yb], yb, model.scale())
+            if group_text:  # band-group prompting: each group aligned with its physics-and-class prompts
+                groups = model.group_embeddings(features)
+                loss = loss + sum(supervised_contrastive_loss(g, group_text[k][yb], yb, model.scale())
+                                  for k, g in groups.items()) / len(groups)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

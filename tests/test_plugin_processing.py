@@ -511,3 +511,14 @@ def test_pretrain_then_train_with_pretrained_from_processing(plugin, scene, tmp_
 
     assert read_header(res["OUTPUT_MODEL"]).training["pretrained"] == pre["OUTPUT"]
     assert res["VALIDATION_OA"] > 0.7
+
+
+def test_band_group_recipe_from_processing(plugin, scene, tmp_path):
+    res = run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])],
+                             "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "RECIPE": 1,
+                             "OUTPUT_MODEL": str(tmp_path / "g.safetensors")})
+    from rsvl.backend.modelfile import read_header
+
+    header = read_header(res["OUTPUT_MODEL"])
+    assert header.training["recipe"] == "band-groups" and len(header.config.groups["hsi"]) == 4
+    assert res["VALIDATION_OA"] > 0.7

@@ -27,6 +27,7 @@ from .base import (
     foundation_kwargs,
 )
 
+RECIPES = ["mmlgnet", "band-groups"]  # rsvl.backend.api.RECIPES (not imported: the plugin loads without torch)
 LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
 
@@ -83,6 +84,12 @@ class TrainAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_REPORT</b>: optional HTML report with loss/accuracy curves, validation confusion matrix "
             "and class table (skipped unless a file is given).<br>"
             "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining.<br><br>"
+            "<b>RECIPE</b> (advanced): <i>mmlgnet</i> (default), or <i>band-groups</i>: BP-LCZ's band-group "
+            "prompting, one CNN branch per physical band group (Sentinel-2 visible, red edge, NIR, SWIR, "
+            "coastal/atmospheric; SAR VV, VH; elevation; four hyperspectral ranges), each aligned with "
+            "'&lt;the group's physics&gt; of &lt;class&gt;' prompts, every same-class pair a positive, plus the fused "
+            "embedding as in MMLGNet. <b>BAND_GROUPS</b>: a JSON file of other groups, "
+            "{\"ms\": {\"visible\": [\"B02\", \"B03\", \"B04\"], …}}.<br>"
             "<b>PRETRAINED</b> (advanced): an encoder file from rsvl:pretrain (same layers and PATCH_SIZE): the "
             "encoders start from it, the fusion layer fresh.<br>"
             "<b>FOUNDATION_MODEL</b> (advanced): instead of MMLGNet, adapt a pretrained vision-language checkpoint "
@@ -135,6 +142,13 @@ class TrainAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
+        recipe = QgsProcessingParameterEnum("RECIPE", "Recipe", options=RECIPES, defaultValue=0)
+        recipe.setFlags(recipe.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(recipe)
+        groups = QgsProcessingParameterFile("BAND_GROUPS", "Band groups (JSON, recipe band-groups)",
+                                            fileFilter="JSON files (*.json)", optional=True)
+        groups.setFlags(groups.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(groups)
         pretrained = QgsProcessingParameterFile("PRETRAINED", "Start the encoders from an rsvl:pretrain file",
                                                 fileFilter=MODEL_FILTER, optional=True)
         pretrained.setFlags(pretrained.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -207,6 +221,8 @@ class TrainAlgorithm(RsvlAlgorithm):
             seed=self.parameterAsInt(parameters, "SEED", context),
             loss=LOSSES[self.parameterAsEnum(parameters, "LOSS", context)],
             pretrained=self.parameterAsFile(parameters, "PRETRAINED", context) or None,
+            recipe=RECIPES[self.parameterAsEnum(parameters, "RECIPE", context)],
+            band_groups_file=self.parameterAsFile(parameters, "BAND_GROUPS", context) or None,
             augment=self.parameterAsBool(parameters, "AUGMENT", context),
             balanced=self.parameterAsBool(parameters, "BALANCED", context),
         )
