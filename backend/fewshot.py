@@ -92,23 +92,13 @@ def model_kind(path: str) -> str:
 
 def read_fewshot(path: str):
     """(header, head weights (K, D) float32 tensor) of a few-shot model file."""
-    from safetensors import safe_open
+    from .modelfile import read_checked
 
-    from .modelfile import DIGEST_KEY, weights_digest
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 (safetensors raises its own types)
-        raise ModelFileError(f"MODEL {path!r} cannot be read: {exc}") from exc
+    meta, tensors = read_checked(path, "MODEL")
     d = json.loads(meta[FEWSHOT_KEY])
     if int(d.get("format_version", 0)) > FEWSHOT_VERSION:
         raise ModelFileError(f"MODEL {path!r} was made by rsvl {d.get('rsvl_version', '?')} (few-shot format "
                              f"v{d.get('format_version')}); this is rsvl {__version__}: update rsvl")
-    if meta.get(DIGEST_KEY) not in (None, weights_digest(tensors)):
-        raise ModelFileError(f"MODEL {path!r} is corrupted: its weights do not match the checksum rsvl:train "
-                             "wrote into it; copy it again or train it again")
     header = FewShotHeader.from_json(d)
     if not os.path.isfile(header.checkpoint):
         raise ModelFileError(f"MODEL {path!r} adapts the checkpoint {header.checkpoint!r}, which is not there any "

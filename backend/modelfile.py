@@ -151,6 +151,25 @@ def save_model(path: str, model: MMLGNet, header: ModelHeader) -> None:
 DIGEST_KEY = "rsvl_weights_sha256"
 
 
+def read_checked(path: str, parameter: str):
+    """(metadata, tensors) of an rsvl safetensors file whose weights match the checksum
+    written with them (files without one are accepted); clear errors otherwise."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{parameter} file {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 (safetensors raises its own types)
+        raise ModelFileError(f"{parameter} {path!r} cannot be read: {exc}") from exc
+    if meta.get(DIGEST_KEY) not in (None, weights_digest(tensors)):
+        raise ModelFileError(f"{parameter} {path!r} is corrupted: its weights do not match the checksum written "
+                             "with them; copy it again or make it again")
+    return meta, tensors
+
+
 def weights_digest(tensors) -> str:
     """SHA-256 of the weights (names, dtypes, shapes and bytes, in name order): stored in
     the model file so that bytes changed on disk or in transfer are caught on loading;

@@ -184,22 +184,11 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
 def load_pretrained(path: str, model) -> dict:
     """Copy a pretrained file's encoders into ``model`` (an MMLGNet) after checking that
     its modalities, band counts, patch size and channels match. Returns the header."""
-    from safetensors import safe_open
+    from .modelfile import read_checked
 
-    from .modelfile import DIGEST_KEY, weights_digest
-
-    if not os.path.isfile(path):
-        raise ModelFileError(f"PRETRAINED file {path!r} does not exist")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 (safetensors raises its own types)
-        raise ModelFileError(f"PRETRAINED {path!r} cannot be read: {exc}") from exc
+    meta, tensors = read_checked(path, "PRETRAINED")
     if PRETRAINED_KEY not in meta:
         raise ModelFileError(f"PRETRAINED {path!r} is not an rsvl:pretrain encoder file")
-    if meta.get(DIGEST_KEY) not in (None, weights_digest(tensors)):
-        raise ModelFileError(f"PRETRAINED {path!r} is corrupted: its weights do not match their checksum")
     header = json.loads(meta[PRETRAINED_KEY])
     arch = header["architecture"]
     config = model.config

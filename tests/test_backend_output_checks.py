@@ -41,6 +41,7 @@ def test_too_little_free_space_is_reported_before_classifying(trained_model, tmp
     assert (tmp_path / "c.tif").exists()
 
 
+@pytest.mark.slow  # a 1200 x 1200 scene and two CLI processes
 def test_sigkill_while_writing_leaves_no_complete_looking_file(trained_model, shared_scene, tmp_path, helpers):
     """A classify process killed with SIGKILL while its outputs are being written leaves
     the earlier file at the destination untouched and only a hidden ``.part`` file, which

@@ -126,6 +126,7 @@ def test_query_and_retrieve_with_a_pretrained_checkpoint_from_the_shell(tmp_path
     assert [f.GetField("rank") for f in ds.GetLayer(0)] == [1, 2, 3]
 
 
+@pytest.mark.slow  # rsvl:pretrain through processing.run is in the default suite
 def test_pretrain_from_the_shell(helpers, tmp_path):
     scene = helpers.make_scene(tmp_path / "scene", size=32, modalities=("hsi", "lidar"))
     res = qgis_process("run", "rsvl:pretrain", "--", f"INPUT_HSI={scene.paths['hsi']}",
