@@ -134,3 +134,22 @@ def test_pretrain_from_the_shell(helpers, tmp_path):
                        "BATCH_SIZE=64", "DEVICE=1", "OUTPUT=enc.safetensors", home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "enc.safetensors").exists() and "FINAL_LOSS" in res.stdout
+
+
+@pytest.mark.slow  # two qgis_process runs at once
+def test_two_qgis_process_runs_on_the_same_input_do_not_disturb_each_other(chain, tmp_path):
+    scene, out, _res, root = chain
+    env = {k: v for k, v in os.environ.items() if k not in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH")}
+    procs = [subprocess.Popen([str(SHIM), "run", "rsvl:classify", "--", f"MODEL={out / 'model.safetensors'}",
+                               f"INPUT_HSI={scene.paths['hsi']}", f"INPUT_LIDAR={scene.paths['lidar']}",
+                               f"OUTPUT=c{i}.tif", "OUTPUT_CONFIDENCE=" + f"p{i}.tif"], cwd=str(tmp_path),
+                              env={**env, "HOME": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    with rasterio.open(tmp_path / "c0.tif") as a, rasterio.open(tmp_path / "c1.tif") as b, \
+            rasterio.open(out / "classes.tif") as ref:
+        assert np.array_equal(a.read(), b.read()) and np.array_equal(a.read(), ref.read())
+    with rasterio.open(tmp_path / "p0.tif") as a, rasterio.open(tmp_path / "p1.tif") as b:
+        assert np.array_equal(a.read(), b.read())
