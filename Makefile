@@ -2,7 +2,7 @@
 #   make demo     install if needed, then run the main job on the bundled sample scene
 #   make test     install if needed, then run the test suite (what CI runs)
 #   make install  Debian packages + .venv + Python requirements + qgis_process shim (idempotent)
-#   make lint | bench | bench-accuracy | package | clean
+#   make lint | bench | bench-accuracy | bench-scaleout | package | clean
 
 SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -19,7 +19,7 @@ DIST ?= $(ROOT)/dist
 export QT_QPA_PLATFORM ?= offscreen
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-all lint bench bench-accuracy package clean debs
+.PHONY: install demo test test-all lint bench bench-accuracy bench-scaleout package clean debs
 
 install: debs $(STAMP) $(VENV)/bin/qgis_process $(PLUGIN_DIR)/rsvl
 
@@ -74,6 +74,10 @@ bench: install
 # rsvl beside per-pixel baselines (random forest …) on random and checkerboard splits.
 bench-accuracy: install
 	$(PY) $(ROOT)/bench/accuracy.py
+
+# Dask classification and torchrun training, 2 one-thread workers vs 1 (bench/scaleout.json).
+bench-scaleout: install
+	$(PY) $(ROOT)/bench/scaleout.py
 
 # A zip for QGIS's "Install from ZIP": top folder rsvl/, only what the plugin needs.
 package:

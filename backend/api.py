@@ -79,10 +79,13 @@ def train(
     pretrained: Optional[str] = None,
     recipe: str = "mmlgnet",
     band_groups_file: Optional[str] = None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
     with ``class_field``) and save it to ``output_model`` (.safetensors). Without a
-    ``prompt_template``, the template follows the inputs (:func:`rsvl.backend.text.default_template`)."""
+    ``prompt_template``, the template follows the inputs (:func:`rsvl.backend.text.default_template`).
+    ``distributed``: data-parallel training, one process per rank under torchrun
+    (:mod:`rsvl.backend.ddp`); rank 0 alone writes the model."""
     import torch
 
     from .device import resolve_device
@@ -114,7 +117,13 @@ def train(
         prompt_template = default_template({layer.modality for layer in layers})
     apply_template(prompt_template, ["x"])  # validates the template early
     job = Job(progress, is_cancelled)
-    dev = resolve_device(device)
+    ranks = None
+    if distributed:
+        from .ddp import check_batch_size, start
+
+        ranks = start(device)
+        check_batch_size(batch_size, ranks.world_size)
+    dev = ranks.device if ranks else resolve_device(device)
     with RasterStack(layers, reference=reference, align=align) as stack:
         job.step(0.0, "reading labels")
         label_source = open_labels(labels, stack.grid, class_field, class_name_field=class_name_field)
@@ -164,7 +173,8 @@ def train(
     check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
     settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
                              augment=augment, balanced=balanced)
-    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats, group_text=group_text)
+    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats, group_text=group_text,
+                         ranks=ranks)
 
     validation = None
     if outcome.val_index is not None and outcome.val_index.size:
@@ -182,6 +192,7 @@ def train(
         "recipe": recipe, "augment": augment, "balanced": balanced,
         "pretrained": os.path.abspath(pretrained) if pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
+        "processes": ranks.world_size if ranks else 1,
         "reference_grid": grid.to_json(), "torch": torch.__version__,
     }
     header = ModelHeader(
@@ -189,7 +200,8 @@ def train(
         text_encoder=encoder.id, training=training,
     )
     job.check()
-    save_model(output_model, model.cpu(), header)
+    if ranks is None or ranks.is_main:
+        save_model(output_model, model.cpu(), header)
     job.report(1.0, f"model saved to {output_model}")
     log.info("trained %d classes on %d samples in %.1f s; model: %s", len(classes), y.size, outcome.seconds, output_model)
     return TrainResult(
@@ -234,6 +246,27 @@ def _open_for_model(model_path: str, layers, reference, align, device, force: bo
     return model, header, stack, dev
 
 
+def _inference(scheduler: Optional[str], model_path: str, device: str):
+    """The whole-scene engine: :func:`~rsvl.backend.inference.run_inference` in this process,
+    or with ``scheduler`` (``local[:N]`` or a Dask scheduler address) its twin that computes
+    the windows on a Dask cluster (:func:`rsvl.backend.cluster.run_on_cluster`; workers load
+    ``model_path`` on ``device``). Both write the same files."""
+    from .inference import run_inference
+
+    if not (scheduler or "").strip():
+        return run_inference
+    from functools import partial
+
+    from .cluster import run_on_cluster
+
+    return partial(run_on_cluster, scheduler=scheduler.strip(), model_path=model_path, worker_device=device)
+
+
+def _no_scheduler_for(kind: str, scheduler: Optional[str]) -> None:
+    if (scheduler or "").strip():
+        raise InputError(f"DASK_SCHEDULER applies to rsvl models; a {kind} runs in this process (leave it empty)")
+
+
 NORMALIZE = ("model", "scene")
 
 
@@ -267,17 +300,19 @@ def classify(
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
     normalize: str = "model",
+    scheduler: Optional[str] = None,
 ) -> ClassifyResult:
     """Classify a whole scene with a trained model into a class raster (codes, colour
     table and class names), optionally a confidence raster and a per-class similarity stack.
     Inputs are checked against the model (band counts; band order and pixel size, which
-    ``force`` accepts with a warning: see :meth:`ModelHeader.check_inputs`)."""
+    ``force`` accepts with a warning: see :meth:`ModelHeader.check_inputs`). ``scheduler``:
+    compute the windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``; same files)."""
     from .fewshot import classify_fewshot, model_kind
-    from .inference import run_inference
 
     if not output:
         raise InputError("OUTPUT is required")
     if os.path.isfile(model_path) and model_kind(model_path) == "fewshot":
+        _no_scheduler_for("few-shot model", scheduler)
         classes, pixels, seconds = classify_fewshot(
             model_path, layers, output, confidence=confidence, similarity=similarity, device=device,
             reference=reference, progress=progress, is_cancelled=is_cancelled)
@@ -286,7 +321,7 @@ def classify(
     with stack:
         job = Job(progress, is_cancelled)
         stats = normalisation(stack, header, normalize, job.span(0.0, 0.1))
-        res = run_inference(
+        res = _inference(scheduler, model_path, device)(
             model, stack, stats, model.class_embeddings, classes=header.classes, class_path=output,
             confidence_path=confidence, similarity_path=similarity, method=method, tile=tile_size,
             batch_size=batch_size, device=dev, job=job.span(0.1 if normalize == "scene" else 0.0, 1.0),
@@ -332,6 +367,7 @@ def query(
     value_scale: str = "auto",
     offset: float = 0.0,
     normalize: str = "model",
+    scheduler: Optional[str] = None,
 ) -> QueryResult:
     """Open-vocabulary query: cosine similarity of every pixel's embedding to each free-text
     prompt (one float band per prompt, named after it) and optionally the argmax map, with
@@ -341,10 +377,10 @@ def query(
     (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip): then the scene is mapped
     from text alone (:func:`rsvl.backend.foundation.zeroshot_map`; ``preset``,
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
-    ``offset`` apply, and ``tile_size`` 0 means the model's input size)."""
+    ``offset`` apply, and ``tile_size`` 0 means the model's input size). ``scheduler``:
+    compute an rsvl model's windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``)."""
     from .fewshot import model_kind, read_fewshot
     from .foundation import zeroshot_map
-    from .inference import run_inference
     from .text import get_text_encoder
 
     kind = model_kind(model_path) if os.path.isfile(model_path) else "rsvl"
@@ -355,6 +391,7 @@ def query(
         if resolution == "tile":
             resolution = fs.resolution
     if kind in ("fewshot", "checkpoint"):
+        _no_scheduler_for("pretrained checkpoint" if kind == "checkpoint" else "few-shot model", scheduler)
         res = zeroshot_map(
             model_path, layers, prompts, output_similarity=output_similarity, output=output, preset=preset,
             templates=templates, tile_size=tile_size or None, stride=stride, resolution=resolution,
@@ -381,7 +418,7 @@ def query(
         text = encoder.encode(texts)
         classes = prompt_classes(prompts, header.classes)
         stats = normalisation(stack, header, normalize, job.span(0.05, 0.15))
-        res = run_inference(
+        res = _inference(scheduler, model_path, device)(
             model, stack, stats, text, classes=classes, class_path=output, similarity_path=output_similarity,
             similarity_names=prompts, threshold=threshold, method=method, tile=tile_size, device=dev,
             job=job.span(0.15, 1.0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -54,6 +55,13 @@ def _layers(args) -> List[LayerSpec]:
         for path in getattr(args, m):
             layers.append(LayerSpec(path=path, modality=m, nodata=overrides.get(m)))
     return layers
+
+
+def _add_scheduler_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="compute the windows on a Dask cluster: local[:N] starts N one-thread worker processes here "
+                        "(default one per core), tcp://HOST:PORT uses a running `dask scheduler` whose workers see the "
+                        "same input and model paths; the output file is the same as without it")
 
 
 def _progress(quiet: bool):
@@ -113,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="mmlgnet", choices=["mmlgnet", "band-groups"],
                    help="mmlgnet (default) or band-groups (BP-LCZ band-group prompting)")
     p.add_argument("--band-groups", default=None, help="band-groups: a JSON file of groups per modality")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training, one process per rank: torchrun --nproc_per_node N -m rsvl.backend "
+                        "train … --distributed (gloo on CPUs, nccl on GPUs; --batch-size is the global batch; rank 0 "
+                        "writes the model and report)")
     p.add_argument("--foundation-model", default=None,
                    help="few-shot: adapt this pretrained checkpoint to the labels (a head on its frozen embeddings) "
                         "instead of training MMLGNet")
@@ -138,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", default="model", choices=["model", "scene"],
                    help="standardise inputs with the training scene's band statistics (model) or their own (scene: "
                         "another date or sensor)")
+    _add_scheduler_arg(p)
 
     p = sub.add_parser("query", help="open-vocabulary query: similarity of every pixel to text prompts")
     p.add_argument("--model", "-m", required=True)
@@ -163,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multi-label", action="store_true",
                    help="foundation checkpoints: --output gets one 0/1 band per prompt (score above the mean of "
                         "the others)")
+    _add_scheduler_arg(p)
 
     p = sub.add_parser("pretrain", help="self-supervised Siamese pretraining of the encoders on unlabelled layers")
     _add_layer_args(p, "at least two modalities")
@@ -265,6 +279,10 @@ def run(args) -> int:
               f"of {res.epochs_run}, {res.seconds:.1f} s\nvalidation OA: zero-shot {oa(res.validation_oa_zero_shot)}, "
               f"adapted {oa(res.validation_oa)}")
     elif args.command == "train":
+        other_rank = args.distributed and os.environ.get("RANK", "0") != "0"
+        if other_rank:  # rank 0 reports for all
+            progress = None
+            logging.getLogger("rsvl").setLevel(logging.WARNING)
         res = api.train(
             _layers(args), args.labels, args.output, class_field=args.class_field,
             class_name_field=args.class_name_field,
@@ -273,8 +291,10 @@ def run(args) -> int:
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
             seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
             augment=args.augment, balanced=args.balanced, pretrained=args.pretrained, recipe=args.recipe,
-            band_groups_file=args.band_groups,
+            band_groups_file=args.band_groups, distributed=args.distributed,
         )
+        if other_rank:
+            return 0
         if args.report:
             from .report import write_training_report
 
@@ -288,7 +308,7 @@ def run(args) -> int:
             args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
             method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
             reference=args.reference, align=not args.no_align, force=args.force, progress=progress,
-            normalize=args.normalize,
+            normalize=args.normalize, scheduler=args.scheduler,
         )
         print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
               + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
@@ -300,7 +320,7 @@ def run(args) -> int:
             tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
             force=args.force, progress=progress, preset=args.preset, templates=args.template, stride=args.stride,
             resolution=args.resolution, multi_label=args.multi_label, bands=args.bands,
-            value_scale=args.value_scale, offset=args.offset, normalize=args.normalize,
+            value_scale=args.value_scale, offset=args.offset, normalize=args.normalize, scheduler=args.scheduler,
         )
         print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
     elif args.command == "pretrain":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -85,8 +86,9 @@ class InferenceOutputs:
 
 
 @dataclass
-class _WindowScores:
-    """One window's results, handed from the compute thread to the writer thread."""
+class WindowScores:
+    """One window's results, handed from the compute step to the writer (a thread here, or
+    over the network from a cluster worker: :mod:`rsvl.backend.cluster`)."""
 
     window: object
     ok: np.ndarray  # (h, w) valid input pixels
@@ -96,7 +98,7 @@ class _WindowScores:
     sim: Optional[np.ndarray] = None  # (K, h, w) cosine similarities
 
 
-def _write_window(dst: dict, s: _WindowScores, codes: np.ndarray, threshold: Optional[float], k: int) -> None:
+def _write_window(dst: dict, s: WindowScores, codes: np.ndarray, threshold: Optional[float], k: int) -> None:
     """Write one window of every requested output; nodata where the input is invalid."""
     h, w = s.ok.shape
     scored = s.arg is not None
@@ -116,6 +118,124 @@ def _write_window(dst: dict, s: _WindowScores, codes: np.ndarray, threshold: Opt
         if scored:
             out[:, s.ok] = s.sim[:, s.ok]
         dst["sim"].write(out, window=s.window)
+
+
+class WindowScorer:
+    """The compute step of inference: a window's normalised inputs (plus halo) → its
+    :class:`WindowScores`. One implementation for the in-process pipeline and the cluster
+    workers, so both give the same numbers. ``embedder``: a prepared
+    :class:`~rsvl.backend.dense.DenseEmbedder` to reuse (workers keep one per model)."""
+
+    def __init__(self, model, text, *, method: str = "dense", batch_size: int = 4096, device="cpu",
+                 confidence: bool = False, similarity: bool = False, embedder=None):
+        from .dense import DenseEmbedder
+
+        if method not in METHODS:
+            raise InputError(f"METHOD must be one of {', '.join(METHODS)} (got {method!r})")
+        self.model = model
+        self.halo = model.config.patch_size // 2
+        self.text = text.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.confidence, self.similarity = confidence, similarity
+        self.scale = float(model.scale().detach())
+        self.embedder = None if method != "dense" else (embedder or DenseEmbedder(model, device))
+
+    def __call__(self, window, norm: Dict[str, np.ndarray], ok: np.ndarray) -> WindowScores:
+        import torch
+
+        scores = WindowScores(window, ok)
+        if not ok.any():
+            return scores
+        with torch.no_grad():
+            while True:
+                try:
+                    if self.embedder is not None:
+                        sim = self.embedder.similarity(norm, self.text)  # (K, h, w)
+                    else:
+                        emb = embed_patches(self.model, norm, self.halo, self.device, self.batch_size)  # (D, h, w)
+                        sim = torch.einsum("dhw,kd->khw", emb, self.text)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    self.batch_size = _smaller_batch(self.embedder, self.batch_size)
+            best, arg = sim.max(0)
+            scores.best, scores.arg = best.cpu().numpy(), arg.cpu().numpy()
+            if self.confidence:
+                scores.conf = torch.softmax(self.scale * sim, dim=0).max(0).values.cpu().numpy()
+            if self.similarity:
+                scores.sim = sim.cpu().numpy()
+        return scores
+
+
+class OutputRasters:
+    """The class, confidence and similarity GeoTIFFs of one inference run, on ``grid``.
+
+    Entering opens them as temporary files (:func:`~rsvl.backend.atomic.atomic_path`) with
+    the colour table and band descriptions; :meth:`write` takes windows in any order;
+    :meth:`finish` closes them and embeds the class names; leaving the ``with`` block
+    moves them into place, or removes them when an exception (a cancel) ends it."""
+
+    def __init__(self, grid: Grid, classes: Sequence[ClassInfo], *, class_path: Optional[str],
+                 confidence_path: Optional[str] = None, similarity_path: Optional[str] = None,
+                 similarity_names: Optional[List[str]] = None, threshold: Optional[float] = None, k: int = 0):
+        self.grid, self.classes = grid, list(classes)
+        self.class_path, self.confidence_path, self.similarity_path = class_path, confidence_path, similarity_path
+        self.similarity_names = similarity_names or [c.name for c in self.classes]
+        self.threshold, self.k = threshold, k
+        self.codes = np.asarray([c.code for c in self.classes], dtype=np.int64)
+        self.dst: dict = {}
+        self._class_tmp: Optional[str] = None
+        self._ctx = contextlib.ExitStack()
+
+    def check(self) -> None:
+        """Before the long work: the folders are writable and have room (:func:`check_outputs`)."""
+        pixels = self.grid.width * self.grid.height
+        check_outputs([("OUTPUT", self.class_path, pixels * np.dtype(class_dtype(self.classes)).itemsize),
+                       ("OUTPUT_CONFIDENCE", self.confidence_path, pixels * 4),
+                       ("OUTPUT_SIMILARITY", self.similarity_path, pixels * 4 * self.k)])
+
+    def __enter__(self) -> OutputRasters:
+        ctx, grid, dst = self._ctx.__enter__(), self.grid, self.dst
+        try:
+            if self.class_path:
+                tmp = ctx.enter_context(atomic_path(self.class_path))
+                dt = class_dtype(self.classes)
+                dst["class"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(grid, 1, dt, 0)))
+                dst["class"].write_colormap(1, {0: (0, 0, 0, 0), **{c.code: (*c.colour, 255) for c in self.classes}})
+                self._class_tmp = tmp
+            if self.confidence_path:
+                tmp = ctx.enter_context(atomic_path(self.confidence_path))
+                dst["conf"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(grid, 1, "float32", math.nan)))
+                dst["conf"].set_band_description(1, "confidence (softmax probability of the class)")
+            if self.similarity_path:
+                tmp = ctx.enter_context(atomic_path(self.similarity_path))
+                dst["sim"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(grid, self.k, "float32", math.nan)))
+                for i, name in enumerate(self.similarity_names, start=1):
+                    dst["sim"].set_band_description(i, name)
+        except BaseException:
+            self._ctx.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    @property
+    def confidence(self) -> bool:
+        return "conf" in self.dst
+
+    @property
+    def similarity(self) -> bool:
+        return "sim" in self.dst
+
+    def write(self, scores: WindowScores) -> None:
+        _write_window(self.dst, scores, self.codes, self.threshold, self.k)
+
+    def finish(self) -> None:
+        for d in self.dst.values():
+            d.close()
+        if self._class_tmp:
+            set_category_names(self._class_tmp, self.classes)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
 
 
 def _smaller_batch(embedder, batch_size: int) -> int:
@@ -151,45 +271,21 @@ def run_inference(
     class raster: code of the most similar text (0 = nodata: invalid input, or best
     cosine similarity below ``threshold``); confidence: softmax probability of that class
     with the model's temperature; similarity: K float32 bands of cosine similarity."""
-    import torch
-
-    from .dense import DenseEmbedder
-
-    if method not in METHODS:
-        raise InputError(f"METHOD must be one of {', '.join(METHODS)} (got {method!r})")
     if tile < 16:
         raise InputError(f"tile size must be at least 16 pixels (got {tile})")
     job = job or Job()
     halo = model.config.patch_size // 2
-    text = text.to(device)
-    k = text.shape[0]
-    codes = np.asarray([c.code for c in classes], dtype=np.int64)
-    scale = float(model.scale().detach())
-    embedder = DenseEmbedder(model, device) if method == "dense" else None
-    pixels = stack.width * stack.height
-    check_outputs([("OUTPUT", class_path, pixels * np.dtype(class_dtype(classes)).itemsize),
-                   ("OUTPUT_CONFIDENCE", confidence_path, pixels * 4),
-                   ("OUTPUT_SIMILARITY", similarity_path, pixels * 4 * k)])
+    outputs = OutputRasters(stack.grid, classes, class_path=class_path, confidence_path=confidence_path,
+                            similarity_path=similarity_path, similarity_names=similarity_names, threshold=threshold,
+                            k=text.shape[0])
+    scorer = WindowScorer(model, text, method=method, batch_size=batch_size, device=device,
+                          confidence=bool(confidence_path), similarity=bool(similarity_path))
+    outputs.check()
     start = time.perf_counter()
     with contextlib.ExitStack() as ctx:
         ctx.enter_context(gdal_cache_limit(GDAL_CACHE_MB))
         windows = ctx.enter_context(stack.scan(tile, halo))  # the order that reads each input block once
-        dst = {}
-        if class_path:
-            tmp = ctx.enter_context(atomic_path(class_path))
-            dt = class_dtype(classes)
-            dst["class"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, 1, dt, 0)))
-            dst["class"].write_colormap(1, {0: (0, 0, 0, 0), **{c.code: (*c.colour, 255) for c in classes}})
-            class_tmp = tmp
-        if confidence_path:
-            tmp = ctx.enter_context(atomic_path(confidence_path))
-            dst["conf"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, 1, "float32", math.nan)))
-            dst["conf"].set_band_description(1, "confidence (softmax probability of the class)")
-        if similarity_path:
-            tmp = ctx.enter_context(atomic_path(similarity_path))
-            dst["sim"] = ctx.enter_context(rasterio.open(tmp, "w", **gtiff_profile(stack.grid, k, "float32", math.nan)))
-            for i, name in enumerate(similarity_names or [c.name for c in classes], start=1):
-                dst["sim"].set_band_description(i, name)
+        ctx.enter_context(outputs)
         # Entered after the outputs, so they finish (and stop touching the datasets)
         # before the datasets are closed or the temporary files removed.
         reader = ctx.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rsvl-read"))
@@ -201,34 +297,13 @@ def run_inference(
             norm, ok = next_read.result()
             next_read = (reader.submit(read_window_normalised, stack, windows[i + 1], halo, stats)
                          if i + 1 < len(windows) else None)
-            scores = _WindowScores(window, ok)
-            if ok.any():
-                with torch.no_grad():
-                    while True:
-                        try:
-                            if embedder is not None:
-                                sim = embedder.similarity(norm, text)  # (K, h, w)
-                            else:
-                                emb = embed_patches(model, norm, halo, device, batch_size)  # (D, h, w)
-                                sim = torch.einsum("dhw,kd->khw", emb, text)
-                            break
-                        except torch.cuda.OutOfMemoryError:
-                            batch_size = _smaller_batch(embedder, batch_size)
-                    best, arg = sim.max(0)
-                    scores.best, scores.arg = best.cpu().numpy(), arg.cpu().numpy()
-                    if "conf" in dst:
-                        scores.conf = torch.softmax(scale * sim, dim=0).max(0).values.cpu().numpy()
-                    if "sim" in dst:
-                        scores.sim = sim.cpu().numpy()
+            scores = scorer(window, norm, ok)
             del norm
             if pending_write is not None:
                 pending_write.result()  # at most one window waits for the writer
-            pending_write = writer.submit(_write_window, dst, scores, codes, threshold, k)
+            pending_write = writer.submit(outputs.write, scores)
         pending_write.result()
-        for d in dst.values():
-            d.close()
-        if class_path:
-            set_category_names(class_tmp, classes)
+        outputs.finish()
         job.report(1.0, "inference finished")
     seconds = time.perf_counter() - start
     pixels = stack.width * stack.height

@@ -142,6 +142,36 @@ def test_classify_styled_on_input_grid_with_nodata(trained, scene, tmp_path):
     assert (np.vectorize(names.get)(pred[ok]) == truth[ok]).mean() > 0.85
 
 
+def test_classify_and_query_on_a_dask_scheduler_give_the_in_process_files(trained, scene, tmp_path):
+    """DASK_SCHEDULER: the address of a running scheduler (here a LocalCluster of two thread
+    workers in this process); the maps equal the in-process ones; ``local`` is refused
+    inside QGIS with what to do instead."""
+    pytest.importorskip("distributed")
+    from distributed import LocalCluster
+
+    result, _ = trained
+    inputs = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi_holes"])],
+              "INPUT_LIDAR": [str(scene.paths["lidar"])], "DEVICE": 1, "BATCH_SIZE": 32}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        for alg, extra in (("rsvl:classify", {}), ("rsvl:query", {"PROMPTS": "open water\nconifer forest"})):
+            outputs = {"OUTPUT": "classes"} if alg == "rsvl:classify" else {"OUTPUT": "best", "OUTPUT_SIMILARITY": "sim"}
+            here = {k: str(tmp_path / f"{v}_here.tif") for k, v in outputs.items()}
+            there = {k: str(tmp_path / f"{v}_dask.tif") for k, v in outputs.items()}
+            run(alg, {**inputs, **extra, **here})
+            res = run(alg, {**inputs, **extra, **there, "DASK_SCHEDULER": address})
+            for key in outputs:
+                assert res[key] == there[key]
+                with rasterio.open(here[key]) as a, rasterio.open(there[key]) as b:
+                    assert str(a.profile) == str(b.profile) and a.descriptions == b.descriptions  # nodata may be NaN
+                    assert np.array_equal(a.read(), b.read(), equal_nan=True)
+                    if key == "OUTPUT":
+                        assert a.colormap(1) == b.colormap(1)
+    with pytest.raises(QgsProcessingException, match="running Dask scheduler"):
+        run("rsvl:classify", {**inputs, "OUTPUT": str(tmp_path / "local.tif"), "DASK_SCHEDULER": "local:2"})
+    assert not (tmp_path / "local.tif").exists()
+
+
 def test_query_band_descriptions_are_the_prompts(trained, scene, tmp_path):
     result, _ = trained
     res = run("rsvl:query", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],

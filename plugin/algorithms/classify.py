@@ -7,6 +7,7 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterString,
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
@@ -19,6 +20,35 @@ from .base import (
     RsvlAlgorithm,
     check_model,
 )
+
+DASK_SCHEDULER_HELP = (
+    "<b>DASK_SCHEDULER</b> (advanced): address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, whose "
+    "workers run rsvl and see the model and input files at the same paths (shared storage); the windows are "
+    "computed there and written here, into the same file. Empty: in this process.<br>"
+)
+
+
+def add_dask_scheduler(alg) -> None:
+    p = QgsProcessingParameterString("DASK_SCHEDULER", "Dask scheduler address (empty: this process)",
+                                     defaultValue="", optional=True)
+    p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    alg.addParameter(p)
+
+
+def check_dask_scheduler(alg, parameters, context):
+    """(ok, message) for DASK_SCHEDULER. QGIS cannot start local worker processes (its
+    Python is the QGIS binary), so ``local`` is refused here: start a scheduler instead."""
+    address = (alg.parameterAsString(parameters, "DASK_SCHEDULER", context) or "").strip()
+    if address.split(":")[0] == "local":
+        return False, ("DASK_SCHEDULER takes the address of a running Dask scheduler (e.g. tcp://127.0.0.1:8786, "
+                       "from `dask scheduler` and `dask worker`); local clusters are for the command line "
+                       "(--scheduler local:N)")
+    return True, ""
+
+
+def dask_scheduler(alg, parameters, context):
+    """The DASK_SCHEDULER address, or None (in this process)."""
+    return (alg.parameterAsString(parameters, "DASK_SCHEDULER", context) or "").strip() or None
 
 
 class ClassifyAlgorithm(RsvlAlgorithm):
@@ -41,7 +71,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_CONFIDENCE</b>: optional float32 raster, softmax probability of the chosen class.<br>"
             "<b>BATCH_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
             "window side in pixels — larger is faster, uses more memory.<br>" + FORCE_HELP + DEVICE_HELP
-            + NORMALIZE_HELP
+            + NORMALIZE_HELP + DASK_SCHEDULER_HELP
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -58,12 +88,16 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         self.add_force()
         self.add_device()
         self.add_normalize()
+        add_dask_scheduler(self)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
         ok, message = self.check_layers(parameters, context, "No input layer: set the INPUT_* layers the model was trained on")
+        if not ok:
+            return ok, message
+        ok, message = check_dask_scheduler(self, parameters, context)
         if not ok:
             return ok, message
         return check_model(self.parameterAsFile(parameters, "MODEL", context))
@@ -80,6 +114,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
             normalize=self.normalize(parameters, context),
+            scheduler=dask_scheduler(self, parameters, context),
         )
         return api.classify, kwargs
 

@@ -29,6 +29,7 @@ from .base import (
     foundation_kwargs,
     raster_path,
 )
+from .classify import DASK_SCHEDULER_HELP, add_dask_scheduler, check_dask_scheduler, dask_scheduler
 
 RESOLUTIONS = ["tile", "token"]
 
@@ -68,6 +69,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             "<b>RESOLUTION</b>: tile (a score per window) or token (per 16-pixel patch token of a ViT, finer).<br>"
             "<b>MULTI_LABEL</b>: OUTPUT gets one 0/1 band per prompt instead: a prompt is present where its score "
             "exceeds the mean of the other prompts' scores (Llama3-MS-CLIP's multi-label rule).<br>"
+            + DASK_SCHEDULER_HELP + "(rsvl models only; pretrained checkpoints run in this process.)<br>"
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
@@ -96,6 +98,7 @@ class QueryAlgorithm(RsvlAlgorithm):
                                                 defaultValue=False)):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
+        add_dask_scheduler(self)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
         ok, message = super().checkParameterValues(parameters, context)
@@ -108,6 +111,9 @@ class QueryAlgorithm(RsvlAlgorithm):
                                             "No input layer: set the INPUT_* layers the model was trained on")
             if not ok:
                 return ok, message
+        ok, message = check_dask_scheduler(self, parameters, context)
+        if not ok:
+            return ok, message
         return check_model_or_checkpoint(self.parameterAsFile(parameters, "MODEL", context))
 
     def backend_request(self, parameters, context, feedback):
@@ -141,6 +147,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
             normalize=self.normalize(parameters, context),
+            scheduler=dask_scheduler(self, parameters, context),
         )
         return api.query, kwargs
 
