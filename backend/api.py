@@ -42,16 +42,6 @@ class TrainResult:
     header: dict = field(default_factory=dict)
 
 
-# Training recipes of rsvl:train (RECIPE). Both write the same model format and are served
-# by the dense engine. Other papers' recipes have their own entries: distill (SATtxt),
-# pretrain (multimodal Siamese), train_fewshot (foundation checkpoints).
-RECIPES = {
-    "mmlgnet": "MMLGNet: one CNN branch per modality, fused, aligned to the class prompts",
-    "band-groups": "BP-LCZ band-group prompting: one branch per physical band group, each aligned to "
-                   "'<group physics> of <class>' prompts, plus the fused embedding (rsvl.backend.bandgroups)",
-}
-
-
 def train(
     layers: Sequence[LayerSpec],
     labels: str,
@@ -62,9 +52,9 @@ def train(
     prompt_template: Optional[str] = None,
     text_encoder: str = "minilm",
     patch_size: int = 11,
-    epochs: int = 100,
+    epochs: Optional[int] = None,
     batch_size: int = 128,
-    learning_rate: float = 1e-4,
+    learning_rate: Optional[float] = None,
     validation_fraction: float = 0.2,
     patience: int = 15,
     device: str = "auto",
@@ -77,13 +67,15 @@ def train(
     augment: bool = False,
     balanced: bool = False,
     pretrained: Optional[str] = None,
-    recipe: str = "mmlgnet",
+    recipe: str = "spectral-spatial",
     band_groups_file: Optional[str] = None,
     distributed: bool = False,
 ) -> TrainResult:
-    """Train an MMLGNet model on ``layers`` from ``labels`` (class raster, or vector file
-    with ``class_field``) and save it to ``output_model`` (.safetensors). Without a
-    ``prompt_template``, the template follows the inputs (:func:`rsvl.backend.text.default_template`).
+    """Train a model with ``recipe`` (:mod:`rsvl.backend.recipes`) on ``layers`` from
+    ``labels`` (class raster, or vector file with ``class_field``) and save it to
+    ``output_model`` (.safetensors). ``epochs`` and ``learning_rate`` default to the
+    recipe's. Without a ``prompt_template``, the template follows the inputs
+    (:func:`rsvl.backend.text.default_template`).
     ``distributed``: data-parallel training, one process per rank under torchrun
     (:mod:`rsvl.backend.ddp`); rank 0 alone writes the model."""
     import torch
@@ -91,11 +83,21 @@ def train(
     from .device import resolve_device
     from .mmlgnet import MMLGNet, ModelConfig
     from .modelfile import ModelHeader, save_model
+    from .recipes import get_recipe
     from .samples import extract_patches
     from .text import get_text_encoder
     from .training import TrainSettings
     from .training import train as train_loop
 
+    spec = get_recipe(recipe)
+    recipe = spec.name
+    if band_groups_file and not spec.uses_band_groups_file:
+        raise InputError("BAND_GROUPS applies to RECIPE band-groups")
+    recipe_settings = {k: v for k, v in spec.settings.items() if k not in ("epochs", "learning_rate")}
+    if epochs is not None:  # the user's length, exactly (a recipe's minimum of steps serves its default)
+        recipe_settings.pop("min_steps", None)
+    epochs = int(spec.settings["epochs"]) if epochs is None else epochs
+    learning_rate = float(spec.settings["learning_rate"]) if learning_rate is None else learning_rate
     for name, value, lo in (("EPOCHS", epochs, 1), ("BATCH_SIZE", batch_size, 2), ("PATIENCE", patience, 1)):
         if int(value) < lo:
             raise InputError(f"{name} must be at least {lo} (got {value})")
@@ -149,19 +151,14 @@ def train(
     prompts = apply_template(prompt_template, [c.name for c in classes])
     text = encoder.encode(prompts)
 
-    if recipe not in RECIPES:
-        raise InputError(f"RECIPE must be one of {', '.join(RECIPES)} (got {recipe!r})")
-    groups, group_text = {}, None
-    if recipe == "band-groups":
-        from .bandgroups import band_groups, group_prompts
+    from .recipes import RecipeInputs
 
-        groups = band_groups(band_names, band_groups_file)
-        group_text = {k: encoder.encode(v) for k, v in group_prompts(groups, [c.name for c in classes]).items()}
-        log.info("band groups: %s", "; ".join(f"{m}: " + ", ".join(f"{g} ({len(i)})" for g, i in gs)
-                                               for m, gs in groups.items()))
-    elif band_groups_file:
-        raise InputError("BAND_GROUPS applies to RECIPE band-groups")
-    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size, groups=groups)
+    setup = spec.prepare(RecipeInputs(band_names=band_names, class_names=[c.name for c in classes],
+                                      encode=encoder.encode, band_groups_file=band_groups_file))
+    if setup.description:
+        log.info("%s", setup.description)
+    group_text = setup.group_text
+    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size, **setup.config)
     torch.manual_seed(seed)
     model = MMLGNet(config, n_classes=len(classes))
     model.class_embeddings.copy_(text)
@@ -172,7 +169,7 @@ def train(
         log.info("encoders start from %s (rsvl:pretrain)", os.path.basename(pretrained))
     check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
     settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
-                             augment=augment, balanced=balanced)
+                             augment=augment, balanced=balanced, **recipe_settings)
     outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats, group_text=group_text,
                          ranks=ranks)
 
@@ -182,8 +179,10 @@ def train(
         validation = accuracy_from_matrix(matrix, [c.code for c in classes], [c.name for c in classes])
     training = {
         "labels": os.path.basename(labels), "class_field": class_field, "class_name_field": class_name_field,
-        "n_samples": int(y.size), "n_train": int(y.size - (outcome.val_index.size if outcome.val_index is not None else 0)),
+        "n_samples": int(y.size),
+        "n_train": int(y.size if outcome.refit else y.size - (outcome.val_index.size if outcome.val_index is not None else 0)),
         "n_val": int(outcome.val_index.size if outcome.val_index is not None else 0),
+        "refit": outcome.refit, "schedule": settings.schedule,
         "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
         "epochs_run": outcome.epochs_run, "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
         "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),

@@ -16,6 +16,7 @@ from typing import List, Optional
 from . import __version__
 from .errors import CancelledError, RsvlError
 from .raster import MODALITIES, LayerSpec
+from .recipes import DEFAULT_RECIPE, RECIPE_NAMES
 
 
 def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
@@ -103,11 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default="minilm",
                    help="minilm (built-in), a local HF dir, open_clip:DIR or open_clip:ARCH:CHECKPOINT")
     p.add_argument("--patch-size", type=int, default=11)
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: the recipe's (spectral-spatial: 60, the schedule's length; mmlgnet and band-groups: "
+                        "at most 100, early stopping); few-shot heads: 100")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--validation-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=15)
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="default: the recipe's (spectral-spatial: 1e-3, the one-cycle peak; mmlgnet, band-groups: 1e-4)")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of each class held out for the validation figures (mmlgnet, band-groups: and early "
+                        "stopping; spectral-spatial refits on every label afterwards)")
+    p.add_argument("--patience", type=int, default=15, help="early stopping (mmlgnet, band-groups)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loss", default="supervised", choices=["supervised", "clip"],
@@ -118,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "other dates and sensors)")
     p.add_argument("--balanced", action="store_true", help="class-balanced epochs (rare classes seen as often)")
     p.add_argument("--pretrained", default=None, help="start the encoders from an rsvl pretrain file")
-    p.add_argument("--recipe", default="mmlgnet", choices=["mmlgnet", "band-groups"],
-                   help="mmlgnet (default) or band-groups (BP-LCZ band-group prompting)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
+                   help="spectral-spatial (default: CNN branches + a per-pixel branch, one-cycle schedule), mmlgnet "
+                        "(the paper's) or band-groups (BP-LCZ band-group prompting)")
     p.add_argument("--band-groups", default=None, help="band-groups: a JSON file of groups per modality")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training, one process per rank: torchrun --nproc_per_node N -m rsvl.backend "
@@ -266,7 +273,7 @@ def run(args) -> int:
             args.foundation_model, _layers(args), args.labels, args.output, class_field=args.class_field,
             class_name_field=args.class_name_field, preset=args.preset, templates=args.template,
             tile_size=args.fewshot_tile_size or None, stride=args.fewshot_stride, resolution=args.fewshot_resolution,
-            bands=args.bands, value_scale=args.value_scale, offset=args.offset, epochs=args.epochs,
+            bands=args.bands, value_scale=args.value_scale, offset=args.offset, epochs=args.epochs or 100,
             learning_rate=args.fewshot_learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
             device=args.device, reference=args.reference, progress=progress,
         )

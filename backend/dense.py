@@ -10,6 +10,8 @@ algebra rearranged for speed, without changing what any pixel depends on:
   linear map, applied as a single dilated convolution per modality whose outputs are
   summed (no non-linearity lies between them); this skips the 256-d modality features;
 - stride-1 à trous max pooling is two element-wise maxima of shifted views;
+- a spectral-spatial model's pixel branch is folded the same way (1×1 convolutions on the
+  window without its halo);
 - activations are ``channels_last`` (what oneDNN's convolutions prefer on CPU);
 - a window is computed in sub-tiles of ``compute_tile`` pixels (plus the halo, sliced from
   the window already in memory) so intermediate feature maps stay cache-sized and peak
@@ -56,12 +58,15 @@ class DenseEmbedder:
         self.branches = model.config.branches()  # (key, modality, band indexes or None)
         self.layers: Dict[str, List[Tuple[torch.Tensor, torch.Tensor, bool]]] = {}
         self.heads: Dict[str, torch.Tensor] = {}
+        self.pixel = model.pixel is not None
         with torch.no_grad():
             fusion_w = model.fusion.weight.detach().double()
             bias = model.fusion.bias.detach().double().clone()
             offset = 0
-            for m, _modality, _idx in self.branches:
-                enc = model.encoders[m]
+            encoders = [(m, model.encoders[m]) for m, _modality, _idx in self.branches]
+            if model.pixel is not None:  # spectral-spatial: the per-pixel branch, 1x1 blocks on the centre pixel
+                encoders.append(("pixel", model.pixel))
+            for m, enc in encoders:
                 layers = []
                 for (_k, pool), conv, norm in zip(enc.plan, enc.convs, enc.norms):
                     if norm.training:
@@ -102,6 +107,14 @@ class DenseEmbedder:
                         x = _stride1_maxpool(x, d)
                         d *= 2
                 y = F.conv2d(x, self.heads[m], None, dilation=d)[..., :h, :w]
+                out = y if out is None else out.add_(y)
+            if self.pixel:
+                halo = self.halo
+                x = torch.cat([windows[m] for m in self.modalities], dim=1)[..., halo:halo + h, halo:halo + w]
+                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                for weight, bias, _pool in self.layers["pixel"]:
+                    x = F.conv2d(x, weight, bias).relu_()
+                y = F.conv2d(x, self.heads["pixel"], None)
                 out = y if out is None else out.add_(y)
             return F.normalize(out.add_(self.bias), dim=1)
 

@@ -12,6 +12,13 @@ wherever the patch sits, so :meth:`MMLGNet.forward_dense` can compute every pixe
 window at once (stride-2 pooling becomes dilated "à trous" pooling) and give the same
 numbers as the per-patch :meth:`MMLGNet.forward` used for training. For the paper's
 11×11 patches the spatial sizes go 11 → 9 → 4 → 2 → 1 → 1 (the paper: 11 → 5 → 2 → 1).
+
+Spectral-spatial models (recipe ``spectral-spatial``) add a *pixel branch*: the centre
+pixel's bands of every modality, concatenated, through 1×1 Conv → BN → ReLU blocks and a
+fully connected layer (a per-pixel MLP, written as a :class:`ConvEncoder` with a 1-pixel
+patch). Its features join the CNN branches' features before the fusion layer, so the
+fused embedding sees both the pixel's exact spectrum and its neighbourhood. It is exactly
+convolutional too (the dense path crops the window's halo).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class ModelConfig:
     # Band-group prompting (recipe "band-groups"): modality -> [[group name, [band indexes]], ...];
     # each group gets its own encoder branch. Empty: one branch per modality (MMLGNet).
     groups: Dict[str, List[list]] = field(default_factory=dict)
+    # Spectral-spatial models: filters of the per-pixel branch's 1x1 blocks (empty: no pixel branch).
+    pixel_channels: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.bands = {m: int(self.bands[m]) for m in MODALITIES if m in self.bands}
@@ -58,6 +67,9 @@ class ModelConfig:
         self.channels = {m: [int(c) for c in self.channels[m]] for m in self.bands}
         self.groups = {m: [[str(g), [int(i) for i in idx]] for g, idx in self.groups[m]]
                        for m in self.bands if self.groups.get(m)}
+        self.pixel_channels = [int(c) for c in self.pixel_channels]
+        if any(c < 1 for c in self.pixel_channels):
+            raise ValueError(f"pixel branch filters must be positive (got {self.pixel_channels})")
         for m, groups in self.groups.items():
             used = sorted(i for _g, idx in groups for i in idx)
             if not used or used[0] < 0 or used[-1] >= self.bands[m] or len(set(used)) != len(used):
@@ -80,6 +92,8 @@ class ModelConfig:
         }
         if self.groups:
             d["groups"] = self.groups
+        if self.pixel_channels:
+            d["pixel_channels"] = self.pixel_channels
         return d
 
     @classmethod
@@ -88,7 +102,12 @@ class ModelConfig:
             bands=dict(d["bands"]), embed_dim=int(d["embed_dim"]), patch_size=int(d["patch_size"]),
             channels={k: list(v) for k, v in d["channels"].items()}, modality_features=int(d["modality_features"]),
             groups={k: [list(g) for g in v] for k, v in d.get("groups", {}).items()},
+            pixel_channels=list(d.get("pixel_channels", [])),
         )
+
+    @property
+    def total_bands(self) -> int:
+        return sum(self.bands.values())
 
 
 def block_plan(patch_size: int, n_blocks: int) -> Tuple[List[Tuple[int, bool]], int]:
@@ -168,7 +187,11 @@ class MMLGNet(nn.Module):
                              config.modality_features)
             for key, m, idx in branches
         })
-        self.fusion = nn.Linear(config.modality_features * len(branches), config.embed_dim)
+        # Spectral-spatial: a per-pixel branch on the centre pixel of every modality (1x1 blocks).
+        self.pixel = (ConvEncoder(config.total_bands, config.pixel_channels, 1, config.modality_features)
+                      if config.pixel_channels else None)
+        n_features = len(branches) + (1 if self.pixel is not None else 0)
+        self.fusion = nn.Linear(config.modality_features * n_features, config.embed_dim)
         # Band-group prompting: each group's features projected into the text space, aligned
         # with "<the group's physics> of <class>" prompts during training (not used to map).
         self.group_heads = nn.ModuleDict({key: nn.Linear(config.modality_features, config.embed_dim)
@@ -181,8 +204,14 @@ class MMLGNet(nn.Module):
         return x if idx is None else x[:, idx]
 
     def branch_features(self, patches: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Each branch's (N, modality_features) features of per-patch inputs."""
-        return {key: self.encoders[key](self._bands(patches[m], idx)) for key, m, idx in self.config.branches()}
+        """Each branch's (N, modality_features) features of per-patch inputs (the pixel
+        branch, where there is one, last under the key ``"pixel"``)."""
+        out = {key: self.encoders[key](self._bands(patches[m], idx)) for key, m, idx in self.config.branches()}
+        if self.pixel is not None:
+            h = self.config.patch_size // 2
+            centre = torch.cat([patches[m][:, :, h:h + 1, h:h + 1] for m in self.config.bands], dim=1)
+            out["pixel"] = self.pixel(centre)
+        return out
 
     def embed(self, patches: Dict[str, torch.Tensor], features: Dict[str, torch.Tensor] = None) -> torch.Tensor:
         """Per-patch path: dict of (N, bands, P, P) → L2-normalised (N, D)."""
@@ -197,6 +226,10 @@ class MMLGNet(nn.Module):
         """Dense path: dict of (N, bands, H+P-1, W+P-1) → L2-normalised (N, D, H, W)."""
         feats = [self.encoders[key].forward_dense(self._bands(windows[m], idx))
                  for key, m, idx in self.config.branches()]
+        if self.pixel is not None:
+            h = self.config.patch_size // 2
+            centre = torch.cat([windows[m] for m in self.config.bands], dim=1)
+            feats.append(self.pixel.forward_dense(centre[..., h:centre.shape[-2] - h, h:centre.shape[-1] - h]))
         x = torch.cat(feats, dim=1)
         weight = self.fusion.weight[:, :, None, None]
         return F.normalize(F.conv2d(x, weight, self.fusion.bias), dim=1)

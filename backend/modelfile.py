@@ -24,7 +24,7 @@ from .raster import MODALITY_LABELS, BandStats
 
 log = logging.getLogger("rsvl")
 FORMAT = "rsvl-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this rsvl reads; v2 adds the pixel branch (spectral-spatial)
 
 
 @dataclass
@@ -39,9 +39,14 @@ class ModelHeader:
     training: dict = field(default_factory=dict)
     rsvl_version: str = __version__
 
+    def format_version(self) -> int:
+        """The oldest format that describes this model, so older rsvl versions keep reading
+        the models they can run and name the update for the others."""
+        return 2 if self.config.pixel_channels else 1
+
     def to_json(self) -> dict:
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "rsvl_version": self.rsvl_version,
+            "format": FORMAT, "format_version": self.format_version(), "rsvl_version": self.rsvl_version,
             "method": self.method,
             "architecture": self.config.to_json(),
             "patch_size": self.config.patch_size,

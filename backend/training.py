@@ -1,5 +1,15 @@
-"""MMLGNet training loop: Adam, symmetric image-text contrastive loss, early stopping on
-a held-out, class-stratified validation split, best weights kept."""
+"""Training loop of rsvl's recipes: image-text contrastive loss against the class prompts,
+with one of two schedules (``TrainSettings.schedule``):
+
+- ``early-stopping`` (MMLGNet, the paper's): Adam at a constant rate, early stopping on a
+  held-out, class-stratified validation split, best weights kept;
+- ``one-cycle`` (spectral-spatial): AdamW with a one-cycle learning rate (warm-up, then
+  cosine decay) for a fixed number of epochs (at least ``min_steps`` steps), and an
+  exponential moving average of the weights (and batch-norm statistics) as the model. With
+  a validation split, the schedule first runs on the rest and is scored on it (the
+  reported figures), then, with ``refit``, runs again from the same initial weights on
+  every labelled sample: the model uses all labels, the figures describe the recipe.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +42,16 @@ class TrainSettings:
     # and 90-degree rotations of the training patches; class-balanced epochs.
     augment: bool = False
     balanced: bool = False
+    # Schedule (see the module docstring) and its settings.
+    schedule: str = "early-stopping"
+    weight_decay: float = 0.0
+    ema: float = 0.0  # decay per step of the weight average (0: none)
+    min_steps: int = 0  # one-cycle: at least this many steps, however few the samples
+    refit: bool = False  # one-cycle with validation: refit on every sample afterwards
+    jitter: Optional[object] = None  # SpectralJitter applied to every batch (recipe default), None: only with augment
+
+
+SCHEDULES = ("early-stopping", "one-cycle")
 
 
 @dataclass
@@ -44,6 +64,7 @@ class TrainOutcome:
     val_index: Optional[np.ndarray] = None
     val_pred: Optional[np.ndarray] = None
     stopped_early: bool = False
+    refit: bool = False  # one-cycle: the model was refit on every sample after the validation run
 
 
 def split_validation(y: np.ndarray, fraction: float, seed: int):
@@ -116,109 +137,214 @@ def _validate_shard(model, patches, y_t, val_idx, batch_size, device, ranks):
     return loss_sum / val_idx.size, correct / val_idx.size
 
 
+def one_cycle(steps: int, warm_up: float = 0.1):
+    """The one-cycle factor of the peak learning rate at step ``t`` of ``steps``: a linear
+    warm-up over the first ``warm_up`` share (at least one step), then a cosine decay to
+    zero. (torch's OneCycleLR divides by zero below about ten steps.)"""
+    import math
+
+    warm = max(1, round(warm_up * steps))
+
+    def factor(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(1, steps - warm))))
+
+    return factor
+
+
+class _Stepper:
+    """One optimisation step of the contrastive loss on a batch (single process, or the
+    whole global batch under torchrun), shared by both schedules."""
+
+    def __init__(self, model, settings: TrainSettings, device, stats, group_text, ranks, patches, y):
+        import torch
+
+        self.model, self.settings, self.device, self.ranks = model, settings, device, ranks
+        self.stats = stats or {}
+        self.text = model.class_embeddings.to(device)
+        self.group_text = {k: v.to(device) for k, v in (group_text or {}).items()}
+        self.tensors = {m: torch.from_numpy(p) for m, p in patches.items()}
+        self.y = torch.from_numpy(y)
+        self.step_size, self.net = settings.batch_size, None
+        # The epoch order comes from ``generator`` on every rank alike; augmentation draws differ per rank.
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.augment_generator = self.generator
+        if ranks is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            from .ddp import check_batch_size
+
+            check_batch_size(settings.batch_size, ranks.world_size)
+            self.step_size = settings.batch_size // ranks.world_size  # this rank's part of each global batch
+            # Buffers (batch-norm statistics) stay each rank's own between steps: one collective fewer
+            # per step; rank 0's are broadcast before any evaluation (:func:`_sync_buffers`).
+            self.net = DistributedDataParallel(_batch_embedder(model, bool(self.group_text)), broadcast_buffers=False,
+                                               gradient_as_bucket_view=True,
+                                               device_ids=[device] if device.type == "cuda" else None)
+            self.augment_generator = torch.Generator().manual_seed(settings.seed + 7919 * (ranks.rank + 1))
+
+    def epoch_order(self, index: np.ndarray):
+        """This process's samples of one epoch, in order (the whole epoch in one process)."""
+        import torch
+
+        from .augment import balanced_order
+
+        order = torch.from_numpy(index)[torch.randperm(index.size, generator=self.generator)]
+        if self.settings.balanced:
+            order = torch.from_numpy(balanced_order(self.y.numpy(), index, self.generator))
+        if self.ranks is not None:
+            from .ddp import rank_order
+
+            order = torch.from_numpy(rank_order(order.numpy(), self.ranks))
+        return order
+
+    def batches(self, order):
+        for s in range(0, order.numel(), self.step_size):
+            b = order[s:s + self.step_size]
+            if b.numel() >= 2:  # batch norm needs two samples (every rank has the same count)
+                yield b
+
+    def loss(self, b):
+        """(loss, embeddings, labels) of batch ``b`` (this process's samples)."""
+        from .augment import SpectralJitter, flip_rotate, spectral_jitter
+        from .ddp import gather, gather_plain
+        from .mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
+
+        settings, model = self.settings, self.model
+        batch = {m: t[b].to(self.device, non_blocking=True) for m, t in self.tensors.items()}
+        jitter = settings.jitter or (SpectralJitter() if settings.augment else None)
+        if jitter is not None:
+            batch = spectral_jitter(batch, self.stats, jitter, self.augment_generator)
+        if settings.augment:
+            batch = flip_rotate(batch, self.augment_generator)
+        yb = self.y[b].to(self.device)
+        if self.net is None:
+            features = model.branch_features(batch)
+            z = model.embed(batch, features)
+            groups = model.group_embeddings(features) if self.group_text else {}
+            z_all, y_all, groups_all = z, yb, groups
+        else:  # the loss of the whole global batch, on every rank
+            z, groups = self.net(batch)
+            z_all, y_all = gather(z), gather_plain(yb)
+            groups_all = {k: gather(g) for k, g in groups.items()}
+        text = self.text
+        if settings.loss == "clip":
+            loss = symmetric_contrastive_loss(z_all, text[y_all], model.scale())
+        else:
+            loss = supervised_contrastive_loss(z_all, text[y_all], y_all, model.scale())
+        if self.group_text:  # band-group prompting: each group aligned with its physics-and-class prompts
+            loss = loss + sum(supervised_contrastive_loss(g, self.group_text[k][y_all], y_all, model.scale())
+                              for k, g in groups_all.items()) / len(groups_all)
+        return loss, z, yb
+
+
+def _sync_buffers(module, ranks) -> None:
+    if ranks is not None:
+        from .ddp import broadcast_buffers
+
+        broadcast_buffers(module)  # rank 0's batch-norm statistics: the model every rank evaluates (and saves)
+
+
+def _evaluate(model, patches, y_t, val_idx, batch_size, device, ranks):
+    """(validation loss, OA), the same figures on every rank."""
+    import torch.nn.functional as F
+
+    if ranks is not None:
+        return _validate_shard(model, patches, y_t, val_idx, batch_size, device, ranks)
+    logits = predict_patches(model, patches, val_idx, batch_size, device)
+    yv = y_t[val_idx]
+    return float(F.cross_entropy(logits, yv)), float((logits.argmax(1) == yv).float().mean())
+
+
+def _epoch(stepper: _Stepper, optimiser, index, job: Job, epoch: int, n_epochs: int, n_batches: int,
+           after_step=None):
+    """One epoch over ``index``: (loss sum, correct, count, samples seen) of this process."""
+    import torch
+
+    model = stepper.model
+    model.train()
+    total, correct, count = 0.0, 0, 0
+    for bi, b in enumerate(stepper.batches(stepper.epoch_order(index))):
+        job.step(((epoch - 1) + bi / n_batches) / n_epochs, f"epoch {epoch}/{n_epochs}")
+        loss, z, yb = stepper.loss(b)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if after_step is not None:
+            after_step()
+        total += float(loss.detach()) * b.numel()
+        count += b.numel()
+        with torch.no_grad():
+            correct += int((model.logits(z).argmax(1) == yb).sum())
+    return total, correct, count
+
+
+def _global(values, stepper: _Stepper):
+    if stepper.ranks is None:
+        return values
+    from .ddp import all_sum
+
+    return all_sum(values, stepper.device)
+
+
 def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainSettings, device, job: Job,
           stats: Optional[dict] = None, group_text: Optional[dict] = None, ranks=None) -> TrainOutcome:
     """Train ``model`` in place (its ``class_embeddings`` must be set); ``y`` holds class
-    indices 0..C-1. Returns the history; the model ends with its best weights. ``stats``
-    (the patches' normalisation) is what spectral augmentation needs. ``ranks``
-    (:class:`rsvl.backend.ddp.Ranks`, under torchrun): data-parallel training with the
-    single-process batches and loss (see :mod:`rsvl.backend.ddp`); figures are global."""
-    import torch
-    import torch.nn.functional as F
+    indices 0..C-1. Returns the history; the model ends with its final weights (best
+    epoch, or the weight average). ``stats`` (the patches' normalisation) is what spectral
+    augmentation needs. ``ranks`` (:class:`rsvl.backend.ddp.Ranks`, under torchrun):
+    data-parallel training with the single-process batches and loss (see
+    :mod:`rsvl.backend.ddp`); figures are global."""
+    from .errors import InputError, LabelError
 
-    from .augment import SpectralJitter, balanced_order, flip_rotate, spectral_jitter
-    from .mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
-
+    if settings.schedule not in SCHEDULES:
+        raise InputError(f"schedule must be one of {', '.join(SCHEDULES)} (got {settings.schedule!r})")
     _seed_everything(settings.seed)
     train_idx, val_idx = split_validation(y, settings.validation_fraction, settings.seed)
     if train_idx.size < 2:
-        from .errors import LabelError
-
         raise LabelError(f"the training set has {train_idx.size} usable pixel(s); label at least two")
     model.to(device)
-    text = model.class_embeddings.to(device)
-    group_text = {k: v.to(device) for k, v in (group_text or {}).items()}
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    generator = torch.Generator().manual_seed(settings.seed)
-    augment_generator, step, net = generator, settings.batch_size, None
-    if ranks is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        from .ddp import all_sum, check_batch_size, gather, gather_plain, rank_order
-
-        check_batch_size(settings.batch_size, ranks.world_size)
-        step = settings.batch_size // ranks.world_size  # this rank's part of each global batch
-        net = DistributedDataParallel(_batch_embedder(model, bool(group_text)),
-                                      device_ids=[device] if device.type == "cuda" else None)
-        # The epoch order comes from ``generator`` on every rank alike; augmentation draws differ per rank.
-        augment_generator = torch.Generator().manual_seed(settings.seed + 7919 * (ranks.rank + 1))
-    tensors = {m: torch.from_numpy(p) for m, p in patches.items()}
-    y_t = torch.from_numpy(y)
-    outcome = TrainOutcome(val_index=val_idx)
-    best_key, best_state, bad_epochs = None, None, 0
+    run = _early_stopping if settings.schedule == "early-stopping" else _one_cycle
     start = time.perf_counter()
-    seen = 0
+    outcome = TrainOutcome(val_index=val_idx)
+    seen = run(model, patches, y, settings, device, job, stats, group_text, ranks, train_idx, val_idx, outcome)
+    outcome.seconds = time.perf_counter() - start
+    if ranks is not None:
+        from .ddp import all_sum
+
+        seen = all_sum([seen], device)[0]  # samples of all ranks
+    outcome.samples_per_s = seen / max(outcome.seconds, 1e-9)
+    model.eval()
+    job.report(1.0, "training finished")
+    return outcome
+
+
+def _early_stopping(model, patches, y, settings, device, job, stats, group_text, ranks, train_idx, val_idx,
+                    outcome: TrainOutcome) -> int:
+    """MMLGNet's schedule: constant-rate Adam, best validation epoch kept, early stopping."""
+    import torch
+
+    stepper = _Stepper(model, settings, device, stats, group_text, ranks, patches, y)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    best_key, best_state, bad_epochs, seen = None, None, 0, 0
     n_batches = max(1, -(-train_idx.size // settings.batch_size))
     for epoch in range(1, settings.epochs + 1):
-        model.train()
-        order = torch.from_numpy(train_idx)[torch.randperm(train_idx.size, generator=generator)]
-        if settings.balanced:
-            order = torch.from_numpy(balanced_order(y, train_idx, generator))
-        if ranks is not None:
-            order = torch.from_numpy(rank_order(order.numpy(), ranks))
-        total, correct, count = 0.0, 0, 0
-        for bi, s in enumerate(range(0, order.numel(), step)):
-            job.step(((epoch - 1) + bi / n_batches) / settings.epochs, f"epoch {epoch}/{settings.epochs}")
-            b = order[s:s + step]
-            if b.numel() < 2:  # batch norm needs two samples (every rank has the same count)
-                continue
-            batch = {m: t[b].to(device, non_blocking=True) for m, t in tensors.items()}
-            if settings.augment:
-                batch = flip_rotate(spectral_jitter(batch, stats or {}, SpectralJitter(), augment_generator),
-                                    augment_generator)
-            yb = y_t[b].to(device)
-            if net is None:
-                features = model.branch_features(batch)
-                z = model.embed(batch, features)
-                groups = model.group_embeddings(features) if group_text else {}
-                z_all, y_all, groups_all = z, yb, groups
-            else:  # the loss of the whole global batch, on every rank
-                z, groups = net(batch)
-                z_all, y_all = gather(z), gather_plain(yb)
-                groups_all = {k: gather(g) for k, g in groups.items()}
-            if settings.loss == "clip":
-                loss = symmetric_contrastive_loss(z_all, text[y_all], model.scale())
-            else:
-                loss = supervised_contrastive_loss(z_all, text[y_all], y_all, model.scale())
-            if group_text:  # band-group prompting: each group aligned with its physics-and-class prompts
-                loss = loss + sum(supervised_contrastive_loss(g, group_text[k][y_all], y_all, model.scale())
-                                  for k, g in groups_all.items()) / len(groups_all)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * b.numel()
-            count += b.numel()
-            with torch.no_grad():
-                correct += int((model.logits(z).argmax(1) == yb).sum())
-            seen += b.numel()
-        if ranks is not None:
-            total, correct, count = all_sum([total, correct, count], device)
+        total, correct, count = _global(list(_epoch(stepper, optimiser, train_idx, job, epoch, settings.epochs,
+                                                    n_batches)), stepper)
+        seen += int(count) if ranks is None else int(count) // ranks.world_size
         record = {"epoch": epoch, "train_loss": total / max(count, 1), "train_oa": correct / max(count, 1)}
-        if val_idx.size and ranks is not None:
-            record["val_loss"], record["val_oa"] = _validate_shard(model, patches, y_t, val_idx,
-                                                                   settings.batch_size * 4, device, ranks)
-            key = (record["val_oa"], -record["val_loss"])
-        elif val_idx.size:
-            logits = predict_patches(model, patches, val_idx, settings.batch_size * 4, device)
-            yv = y_t[val_idx]
-            record["val_loss"] = float(F.cross_entropy(logits, yv))
-            record["val_oa"] = float((logits.argmax(1) == yv).float().mean())
+        if val_idx.size:
+            _sync_buffers(model, ranks)
+            record["val_loss"], record["val_oa"] = _evaluate(model, patches, stepper.y, val_idx,
+                                                             settings.batch_size * 4, device, ranks)
             key = (record["val_oa"], -record["val_loss"])
         else:
             key = (record["train_oa"], -record["train_loss"])
         outcome.history.append(record)
         log.debug("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
         if best_key is None or key > best_key:
+            _sync_buffers(model, ranks)
             best_key, bad_epochs = key, 0
             best_state = copy.deepcopy(model.state_dict())
             outcome.best_epoch = epoch
@@ -229,13 +355,76 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
             outcome.stopped_early = True
             log.info("early stopping after %d epochs without improvement (best epoch %d)", bad_epochs, outcome.best_epoch)
             break
-    outcome.seconds = time.perf_counter() - start
-    if ranks is not None:
-        seen = all_sum([seen], device)[0]  # samples of all ranks
-    outcome.samples_per_s = seen / max(outcome.seconds, 1e-9)
     model.load_state_dict(best_state)
     model.eval()
     if val_idx.size:
         outcome.val_pred = predict_patches(model, patches, val_idx, settings.batch_size * 4, device).argmax(1).numpy()
-    job.report(1.0, "training finished")
-    return outcome
+    return seen
+
+
+def _one_cycle(model, patches, y, settings, device, job, stats, group_text, ranks, train_idx, val_idx,
+               outcome: TrainOutcome) -> int:
+    """Spectral-spatial's schedule: AdamW, one-cycle rate, weight average; a validation run
+    then (``refit``) a final run on every sample, from the same initial weights."""
+    initial = copy.deepcopy(model.state_dict())
+    runs = [(train_idx, val_idx)]
+    if val_idx.size and settings.refit:
+        runs.append((np.arange(y.size), np.zeros(0, dtype=np.int64)))
+    seen = 0
+    for i, (fit_idx, score_idx) in enumerate(runs):
+        if i:
+            model.load_state_dict(initial)
+            log.info("refitting on all %d labelled samples (the validation figures come from the first fit)", y.size)
+        span = job.span(i / len(runs), (i + 1) / len(runs))
+        seen += _one_cycle_run(model, patches, y, settings, device, span, stats, group_text, ranks, fit_idx,
+                               score_idx, outcome, record=i == 0)
+    outcome.refit = len(runs) > 1
+    return seen
+
+
+def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, ranks, fit_idx, score_idx,
+                   outcome: TrainOutcome, record: bool) -> int:
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    stepper = _Stepper(model, settings, device, stats, group_text, ranks, patches, y)
+    local = -(-fit_idx.size // ranks.world_size) if ranks is not None else fit_idx.size  # samples per epoch here
+    # Steps per epoch: the last batch of an epoch is skipped when it has one sample (see _Stepper.batches).
+    n_batches = max(1, local // stepper.step_size + (1 if local % stepper.step_size >= 2 else 0))
+    epochs = max(settings.epochs, -(-settings.min_steps // n_batches))
+    steps = n_batches * epochs
+    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, one_cycle(steps))
+    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
+               if settings.ema else None)
+
+    def after_step():
+        schedule.step()
+        if average is not None:
+            average.update_parameters(model)
+
+    final = average.module if average is not None else model
+    seen = 0
+    for epoch in range(1, epochs + 1):
+        total, correct, count = _global(list(_epoch(stepper, optimiser, fit_idx, job, epoch, epochs, n_batches,
+                                                    after_step)), stepper)
+        seen += int(count) if ranks is None else int(count) // ranks.world_size
+        entry = {"epoch": epoch, "train_loss": total / max(count, 1), "train_oa": correct / max(count, 1),
+                 "learning_rate": float(schedule.get_last_lr()[0])}
+        if score_idx.size and (epoch == epochs or epoch % max(1, epochs // 20) == 0):
+            _sync_buffers(final, ranks)
+            entry["val_loss"], entry["val_oa"] = _evaluate(final, patches, stepper.y, score_idx,
+                                                           settings.batch_size * 4, device, ranks)
+            final.train(False)
+        if record:
+            outcome.history.append(entry)
+        log.debug("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "epoch"))
+    _sync_buffers(final, ranks)
+    if score_idx.size:
+        final.eval()
+        outcome.val_pred = predict_patches(final, patches, score_idx, settings.batch_size * 4,
+                                           device).argmax(1).numpy()
+    if average is not None:
+        model.load_state_dict(average.module.state_dict())
+    outcome.epochs_run = outcome.best_epoch = epochs
+    return seen

@@ -321,16 +321,18 @@ def helpers():
     return Helpers
 
 
-def random_model(bands, patch_size, n_classes=5, embed_dim=24, seed=0):
+def random_model(bands, patch_size, n_classes=5, embed_dim=24, seed=0, pixel_channels=()):
     """A small random MMLGNet in eval mode with non-trivial batch-norm statistics, as
-    after training (for equality tests of the inference paths)."""
+    after training (for equality tests of the inference paths); ``pixel_channels``: a
+    spectral-spatial model's pixel branch."""
     import torch
 
     from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
 
     torch.manual_seed(seed)
     model = MMLGNet(ModelConfig(bands=bands, embed_dim=embed_dim, patch_size=patch_size,
-                                channels={m: [8, 12, 16] for m in bands}), n_classes)
+                                channels={m: [8, 12, 16] for m in bands}, pixel_channels=list(pixel_channels)),
+                   n_classes)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)

@@ -11,10 +11,10 @@ import rasterio
 import torch
 
 from rsvl.backend import api
-from rsvl.backend.bandgroups import band_groups, default_groups, group_prompts
 from rsvl.backend.errors import InputError
 from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
 from rsvl.backend.raster import LayerSpec
+from rsvl.backend.recipes.band_groups import band_groups, default_groups, group_prompts
 
 
 def test_sentinel2_sar_elevation_and_hsi_groups():

@@ -157,7 +157,8 @@ def test_torchrun_two_gloo_processes_write_one_model_as_good_as_one_process(trai
     header = read_header(str(out / "model.safetensors"))
     training = header.training
     assert training["processes"] == 2 and training["batch_size"] == f["batch_size"]
-    assert training["n_val"] == single.n_val and training["n_samples"] == single.n_train + single.n_val
+    assert training["n_val"] == single.n_val and training["n_samples"] == single.header["training"]["n_samples"]
+    assert training["recipe"] == single.header["training"]["recipe"] and training["refit"] is True
     ddp_oa = training["validation"]["oa"]
     assert ddp_oa >= 0.8
     assert abs(ddp_oa - single.validation.oa) <= OA_TOLERANCE, (ddp_oa, single.validation.oa)

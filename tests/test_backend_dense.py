@@ -11,9 +11,11 @@ import torch
 from rsvl.backend.mmlgnet import block_plan
 
 
-@pytest.mark.parametrize("patch_size", [3, 5, 7, 11, 13])
-def test_dense_equals_per_patch(patch_size, random_model):
-    model = random_model({"hsi": 6, "lidar": 1}, patch_size)
+@pytest.mark.parametrize("patch_size,pixel", [(3, ()), (5, ()), (7, ()), (11, ()), (13, ()), (1, (8,)), (5, (8, 6)),
+                                              (11, (16, 16))])
+def test_dense_equals_per_patch(patch_size, pixel, random_model):
+    """MMLGNet, and spectral-spatial models (``pixel``: the pixel branch's filters)."""
+    model = random_model({"hsi": 6, "lidar": 1}, patch_size, pixel_channels=pixel)
     halo = patch_size // 2
     h, w = 17, 23
     g = torch.Generator().manual_seed(1)
@@ -30,6 +32,31 @@ def test_dense_equals_per_patch(patch_size, random_model):
     logits_p = model.logits(per_patch.flatten(1).t())
     assert (logits_d - logits_p).abs().max() <= 1e-4
     assert torch.equal(logits_d.argmax(1), logits_p.argmax(1))
+    from rsvl.backend.dense import DenseEmbedder
+
+    engine = DenseEmbedder(model, compute_tile=8).embed(window)[0]
+    assert (engine - per_patch).abs().max() <= 1e-5
+
+
+def test_pixel_branch_reads_each_pixels_own_bands(random_model):
+    """With the CNN branches' share of the fusion set to zero, a spectral-spatial model is a
+    per-pixel function: changing one pixel changes that pixel's embedding alone, in the
+    reference dense path and in the dense engine (the halo crop is aligned)."""
+    from rsvl.backend.dense import DenseEmbedder
+
+    model = random_model({"hsi": 6, "lidar": 1}, 7, pixel_channels=(8, 8))
+    with torch.no_grad():
+        model.fusion.weight[:, :-model.config.modality_features] = 0
+    g = torch.Generator().manual_seed(2)
+    window = {"hsi": torch.randn(1, 6, 16, 18, generator=g), "lidar": torch.randn(1, 1, 16, 18, generator=g)}
+    bumped = {m: x.clone() for m, x in window.items()}
+    bumped["hsi"][0, :, 3 + 4, 3 + 6] += 3.0  # output pixel (4, 6); the halo is 3
+    with torch.no_grad():
+        for embed in (model.embed_dense, DenseEmbedder(model).embed):
+            moved = (embed(bumped)[0] - embed(window)[0]).abs().amax(0)
+            assert moved[4, 6] > 1e-3
+            moved[4, 6] = 0
+            assert moved.max() == 0
 
 
 def test_block_plan_matches_paper_depth():

@@ -545,7 +545,7 @@ def test_pretrain_then_train_with_pretrained_from_processing(plugin, scene, tmp_
 
 def test_band_group_recipe_from_processing(plugin, scene, tmp_path):
     res = run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])],
-                             "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "RECIPE": 1,
+                             "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "RECIPE": 2,
                              "OUTPUT_MODEL": str(tmp_path / "g.safetensors")})
     from rsvl.backend.modelfile import read_header
 

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ...backend.recipes import DEFAULT_RECIPE, RECIPE_NAMES  # no torch: the registry is plain data
 from .base import (
     DEVICE_HELP,
     FOUNDATION_FILTER,
@@ -27,7 +28,7 @@ from .base import (
     foundation_kwargs,
 )
 
-RECIPES = ["mmlgnet", "band-groups"]  # rsvl.backend.api.RECIPES (not imported: the plugin loads without torch)
+RECIPES = RECIPE_NAMES
 LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
 
@@ -39,6 +40,15 @@ def default_model_path() -> str:
 
     return os.path.join(os.path.expanduser("~"), "rsvl", "models",
                         time.strftime("rsvl-model-%Y%m%d-%H%M%S.safetensors"))
+
+
+def _optional(alg, parameters, key, context, kind, default=None):
+    """An optional number parameter: ``default`` when it is not set (empty)."""
+    value = parameters.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return alg.parameterAsInt(parameters, key, context) if kind is int else alg.parameterAsDouble(parameters, key,
+                                                                                                    context)
 
 
 class TrainAlgorithm(RsvlAlgorithm):
@@ -65,10 +75,13 @@ class TrainAlgorithm(RsvlAlgorithm):
             "<b>TEXT_ENCODER</b>: 'minilm' (built-in all-MiniLM-L6-v2, offline) or a local model: a Hugging Face "
             "encoder folder, an open_clip folder, or open_clip:ARCH:CHECKPOINT (e.g. the paper's ViT-B-32).<br>"
             "<b>PATCH_SIZE</b>: odd patch side in pixels (paper: 11).<br>"
-            "<b>EPOCHS, BATCH_SIZE, LEARNING_RATE</b>: Adam optimisation (paper: 100, 128, 0.0001).<br>"
-            "<b>VALIDATION_FRACTION</b>: share of each class held out for early stopping and the validation "
-            "figures.<br><b>PATIENCE</b>: epochs without validation improvement before stopping; the best "
-            "weights are kept.<br>" + DEVICE_HELP +
+            "<b>EPOCHS, LEARNING_RATE</b>: empty (the default) takes the recipe's: spectral-spatial 60 epochs (the "
+            "schedule's length; at least 400 steps) with a one-cycle peak of 0.001; mmlgnet and band-groups at most "
+            "100 epochs with Adam at 0.0001 (the paper's). <b>BATCH_SIZE</b>: 128 (paper).<br>"
+            "<b>VALIDATION_FRACTION</b>: share of each class held out for the validation figures (mmlgnet, "
+            "band-groups: and for early stopping). Spectral-spatial then trains again on every label, so the model "
+            "uses them all.<br><b>PATIENCE</b>: mmlgnet and band-groups: epochs without validation improvement "
+            "before stopping; the best weights are kept.<br>" + DEVICE_HELP +
             "<b>LOSS</b>: <i>supervised</i> (default): the symmetric image-text contrastive loss with every "
             "same-class pair of a batch a positive (BP-LCZ's supervised matrix); <i>clip</i>: the MMLGNet paper's "
             "loss, where two samples of one class (same prompt) count as negatives of each other.<br>"
@@ -84,7 +97,10 @@ class TrainAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_REPORT</b>: optional HTML report with loss/accuracy curves, validation confusion matrix "
             "and class table (skipped unless a file is given).<br>"
             "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining.<br><br>"
-            "<b>RECIPE</b> (advanced): <i>mmlgnet</i> (default), or <i>band-groups</i>: BP-LCZ's band-group "
+            "<b>RECIPE</b> (advanced): <i>spectral-spatial</i> (default): MMLGNet's CNN branches plus a per-pixel "
+            "spectral branch, a one-cycle schedule with a weight average, spectral jitter on every batch (for other "
+            "dates), the final model trained on every label; <i>mmlgnet</i>: the paper's recipe as published; "
+            "<i>band-groups</i>: BP-LCZ's band-group "
             "prompting, one CNN branch per physical band group (Sentinel-2 visible, red edge, NIR, SWIR, "
             "coastal/atmospheric; SAR VV, VH; elevation; four hyperspectral ranges), each aligned with "
             "'&lt;the group's physics&gt; of &lt;class&gt;' prompts, every same-class pair a positive, plus the fused "
@@ -113,14 +129,16 @@ class TrainAlgorithm(RsvlAlgorithm):
                                                        defaultValue="minilm"))
         numbers = [
             ("PATCH_SIZE", "Patch size (odd, pixels)", QgsProcessingParameterNumber.Integer, 11, 1, 99, False),
-            ("EPOCHS", "Maximum epochs", QgsProcessingParameterNumber.Integer, 100, 1, 100000, False),
+            ("EPOCHS", "Epochs (empty: the recipe's)", QgsProcessingParameterNumber.Integer, None, 0, 100000, False),
             ("BATCH_SIZE", "Batch size", QgsProcessingParameterNumber.Integer, 128, 2, 65536, True),
-            ("LEARNING_RATE", "Learning rate", QgsProcessingParameterNumber.Double, 1e-4, 1e-8, 10.0, True),
+            ("LEARNING_RATE", "Learning rate (empty: the recipe's)", QgsProcessingParameterNumber.Double, None, 1e-8,
+             10.0, True),
             ("VALIDATION_FRACTION", "Validation fraction", QgsProcessingParameterNumber.Double, 0.2, 0.0, 0.9, True),
             ("PATIENCE", "Early-stopping patience (epochs)", QgsProcessingParameterNumber.Integer, 15, 1, 100000, True),
         ]
         for key, title, kind, default, lo, hi, advanced in numbers:
-            p = QgsProcessingParameterNumber(key, title, type=kind, defaultValue=default, minValue=lo, maxValue=hi)
+            p = QgsProcessingParameterNumber(key, title, type=kind, defaultValue=default, minValue=lo, maxValue=hi,
+                                             optional=default is None)
             if advanced:
                 p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
@@ -142,7 +160,8 @@ class TrainAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
-        recipe = QgsProcessingParameterEnum("RECIPE", "Recipe", options=RECIPES, defaultValue=0)
+        recipe = QgsProcessingParameterEnum("RECIPE", "Recipe", options=RECIPES,
+                                            defaultValue=RECIPES.index(DEFAULT_RECIPE))
         recipe.setFlags(recipe.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(recipe)
         groups = QgsProcessingParameterFile("BAND_GROUPS", "Band groups (JSON, recipe band-groups)",
@@ -200,7 +219,7 @@ class TrainAlgorithm(RsvlAlgorithm):
                 class_name_field=class_name_field,
                 output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context), **f,
                 resolution=["tile", "token"][self.parameterAsEnum(parameters, "RESOLUTION", context)],
-                epochs=self.parameterAsInt(parameters, "EPOCHS", context),
+                epochs=_optional(self, parameters, "EPOCHS", context, int, 100),
                 validation_fraction=self.parameterAsDouble(parameters, "VALIDATION_FRACTION", context),
                 seed=self.parameterAsInt(parameters, "SEED", context), device=self.device(parameters, context),
             )
@@ -212,9 +231,9 @@ class TrainAlgorithm(RsvlAlgorithm):
             prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context).strip() or None,
             text_encoder=self.parameterAsString(parameters, "TEXT_ENCODER", context) or "minilm",
             patch_size=self.parameterAsInt(parameters, "PATCH_SIZE", context),
-            epochs=self.parameterAsInt(parameters, "EPOCHS", context),
+            epochs=_optional(self, parameters, "EPOCHS", context, int),
             batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-            learning_rate=self.parameterAsDouble(parameters, "LEARNING_RATE", context),
+            learning_rate=_optional(self, parameters, "LEARNING_RATE", context, float),
             validation_fraction=self.parameterAsDouble(parameters, "VALIDATION_FRACTION", context),
             patience=self.parameterAsInt(parameters, "PATIENCE", context),
             device=self.device(parameters, context),

@@ -14,6 +14,7 @@ only its abstract, so the details below are rsvl's design, documented here).
   same-class pair in a batch is a positive). The fused embedding is aligned with the
   class prompt as in MMLGNet; the loss is the fused loss plus the mean of the group
   losses. Maps use the fused embedding only, through the dense engine.
+- Training: MMLGNet's schedule (Adam 1e-4, early stopping on the validation split).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 S2_GROUPS = (
     ("visible", ("B02", "B03", "B04"), "the visible reflectance"),
@@ -40,7 +41,7 @@ HSI_RANGES = 4
 
 
 def _s2_codes(names: Sequence[str]) -> List[Optional[str]]:
-    from .foundation import sentinel2_band
+    from ..foundation import sentinel2_band
 
     codes = [sentinel2_band(n) for n in names]
     if len([c for c in codes if c]) < 3:  # not named: a full stack by its count
@@ -131,3 +132,32 @@ def band_groups(band_names: Dict[str, List[str]], path: Optional[str] = None) ->
 def group_prompts(groups: Dict[str, List[list]], class_names: Sequence[str]) -> Dict[str, List[str]]:
     """{branch key: ["<physics> of <class>", ...]} for the group alignment."""
     return {f"{m}:{g}": [f"{describe(g, m)} of {c}" for c in class_names] for m, gs in groups.items() for g, _i in gs}
+
+
+def prepare(inputs):
+    import logging
+
+    from .base import RecipeSetup
+
+    groups = band_groups(inputs.band_names, inputs.band_groups_file)
+    group_text = {k: inputs.encode(v) for k, v in group_prompts(groups, list(inputs.class_names)).items()}
+    description = "band groups: " + "; ".join(f"{m}: " + ", ".join(f"{g} ({len(i)})" for g, i in gs)
+                                              for m, gs in groups.items())
+    logging.getLogger("rsvl").debug(description)
+    return RecipeSetup(config={"groups": groups}, group_text=group_text, description=description)
+
+
+def _recipe():
+    from .base import Recipe
+
+    return Recipe(
+        name="band-groups",
+        summary="BP-LCZ band-group prompting: one branch per physical band group, each aligned to "
+                "'<group physics> of <class>' prompts, plus the fused embedding; MMLGNet's schedule",
+        settings={"schedule": "early-stopping", "epochs": 100, "learning_rate": 1e-4},
+        prepare=prepare,
+        uses_band_groups_file=True,
+    )
+
+
+RECIPE = _recipe()

@@ -1,0 +1,139 @@
+"""The recipe registry (issue 11): every recipe trains on a synthetic multi-sensor scene
+(HSI + LiDAR + SAR + MS) well above chance, writes the same model format and is served by
+the dense engine; spectral-spatial's schedule, refit and defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+
+from rsvl.backend import api
+from rsvl.backend.errors import InputError
+from rsvl.backend.raster import LayerSpec
+from rsvl.backend.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
+
+FAST = dict(patch_size=5, batch_size=64, seed=0, device="cpu")
+
+
+def test_registry_names_defaults_and_errors():
+    assert DEFAULT_RECIPE == "spectral-spatial" and list(RECIPES) == ["spectral-spatial", "mmlgnet", "band-groups"]
+    assert get_recipe(None).name == DEFAULT_RECIPE
+    assert get_recipe("mmlgnet").settings["learning_rate"] == 1e-4  # the paper's
+    for recipe in RECIPES.values():
+        assert recipe.summary and recipe.dense and recipe.settings["schedule"] in ("early-stopping", "one-cycle")
+    with pytest.raises(InputError, match="RECIPE must be one of spectral-spatial, mmlgnet, band-groups"):
+        get_recipe("random-forest")
+    # The plugin lists recipes when QGIS loads it: the registry must not import torch.
+    code = "import sys, rsvl.backend.recipes as r; print(sorted(r.RECIPES), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory, helpers):
+    root = tmp_path_factory.mktemp("recipes")
+    scene = helpers.make_scene(root / "scene", size=36, seed=3)
+    layers = [LayerSpec(str(scene.paths[m]), m) for m in ("hsi", "lidar", "sar", "ms")]
+    return scene, layers, root
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_trains_well_above_chance_and_classifies_densely(recipe, multi):
+    from rsvl.backend.modelfile import load_model, read_header
+
+    scene, layers, root = multi
+    epochs = 8 if recipe == "spectral-spatial" else 20
+    res = api.train(layers, str(scene.labels), str(root / f"{recipe}.safetensors"), recipe=recipe, epochs=epochs,
+                    learning_rate=3e-3, **FAST)
+    header = read_header(res.model_path)
+    assert header.training["recipe"] == recipe
+    model, _ = load_model(res.model_path)
+    assert (model.pixel is not None) == (recipe == "spectral-spatial")
+    assert bool(header.config.groups) == (recipe == "band-groups")
+    out = api.classify(res.model_path, layers, str(root / f"{recipe}.tif"), device="cpu")
+    assert out.method == "dense"
+    with rasterio.open(out.output) as ds:
+        pred = ds.read(1)
+    held = scene.held_out()
+    acc = (pred[held] == scene.truth[held]).mean()
+    assert acc > 0.8, (recipe, acc)  # four classes: chance is about 0.25
+
+
+def test_spectral_spatial_refits_on_every_label_and_keeps_the_validation_figures(multi):
+    from rsvl.backend.modelfile import read_header
+
+    scene, layers, root = multi
+    res = api.train(layers, str(scene.labels), str(root / "ss.safetensors"), epochs=6, validation_fraction=0.3,
+                    **FAST)
+    t = read_header(res.model_path).training
+    assert t["schedule"] == "one-cycle" and t["refit"] is True
+    assert t["n_train"] == t["n_samples"] == res.n_train and 0 < t["n_val"] < t["n_samples"]
+    assert res.validation is not None and res.epochs_run == 6 == len(res.history)  # EPOCHS given: exactly
+    rates = [h["learning_rate"] for h in res.history]
+    # One cycle, peak 1e-3: the 10 % warm-up ends within the first epoch, then the rate decays towards zero.
+    assert rates[0] <= 1e-3 and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] < 2e-2 * 1e-3
+    assert "val_oa" in res.history[-1]
+    with rasterio.open(scene.labels) as ds:
+        labelled = int((ds.read(1) > 0).sum())
+    assert t["n_samples"] == labelled
+    # Without a validation split there is no first fit to refit from.
+    res = api.train(layers, str(scene.labels), str(root / "ss0.safetensors"), epochs=4, validation_fraction=0,
+                    **FAST)
+    t = read_header(res.model_path).training
+    assert t["refit"] is False and res.validation is None and t["n_train"] == t["n_samples"]
+
+
+def test_the_default_length_has_a_minimum_of_steps(multi, monkeypatch):
+    """With few labels an epoch is one step; the recipe's default 60 epochs would be 60 steps,
+    so the default schedule runs at least 400 (explicit EPOCHS are taken as they are, above)."""
+    from rsvl.backend import training
+
+    scene, layers, root = multi
+    seen = {}
+    real = training._one_cycle_run
+
+    def spy(model, patches, y, settings, *args, **kwargs):
+        seen["min_steps"], seen["epochs"] = settings.min_steps, settings.epochs
+        return real(model, patches, y, settings, *args, **kwargs)
+
+    monkeypatch.setattr(training, "_one_cycle_run", spy)
+    labels = root / "few.tif"
+    with rasterio.open(scene.labels) as ds:
+        codes, profile = ds.read(1), ds.profile
+    few = np.zeros_like(codes)
+    for c in (1, 2, 3, 4):
+        few.flat[np.flatnonzero(codes.ravel() == c)[:5]] = c
+    with rasterio.open(labels, "w", **profile) as dst:
+        dst.write(few, 1)
+    res = api.train(layers, str(labels), str(root / "few.safetensors"), validation_fraction=0, **FAST)
+    assert seen == {"min_steps": 400, "epochs": 60}
+    assert res.epochs_run == 400  # 20 samples: one step per epoch
+
+
+def test_model_format_version_follows_the_architecture(random_model, tmp_path):
+    """Pixel-branch models are format v2 (older rsvl versions ask to be updated); MMLGNet
+    files stay v1, readable by rsvl 0.1."""
+    import json
+
+    from safetensors import safe_open
+
+    from rsvl.backend.labels import ClassInfo
+    from rsvl.backend.modelfile import ModelHeader, load_model, save_model
+    from rsvl.backend.raster import BandStats
+
+    for pixel, expected in (((), 1), ((8,), 2)):
+        model = random_model({"ms": 4}, 5, n_classes=2, pixel_channels=pixel)
+        header = ModelHeader(config=model.config, band_names={"ms": ["a", "b", "c", "d"]},
+                             stats={"ms": BandStats([0.0] * 4, [1.0] * 4)},
+                             classes=[ClassInfo(1, "x", (1, 2, 3)), ClassInfo(2, "y", (3, 2, 1))],
+                             prompt_template="{}", text_encoder="t")
+        path = tmp_path / f"m{expected}.safetensors"
+        save_model(str(path), model, header)
+        with safe_open(str(path), framework="pt") as f:
+            assert json.loads(f.metadata()["rsvl"])["format_version"] == expected
+        loaded, _ = load_model(str(path))
+        assert (loaded.pixel is not None) == bool(pixel)
