@@ -176,6 +176,34 @@ def _band_names(dataset, layer: LayerSpec) -> List[str]:
     return names
 
 
+# Native types whose conversion to float32 is exact: kept as they are in the row buffer
+# (half the memory of float32 for 16-bit data); others are converted by GDAL on reading.
+_EXACT_IN_FLOAT32 = {"uint8", "int8", "uint16", "int16", "float32"}
+
+def _mask_kind(reader, indexes: Sequence[int]) -> Tuple[str, str]:
+    """(type to read in, kind of GDAL mask) of bands ``indexes``: the file's own type where
+    it converts exactly to float32, else float32; and the mask: ``none`` (all valid),
+    ``dataset`` (one mask for all bands: internal mask, alpha), ``nodata`` (GDAL's mask is
+    value != nodata on exact integers: computed from the data, never read) or ``bands``
+    (read per band)."""
+    from rasterio.enums import MaskFlags
+
+    dtype = reader.dtypes[indexes[0] - 1] if indexes else "float32"
+    same = all(reader.dtypes[i - 1] == dtype for i in indexes)
+    out_dtype = dtype if same and dtype in _EXACT_IN_FLOAT32 else "float32"
+    flags = [set(reader.mask_flag_enums[i - 1]) for i in indexes]
+    nd = reader.nodata
+    if all(f == {MaskFlags.all_valid} for f in flags):
+        return out_dtype, "none"
+    if all(MaskFlags.per_dataset in f for f in flags):
+        return out_dtype, "dataset"
+    if (np.issubdtype(np.dtype(out_dtype), np.integer) and all(f == {MaskFlags.nodata} for f in flags)
+            and nd is not None and float(nd).is_integer()
+            and np.iinfo(out_dtype).min <= nd <= np.iinfo(out_dtype).max):
+        return out_dtype, "nodata"
+    return out_dtype, "bands"
+
+
 class _Source:
     """An opened layer, possibly warped onto the reference grid."""
 
@@ -202,30 +230,50 @@ class _Source:
         self.band_names = [names[i - 1] for i in self.indexes]
         self.nodata = layer.nodata if layer.nodata is not None else dataset.nodata
         self.rows: Optional[_RowBuffer] = None  # set while the stack is read top to bottom
+        self.out_dtype, self.mask = _mask_kind(reader, self.indexes)
+
+    def validity(self, data: np.ndarray, band_mask: Optional[np.ndarray], pixel_mask: Optional[np.ndarray]) -> np.ndarray:
+        """Per-band validity of float32 ``data``: finite, not the nodata value, GDAL's mask
+        (computed from the data when it is only "value != nodata"), ``band_mask`` (GDAL's
+        per-band masks, read only for the ``bands`` kind) and ``pixel_mask`` (per dataset
+        mask, alpha, warp coverage: :meth:`pixel_validity`)."""
+        valid = np.isfinite(data)
+        if self.nodata is not None and not (isinstance(self.nodata, float) and math.isnan(self.nodata)):
+            valid &= data != np.float32(self.nodata)
+        if self.mask == "nodata" and self.reader.nodata != self.nodata:
+            valid &= data != np.float32(self.reader.nodata)  # exact: integers of 16 bits or fewer
+        if band_mask is not None:
+            valid &= band_mask
+        if pixel_mask is not None:
+            valid &= pixel_mask[None]
+        return valid
+
+    def band_masks(self, window: Window) -> Optional[np.ndarray]:
+        """GDAL's per-band masks of ``window`` where they cannot be derived from the data."""
+        return self.reader.read_masks(indexes=self.indexes, window=window) > 0 if self.mask == "bands" else None
+
+    def pixel_validity(self, window: Window) -> Optional[np.ndarray]:
+        """The (h, w) part of the validity shared by all bands (a per-dataset mask, alpha,
+        warp coverage), or None when there is none."""
+        pix = None
+        if self.mask == "dataset":
+            pix = self.reader.read_masks(self.indexes[0], window=window) > 0
+        for extra in (self.alpha, self.coverage_alpha):
+            if extra is not None:
+                a = self.reader.read(extra, window=window) > 0
+                pix = a if pix is None else (pix & a)
+        return pix
 
     def read(self, window: Window) -> Tuple[np.ndarray, np.ndarray]:
         """float32 data (bands, h, w) and a per-band validity mask for an in-bounds window."""
         data = self.reader.read(indexes=self.indexes, window=window, out_dtype="float32")
-        valid = np.isfinite(data)
-        if self.nodata is not None and not (isinstance(self.nodata, float) and math.isnan(self.nodata)):
-            valid &= data != np.float32(self.nodata)
-        # GDAL's masks: nodata, internal/sidecar masks, alpha, and outside a warped source.
-        valid &= self.reader.read_masks(indexes=self.indexes, window=window) > 0
-        if self.alpha is not None:
-            valid &= (self.reader.read(self.alpha, window=window) > 0)[None]
-        if self.coverage_alpha is not None:
-            valid &= (self.reader.read(self.coverage_alpha, window=window) > 0)[None]
-        return data, valid
+        return data, self.validity(data, self.band_masks(window), self.pixel_validity(window))
 
     def close(self):
         if self.reader is not self.dataset:
             self.reader.close()
         self.dataset.close()
 
-
-# Native types whose conversion to float32 is exact: kept as they are in the row buffer
-# (half the memory of float32 for 16-bit data); others are converted by GDAL on reading.
-_EXACT_IN_FLOAT32 = {"uint8", "int8", "uint16", "int16", "float32"}
 
 # Memory (MiB) the row buffers of one whole-scene pass may use before the scene is read in
 # column bands (see RasterStack.scan); RSVL_READ_BUFFER_MB overrides it.
@@ -266,8 +314,6 @@ class _RowBuffer:
     MIN_ROWS = 64
 
     def __init__(self, src: _Source, halo: int, bands: Sequence[Tuple[int, int]] = ()):
-        from rasterio.enums import MaskFlags
-
         self.src = src
         reader = src.reader
         block_h, block_w = (max(int(v), 1) for v in reader.block_shapes[0])
@@ -282,21 +328,7 @@ class _RowBuffer:
         self.cols = (0, reader.width)
         self.chunks: List[Tuple[int, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]] = []
         self.next_row = 0
-        dtype = reader.dtypes[src.indexes[0] - 1] if src.indexes else "float32"
-        same = all(reader.dtypes[i - 1] == dtype for i in src.indexes)
-        self.out_dtype = dtype if same and dtype in _EXACT_IN_FLOAT32 else "float32"
-        flags = [set(reader.mask_flag_enums[i - 1]) for i in src.indexes]
-        nd = reader.nodata
-        if all(f == {MaskFlags.all_valid} for f in flags):
-            self.mask = "none"
-        elif all(MaskFlags.per_dataset in f for f in flags):
-            self.mask = "dataset"  # one mask for all bands (internal mask, alpha)
-        elif (np.issubdtype(np.dtype(self.out_dtype), np.integer) and all(f == {MaskFlags.nodata} for f in flags)
-              and nd is not None and float(nd).is_integer()
-              and np.iinfo(self.out_dtype).min <= nd <= np.iinfo(self.out_dtype).max):
-            self.mask = "nodata"  # GDAL's mask is value != nodata: computed per window, not stored
-        else:
-            self.mask = "bands"
+        self.out_dtype, self.mask = src.out_dtype, src.mask
 
     def bytes_per_column(self, tile: int) -> int:
         """Most bytes held per column of the band: the rows a window row spans (plus
@@ -321,16 +353,7 @@ class _RowBuffer:
         lo, hi = self.cols
         win = Window(lo, row0, hi - lo, min(self.chunk_rows, reader.height - row0))
         data = reader.read(indexes=src.indexes, window=win, out_dtype=self.out_dtype)
-        pix = bands = None
-        if self.mask == "dataset":
-            pix = reader.read_masks(src.indexes[0], window=win) > 0
-        elif self.mask == "bands":
-            bands = reader.read_masks(indexes=src.indexes, window=win) > 0
-        for extra in (src.alpha, src.coverage_alpha):
-            if extra is not None:
-                a = reader.read(extra, window=win) > 0
-                pix = a if pix is None else (pix & a)
-        self.chunks.append((row0, data, bands, pix))
+        self.chunks.append((row0, data, src.band_masks(win), src.pixel_validity(win)))
         self.next_row = row0 + int(win.height)
 
     def read(self, inner: Window, col: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -360,17 +383,8 @@ class _RowBuffer:
         data = rows(1, 1)
         if data.dtype != np.float32:
             data = data.astype(np.float32)
-        valid = np.isfinite(data)
-        src = self.src
-        if src.nodata is not None and not (isinstance(src.nodata, float) and math.isnan(src.nodata)):
-            valid &= data != np.float32(src.nodata)
-        if self.mask == "nodata" and src.reader.nodata != src.nodata:
-            valid &= data != np.float32(src.reader.nodata)  # exact: integers of 16 bits or fewer
-        if parts[0][2] is not None:
-            valid &= rows(1, 2)
-        if parts[0][3] is not None:
-            valid &= rows(0, 3)[None]
-        return data, valid
+        return data, self.src.validity(data, rows(1, 2) if parts[0][2] is not None else None,
+                                       rows(0, 3) if parts[0][3] is not None else None)
 
 
 def _check_overlap(layer: LayerSpec, dataset, grid: Grid, reference: LayerSpec) -> None:

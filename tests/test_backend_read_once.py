@@ -94,6 +94,31 @@ def test_scan_reads_equal_direct_reads(tmp_path, monkeypatch, tile, halo, budget
         assert {"int16 pixel striped, nodata", "float64, no nodata", "two layers, one warped"} <= set(banded)
 
 
+def test_direct_reads_equal_gdal_masks(tmp_path):
+    """Direct reads derive GDAL's nodata mask from the data and read a per-dataset mask
+    once (reading per-band masks of a pixel-interleaved file decodes it once per band);
+    the validity must still be exactly GDAL's: its masks, alpha, NaN/inf and nodata."""
+    for name, paths in _cases(tmp_path).items():
+        if len(paths) > 1:
+            continue  # warped: covered by the scan test and the warp tests
+        with rasterio.open(paths[0]) as ds:
+            alpha = [i for i, ci in enumerate(ds.colorinterp, start=1) if ci == ColorInterp.alpha]
+            indexes = [i for i in range(1, ds.count + 1) if i not in alpha]
+            data = ds.read(indexes, out_dtype="float32")
+            expected = (ds.read_masks(indexes) > 0) & np.isfinite(data)
+            if ds.nodata is not None:
+                expected &= data != np.float32(ds.nodata)
+            if alpha:
+                expected &= (ds.read(alpha[0]) > 0)[None]
+        with RasterStack([LayerSpec(paths[0], "hsi")]) as stack:
+            window = Window(7, 3, stack.width - 20, stack.height - 9)
+            got, valid = stack.read(window)
+        sl = (slice(None), slice(3, 3 + window.height), slice(7, 7 + window.width))
+        np.testing.assert_array_equal(valid["hsi"], expected[sl], err_msg=name)
+        np.testing.assert_array_equal(got["hsi"][valid["hsi"]], data[sl][expected[sl]], err_msg=name)
+        assert (~valid["hsi"]).any() or "no nodata" in name, name + ": the case should have invalid pixels"
+
+
 def _rchar() -> int:
     with open("/proc/self/io") as f:
         for line in f:
