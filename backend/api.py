@@ -70,6 +70,7 @@ def train(
     recipe: str = "spectral-spatial",
     band_groups_file: Optional[str] = None,
     distributed: bool = False,
+    semi_supervised: bool = False,
 ) -> TrainResult:
     """Train a model with ``recipe`` (:mod:`rsvl.backend.recipes`) on ``layers`` from
     ``labels`` (class raster, or vector file with ``class_field``) and save it to
@@ -77,16 +78,19 @@ def train(
     recipe's. Without a ``prompt_template``, the template follows the inputs
     (:func:`rsvl.backend.text.default_template`).
     ``distributed``: data-parallel training, one process per rank under torchrun
-    (:mod:`rsvl.backend.ddp`); rank 0 alone writes the model."""
+    (:mod:`rsvl.backend.ddp`); rank 0 alone writes the model. ``semi_supervised``:
+    unlabelled pixels of the scene train the model too, with pseudo-labels from its
+    weight average (:class:`rsvl.backend.training.TrainSettings`; recipes with a weight
+    average only)."""
     import torch
 
     from .device import resolve_device
     from .mmlgnet import MMLGNet, ModelConfig
     from .modelfile import ModelHeader, save_model
-    from .recipes import get_recipe
-    from .samples import extract_patches
+    from .recipes import DEFAULT_RECIPE, get_recipe
+    from .samples import extract_patches, sample_patches
     from .text import get_text_encoder
-    from .training import TrainSettings
+    from .training import TrainSettings, unlabelled_pool_size
     from .training import train as train_loop
 
     spec = get_recipe(recipe)
@@ -96,6 +100,11 @@ def train(
     recipe_settings = {k: v for k, v in spec.settings.items() if k not in ("epochs", "learning_rate")}
     if epochs is not None:  # the user's length, exactly (a recipe's minimum of steps serves its default)
         recipe_settings.pop("min_steps", None)
+    if semi_supervised:
+        if not recipe_settings.get("ema"):
+            raise InputError(f"SEMI_SUPERVISED needs a recipe with a weight average (its teacher): RECIPE "
+                             f"{DEFAULT_RECIPE}, not {recipe}")
+        recipe_settings["unlabelled_weight"] = 1.0
     epochs = int(spec.settings["epochs"]) if epochs is None else epochs
     learning_rate = float(spec.settings["learning_rate"]) if learning_rate is None else learning_rate
     for name, value, lo in (("EPOCHS", epochs, 1), ("BATCH_SIZE", batch_size, 2), ("PATIENCE", patience, 1)):
@@ -135,6 +144,11 @@ def train(
             stats = compute_band_stats(stack, job=job.span(0.0, 0.1))
             patches, codes, _pos = extract_patches(stack, label_source, stats, patch_size, job=job.span(0.1, 0.15))
             label_classes = label_source.classes
+            unlabelled = None
+            if recipe_settings.get("unlabelled_weight", 0) > 0:
+                unlabelled = sample_patches(stack, stats, patch_size, unlabelled_pool_size(patches), seed,
+                                            job.span(0.15, 0.18))
+                log.info("semi-supervised: %d unlabelled pixels of the scene", len(next(iter(unlabelled.values()))))
         finally:
             label_source.close()
         band_counts, band_names, grid = stack.band_counts(), stack.band_names(), stack.grid
@@ -171,7 +185,7 @@ def train(
     settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
                              augment=augment, balanced=balanced, **recipe_settings)
     outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats, group_text=group_text,
-                         ranks=ranks)
+                         ranks=ranks, unlabelled=unlabelled)
 
     validation = None
     if outcome.val_index is not None and outcome.val_index.size:
@@ -188,7 +202,9 @@ def train(
         "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
         "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
-        "recipe": recipe, "augment": augment, "balanced": balanced,
+        "recipe": recipe, "augment": augment, "balanced": balanced, "semi_supervised": bool(semi_supervised),
+        "unlabelled_pixels": int(len(next(iter(unlabelled.values())))) if unlabelled else 0,
+        "pseudo_labelled": None if outcome.pseudo_labelled is None else round(outcome.pseudo_labelled, 4),
         "pretrained": os.path.abspath(pretrained) if pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "processes": ranks.world_size if ranks else 1,

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spectral gain/offset jitter, flips and 90-degree rotations of the training patches (for "
                         "other dates and sensors)")
     p.add_argument("--balanced", action="store_true", help="class-balanced epochs (rare classes seen as often)")
+    p.add_argument("--semi-supervised", action="store_true",
+                   help="unlabelled pixels of the scene train the model too, with pseudo-labels where its weight "
+                        "average is confident (spectral-spatial; for few labels: higher OA, rare classes may shrink)")
     p.add_argument("--pretrained", default=None, help="start the encoders from an rsvl pretrain file")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
                    help="spectral-spatial (default: CNN branches + a per-pixel branch, one-cycle schedule), mmlgnet "
@@ -298,7 +301,7 @@ def run(args) -> int:
             validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
             seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
             augment=args.augment, balanced=args.balanced, pretrained=args.pretrained, recipe=args.recipe,
-            band_groups_file=args.band_groups, distributed=args.distributed,
+            band_groups_file=args.band_groups, distributed=args.distributed, semi_supervised=args.semi_supervised,
         )
         if other_rank:
             return 0

@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-import numpy as np
-
 from . import __version__
 from .errors import InputError, ModelFileError
 
@@ -85,32 +83,6 @@ class PretrainResult:
     history: List[dict] = field(default_factory=list)
 
 
-def sample_patches(stack, stats, patch_size: int, n: int, seed: int, job):
-    """Patches ({modality: (N, b, P, P)}) at ``n`` random pixels valid in every layer."""
-    from .raster import tile_windows
-    from .samples import patches_at, read_window_normalised
-
-    halo = patch_size // 2
-    rng = np.random.default_rng(seed)
-    rate = min(1.0, n / max(stack.width * stack.height, 1) * 1.3)
-    out = {m: [] for m in stack.modalities}
-    windows = list(tile_windows(stack.width, stack.height, 128))
-    for i, w in enumerate(windows):
-        job.step(i / len(windows), "sampling patches")
-        pick = rng.random((int(w.height), int(w.width))) < rate
-        if not pick.any():
-            continue
-        norm, ok = read_window_normalised(stack, w, halo, stats)
-        rows, cols = np.nonzero(pick & ok)
-        for m, a in patches_at(norm, rows, cols, patch_size).items():
-            out[m].append(a)
-    if not any(out.values()) or not out[next(iter(out))]:
-        raise InputError("no pixel is valid in every input layer")
-    total = sum(a.shape[0] for a in out[next(iter(out))])
-    keep = rng.permutation(total)[:n]
-    return {m: np.concatenate(v)[keep] for m, v in out.items()}
-
-
 def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000, epochs: int = 20,
              batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0, device: str = "auto",
              reference=None, progress=None, is_cancelled=None) -> PretrainResult:
@@ -125,6 +97,7 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
     from .mmlgnet import ModelConfig
     from .modelfile import DIGEST_KEY, weights_digest
     from .raster import RasterStack, as_layers, compute_band_stats
+    from .samples import sample_patches
 
     if samples < 16:
         raise InputError(f"SAMPLES must be at least 16 pixels (got {samples})")
@@ -141,6 +114,8 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
         stats = compute_band_stats(stack, job=job.span(0.0, 0.05))
         config = ModelConfig(bands=stack.band_counts(), embed_dim=1, patch_size=patch_size)
         patches = sample_patches(stack, stats, patch_size, samples, seed, job.span(0.05, 0.2))
+        if not patches:
+            raise InputError("no pixel is valid in every input layer")
         band_names = stack.band_names()
     torch.manual_seed(seed)
     net = _siamese(config).to(dev)

@@ -76,3 +76,30 @@ def extract_patches(
         np.concatenate(out_codes).astype(np.int64),
         np.concatenate(out_pos),
     )
+
+
+def sample_patches(stack: RasterStack, stats: Dict[str, BandStats], patch_size: int, n: int, seed: int,
+                   job=None) -> Dict[str, np.ndarray]:
+    """Patches ({modality: (N, bands, P, P)}) at up to ``n`` random pixels valid in every
+    layer, drawn uniformly over the scene in one read-once pass (``{}`` when no pixel is
+    valid). Unlabelled pixels for self-supervised pretraining and semi-supervised training."""
+    halo = patch_size // 2
+    rng = np.random.default_rng(seed)
+    rate = min(1.0, n / max(stack.width * stack.height, 1) * 1.3)
+    out: Dict[str, list] = {m: [] for m in stack.modalities}
+    with stack.scan(128, halo) as windows:
+        for i, w in enumerate(windows):
+            if job is not None:
+                job.step(i / len(windows), "sampling patches")
+            pick = rng.random((int(w.height), int(w.width))) < rate
+            if not pick.any():
+                continue
+            norm, ok = read_window_normalised(stack, w, halo, stats)
+            rows, cols = np.nonzero(pick & ok)
+            for m, a in patches_at(norm, rows, cols, patch_size).items():
+                out[m].append(a)
+    total = sum(a.shape[0] for a in out[next(iter(out))])
+    if not total:
+        return {}
+    keep = rng.permutation(total)[:n]
+    return {m: np.concatenate(v)[keep] for m, v in out.items()}

@@ -49,9 +49,23 @@ class TrainSettings:
     min_steps: int = 0  # one-cycle: at least this many steps, however few the samples
     refit: bool = False  # one-cycle with validation: refit on every sample afterwards
     jitter: Optional[object] = None  # SpectralJitter applied to every batch (recipe default), None: only with augment
+    # Semi-supervised (one-cycle with a weight average): pseudo-labels of unlabelled pixels of
+    # the scene, from the weight average where it is confident, train the model on strongly
+    # augmented copies (FixMatch's loss with a mean teacher). 0: labelled pixels only.
+    unlabelled_weight: float = 0.0
+    confidence: float = 0.95  # the teacher's softmax probability a pseudo-label needs
+    unlabelled_ratio: int = 1  # unlabelled samples per labelled sample in a batch
 
 
 SCHEDULES = ("early-stopping", "one-cycle")
+UNLABELLED_PIXELS = 20000  # the pool of unlabelled pixels the semi-supervised loss draws from, at most
+UNLABELLED_POOL_MB = 256  # … and at most this much memory
+
+
+def unlabelled_pool_size(patches: Dict[str, np.ndarray]) -> int:
+    """How many unlabelled patches of the labelled patches' shape to hold in memory."""
+    per_patch = sum(p[0].nbytes for p in patches.values())
+    return int(max(1, min(UNLABELLED_PIXELS, UNLABELLED_POOL_MB * 2**20 // max(per_patch, 1))))
 
 
 @dataclass
@@ -65,6 +79,7 @@ class TrainOutcome:
     val_pred: Optional[np.ndarray] = None
     stopped_early: bool = False
     refit: bool = False  # one-cycle: the model was refit on every sample after the validation run
+    pseudo_labelled: Optional[float] = None  # semi-supervised: share of unlabelled samples drawn that were pseudo-labelled
 
 
 def split_validation(y: np.ndarray, fraction: float, seed: int):
@@ -157,10 +172,14 @@ class _Stepper:
     """One optimisation step of the contrastive loss on a batch (single process, or the
     whole global batch under torchrun), shared by both schedules."""
 
-    def __init__(self, model, settings: TrainSettings, device, stats, group_text, ranks, patches, y):
+    def __init__(self, model, settings: TrainSettings, device, stats, group_text, ranks, patches, y,
+                 unlabelled=None):
         import torch
 
         self.model, self.settings, self.device, self.ranks = model, settings, device, ranks
+        self.unlabelled = {m: torch.from_numpy(p) for m, p in (unlabelled or {}).items()}
+        self.teacher = None  # the weight average, once a schedule has one (semi-supervised loss)
+        self.pseudo = [0, 0]  # pseudo-labelled and unlabelled samples seen (the share is logged)
         self.stats = stats or {}
         self.text = model.class_embeddings.to(device)
         self.group_text = {k: v.to(device) for k, v in (group_text or {}).items()}
@@ -205,8 +224,34 @@ class _Stepper:
             if b.numel() >= 2:  # batch norm needs two samples (every rank has the same count)
                 yield b
 
+    def _pseudo_labels(self, n_labelled: int, jitter):
+        """(strongly augmented unlabelled batch, the teacher's pseudo-labels, 1 where the
+        teacher is confident else 0), or Nones when there is no semi-supervised loss. The
+        teacher (the weight average, eval mode) sees the patches as they are; the student a
+        spectrally jittered, flipped and rotated copy."""
+        import torch
+
+        from .augment import SpectralJitter, flip_rotate, spectral_jitter
+
+        if self.teacher is None or not self.unlabelled or self.settings.unlabelled_weight <= 0:
+            return None, None, None
+        pool = next(iter(self.unlabelled.values())).shape[0]
+        pick = torch.randint(0, pool, (self.settings.unlabelled_ratio * n_labelled,), generator=self.augment_generator)
+        raw = {m: t[pick].to(self.device, non_blocking=True) for m, t in self.unlabelled.items()}
+        with torch.no_grad():
+            prob = torch.softmax(self.teacher.logits(self.teacher.embed(raw)), dim=1)
+            confidence, pseudo = prob.max(1)
+            sure = (confidence >= self.settings.confidence).to(prob.dtype)
+        self.pseudo[0] += int(sure.sum())
+        self.pseudo[1] += int(sure.numel())
+        strong = spectral_jitter(raw, self.stats, jitter or SpectralJitter(), self.augment_generator)
+        return flip_rotate(strong, self.augment_generator), pseudo, sure
+
     def loss(self, b):
         """(loss, embeddings, labels) of batch ``b`` (this process's samples)."""
+        import torch
+        import torch.nn.functional as F
+
         from .augment import SpectralJitter, flip_rotate, spectral_jitter
         from .ddp import gather, gather_plain
         from .mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
@@ -219,13 +264,20 @@ class _Stepper:
         if settings.augment:
             batch = flip_rotate(batch, self.augment_generator)
         yb = self.y[b].to(self.device)
+        strong, pseudo, sure = self._pseudo_labels(b.numel(), jitter)
+        if strong is not None:  # one forward pass (and batch-norm batch) for both parts
+            batch = {m: torch.cat([x, strong[m]]) for m, x in batch.items()}
+        n = b.numel()
         if self.net is None:
             features = model.branch_features(batch)
             z = model.embed(batch, features)
-            groups = model.group_embeddings(features) if self.group_text else {}
-            z_all, y_all, groups_all = z, yb, groups
-        else:  # the loss of the whole global batch, on every rank
+            groups = model.group_embeddings({k: f[:n] for k, f in features.items()}) if self.group_text else {}
+        else:
             z, groups = self.net(batch)
+            groups = {k: g[:n] for k, g in groups.items()}
+        z, z_u = z[:n], z[n:]
+        z_all, y_all, groups_all = z, yb, groups
+        if self.net is not None:  # the loss of the whole global batch, on every rank
             z_all, y_all = gather(z), gather_plain(yb)
             groups_all = {k: gather(g) for k, g in groups.items()}
         text = self.text
@@ -236,6 +288,9 @@ class _Stepper:
         if self.group_text:  # band-group prompting: each group aligned with its physics-and-class prompts
             loss = loss + sum(supervised_contrastive_loss(g, self.group_text[k][y_all], y_all, model.scale())
                               for k, g in groups_all.items()) / len(groups_all)
+        if strong is not None:
+            per_sample = F.cross_entropy(model.logits(z_u), pseudo, reduction="none")
+            loss = loss + settings.unlabelled_weight * (per_sample * sure).mean()
         return loss, z, yb
 
 
@@ -289,13 +344,18 @@ def _global(values, stepper: _Stepper):
 
 
 def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainSettings, device, job: Job,
-          stats: Optional[dict] = None, group_text: Optional[dict] = None, ranks=None) -> TrainOutcome:
+          stats: Optional[dict] = None, group_text: Optional[dict] = None, ranks=None,
+          unlabelled: Optional[Dict[str, np.ndarray]] = None) -> TrainOutcome:
     """Train ``model`` in place (its ``class_embeddings`` must be set); ``y`` holds class
     indices 0..C-1. Returns the history; the model ends with its final weights (best
     epoch, or the weight average). ``stats`` (the patches' normalisation) is what spectral
     augmentation needs. ``ranks`` (:class:`rsvl.backend.ddp.Ranks`, under torchrun):
     data-parallel training with the single-process batches and loss (see
-    :mod:`rsvl.backend.ddp`); figures are global."""
+    :mod:`rsvl.backend.ddp`); figures are global. ``unlabelled``: patches of unlabelled
+    pixels of the scene for the semi-supervised loss (``settings.unlabelled_weight``; the
+    one-cycle schedule with a weight average only)."""
+    import functools
+
     from .errors import InputError, LabelError
 
     if settings.schedule not in SCHEDULES:
@@ -305,7 +365,10 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
     if train_idx.size < 2:
         raise LabelError(f"the training set has {train_idx.size} usable pixel(s); label at least two")
     model.to(device)
-    run = _early_stopping if settings.schedule == "early-stopping" else _one_cycle
+    if settings.unlabelled_weight > 0 and (settings.schedule != "one-cycle" or not settings.ema):
+        raise InputError("the semi-supervised loss needs the one-cycle schedule with a weight average (its teacher)")
+    run = _early_stopping if settings.schedule == "early-stopping" else functools.partial(_one_cycle,
+                                                                                          unlabelled=unlabelled)
     start = time.perf_counter()
     outcome = TrainOutcome(val_index=val_idx)
     seen = run(model, patches, y, settings, device, job, stats, group_text, ranks, train_idx, val_idx, outcome)
@@ -363,7 +426,7 @@ def _early_stopping(model, patches, y, settings, device, job, stats, group_text,
 
 
 def _one_cycle(model, patches, y, settings, device, job, stats, group_text, ranks, train_idx, val_idx,
-               outcome: TrainOutcome) -> int:
+               outcome: TrainOutcome, unlabelled=None) -> int:
     """Spectral-spatial's schedule: AdamW, one-cycle rate, weight average; a validation run
     then (``refit``) a final run on every sample, from the same initial weights."""
     initial = copy.deepcopy(model.state_dict())
@@ -377,17 +440,17 @@ def _one_cycle(model, patches, y, settings, device, job, stats, group_text, rank
             log.info("refitting on all %d labelled samples (the validation figures come from the first fit)", y.size)
         span = job.span(i / len(runs), (i + 1) / len(runs))
         seen += _one_cycle_run(model, patches, y, settings, device, span, stats, group_text, ranks, fit_idx,
-                               score_idx, outcome, record=i == 0)
+                               score_idx, outcome, record=i == 0, unlabelled=unlabelled)
     outcome.refit = len(runs) > 1
     return seen
 
 
 def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, ranks, fit_idx, score_idx,
-                   outcome: TrainOutcome, record: bool) -> int:
+                   outcome: TrainOutcome, record: bool, unlabelled=None) -> int:
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    stepper = _Stepper(model, settings, device, stats, group_text, ranks, patches, y)
+    stepper = _Stepper(model, settings, device, stats, group_text, ranks, patches, y, unlabelled)
     local = -(-fit_idx.size // ranks.world_size) if ranks is not None else fit_idx.size  # samples per epoch here
     # Steps per epoch: the last batch of an epoch is skipped when it has one sample (see _Stepper.batches).
     n_batches = max(1, local // stepper.step_size + (1 if local % stepper.step_size >= 2 else 0))
@@ -404,6 +467,8 @@ def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, 
             average.update_parameters(model)
 
     final = average.module if average is not None else model
+    if average is not None:
+        stepper.teacher = average.module.eval()
     seen = 0
     for epoch in range(1, epochs + 1):
         total, correct, count = _global(list(_epoch(stepper, optimiser, fit_idx, job, epoch, epochs, n_batches,
@@ -426,5 +491,9 @@ def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, 
                                            device).argmax(1).numpy()
     if average is not None:
         model.load_state_dict(average.module.state_dict())
+    if stepper.pseudo[1]:
+        outcome.pseudo_labelled = stepper.pseudo[0] / stepper.pseudo[1]
+        log.info("semi-supervised: %.0f %% of %d unlabelled samples drawn were pseudo-labelled",
+                 100 * stepper.pseudo[0] / stepper.pseudo[1], stepper.pseudo[1])
     outcome.epochs_run = outcome.best_epoch = epochs
     return seen

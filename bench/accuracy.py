@@ -21,8 +21,8 @@ Rows (each the mean over the seeds, with the range):
   favours methods that see the neighbourhood: it says what context buys, not more.
 
 ``--recipes`` trains each recipe (default: spectral-spatial, mmlgnet, band-groups) on every split;
-``--variants`` adds rsvl training options (``augment``, ``balanced``, ``augment+balanced``)
-on the random split. ``--losses supervised clip`` adds the paper's loss (with one
+``--variants`` adds rsvl training options to the first recipe (default ``semi-supervised``;
+also ``augment``, ``balanced``, ``augment+balanced``) on every split but the multi-sensor one. ``--losses supervised clip`` adds the paper's loss (with one
 prompt per class the two losses are equal functions of the weights; tests/test_backend_loss.py).
 
     .venv/bin/python bench/accuracy.py [--seeds 0 1 2] [--fraction 0.1] [--block 20]
@@ -192,8 +192,9 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--block", type=int, default=20, help="checkerboard square side in pixels")
     p.add_argument("--per-class", type=int, nargs="*", default=[5, 20], help="labelled pixels per class")
-    p.add_argument("--variants", nargs="*", default=[],
-                   choices=["augment", "balanced", "augment+balanced"], help="rsvl options on the random split")
+    p.add_argument("--variants", nargs="*", default=["semi-supervised"],
+                   choices=["semi-supervised", "augment", "balanced", "augment+balanced"],
+                   help="rsvl training options added to the first recipe, on every split but the multi-sensor one")
     p.add_argument("--losses", nargs="+", default=["supervised"], choices=["supervised", "clip"])
     p.add_argument("--recipes", nargs="+", default=list(RECIPE_NAMES), choices=list(RECIPE_NAMES))
     p.add_argument("--no-date-shift", action="store_true")
@@ -233,10 +234,9 @@ def main(argv=None):
                     per_class_split(args.labels, n, seed, train, test)
                 configs = [(name_of(recipe, loss), dict(loss=loss, recipe=recipe))
                            for recipe in args.recipes for loss in args.losses]
-                if split == "random":
-                    configs += [(f"rsvl --recipe {args.recipes[0]} --{v.replace('+', ' --')}",
-                                 {"recipe": args.recipes[0], **{k: True for k in v.split("+")}})
-                                for v in args.variants]
+                configs += [(f"rsvl --recipe {args.recipes[0]} --{v.replace('+', ' --')}",
+                             {"recipe": args.recipes[0], **{k.replace("-", "_"): True for k in v.split("+")}})
+                            for v in args.variants]
                 for name, options in configs:
                     model, classes = os.path.join(tmp, "model.safetensors"), os.path.join(tmp, "classes.tif")
                     t = time.perf_counter()

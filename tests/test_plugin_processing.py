@@ -552,3 +552,19 @@ def test_band_group_recipe_from_processing(plugin, scene, tmp_path):
     header = read_header(res["OUTPUT_MODEL"])
     assert header.training["recipe"] == "band-groups" and len(header.config.groups["hsi"]) == 4
     assert res["VALIDATION_OA"] > 0.7
+
+
+def test_semi_supervised_training_from_processing(plugin, scene, tmp_path):
+    res = run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])],
+                             "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "SEMI_SUPERVISED": True,
+                             "OUTPUT_MODEL": str(tmp_path / "s.safetensors")})
+    from rsvl.backend.modelfile import read_header
+
+    training = read_header(res["OUTPUT_MODEL"]).training
+    assert training["semi_supervised"] is True and training["recipe"] == "spectral-spatial"
+    assert training["unlabelled_pixels"] > 0 and training["pseudo_labelled"] is not None
+    assert res["VALIDATION_OA"] > 0.7
+    with pytest.raises(QgsProcessingException, match="SEMI_SUPERVISED needs a recipe with a weight average"):
+        run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.polygons),
+                           "CLASS_FIELD": "cover", **FAST, "SEMI_SUPERVISED": True, "RECIPE": 1,
+                           "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})

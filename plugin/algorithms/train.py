@@ -91,6 +91,11 @@ class TrainAlgorithm(RsvlAlgorithm):
             "random flip and 90° rotation. <b>BALANCED</b>: each epoch draws every class equally often. Both are "
             "off by default: on the sample (10 % split, 3 seeds) AUGMENT + BALANCED gave OA 0.896 / AA 0.651 against "
             "0.905 / 0.617 without; see the README.<br>"
+            "<b>SEMI_SUPERVISED</b> (advanced, recipe spectral-spatial): unlabelled pixels of the input scene train "
+            "the model too. Its weight average labels them where it is at least 95 % sure, and the model learns "
+            "those labels on spectrally jittered, flipped and rotated copies (FixMatch with a mean teacher). "
+            "With few labels it maps the common classes far better; the pseudo-labels follow the scene's own class "
+            "proportions, so rare classes may shrink. Training takes about twice as long.<br>"
             "<b>OUTPUT_MODEL</b>: the model file (.safetensors weights + JSON header with classes, colours, "
             "band names, normalisation, text encoder). By default a new file in ~/rsvl/models/ named after the "
             "date and time, so closing QGIS never loses a model.<br>"
@@ -151,7 +156,9 @@ class TrainAlgorithm(RsvlAlgorithm):
         seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(seed)
         for key, title in (("AUGMENT", "Augment: spectral gain/offset jitter, flips and rotations"),
-                           ("BALANCED", "Class-balanced epochs")):
+                           ("BALANCED", "Class-balanced epochs"),
+                           ("SEMI_SUPERVISED", "Semi-supervised: unlabelled pixels train the model too "
+                                               "(pseudo-labels; recipe spectral-spatial)")):
             p = QgsProcessingParameterBoolean(key, title, defaultValue=False)
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
@@ -244,6 +251,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             band_groups_file=self.parameterAsFile(parameters, "BAND_GROUPS", context) or None,
             augment=self.parameterAsBool(parameters, "AUGMENT", context),
             balanced=self.parameterAsBool(parameters, "BALANCED", context),
+            semi_supervised=self.parameterAsBool(parameters, "SEMI_SUPERVISED", context),
         )
         return api.train, kwargs
 
