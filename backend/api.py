@@ -217,6 +217,10 @@ def train(
     job.check()
     if ranks is None or ranks.is_main:
         save_model(output_model, model.cpu(), header)
+    if ranks is not None:
+        from .ddp import finish
+
+        finish()
     job.report(1.0, f"model saved to {output_model}")
     log.info("trained %d classes on %d samples in %.1f s; model: %s", len(classes), y.size, outcome.seconds, output_model)
     return TrainResult(

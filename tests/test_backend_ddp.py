@@ -92,6 +92,7 @@ for loss_name in ("supervised", "clip"):
     out[f"{loss_name}/loss"] = np.float64(loss.item())
 if ranks.rank == 0:
     np.savez(sys.argv[1], **out)
+ddp.finish()
 '''
 
 
