@@ -180,6 +180,7 @@ def _band_names(dataset, layer: LayerSpec) -> List[str]:
 # (half the memory of float32 for 16-bit data); others are converted by GDAL on reading.
 _EXACT_IN_FLOAT32 = {"uint8", "int8", "uint16", "int16", "float32"}
 
+
 def _mask_kind(reader, indexes: Sequence[int]) -> Tuple[str, str]:
     """(type to read in, kind of GDAL mask) of bands ``indexes``: the file's own type where
     it converts exactly to float32, else float32; and the mask: ``none`` (all valid),

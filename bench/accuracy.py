@@ -22,15 +22,16 @@ Rows (each the mean over the seeds, with the range):
 
 ``--recipes`` trains each recipe (default: spectral-spatial, mmlgnet, band-groups) on every split;
 ``--variants`` adds rsvl training options to the first recipe (default ``semi-supervised``;
-also ``augment``, ``balanced``, ``augment+balanced``) on every split but the multi-sensor one. ``--losses supervised clip`` adds the paper's loss (with one
-prompt per class the two losses are equal functions of the weights; tests/test_backend_loss.py).
+also ``augment``, ``balanced``, ``augment+balanced``) on every split but the multi-sensor
+one. ``--losses supervised clip`` adds the paper's loss (with one prompt per class the
+two losses are equal functions of the weights; tests/test_backend_loss.py).
 
     .venv/bin/python bench/accuracy.py [--seeds 0 1 2] [--fraction 0.1] [--block 20]
         [--per-class 5 20] [--variants augment+balanced]
         [--ms resources/sample/s2_l1c_2015-07-11.tif --lidar resources/sample/dem.tif
          --labels resources/sample/lulc.tif]
 
-About 15 minutes on 2 cores with the defaults."""
+About 18 minutes on 2 cores with the defaults."""
 
 from __future__ import annotations
 

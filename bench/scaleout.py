@@ -21,6 +21,9 @@ beside it, the plain process with torch's default threads. Best of ``REPEATS``.
 
 Ratios, not absolute seconds, are the figures to compare across machines; the goal of
 1.7 assumes 2 otherwise idle cores (the load average is recorded).
+
+The two speedups are also merged into bench/latest.json (bench/run.py's figures), where
+the other engine figures are; its other keys are kept.
 """
 
 from __future__ import annotations
@@ -196,6 +199,8 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=1536, help="side of the classified scene (pixels)")
     parser.add_argument("--workdir", default=None, help="folder for the generated scenes (default: system temp)")
     parser.add_argument("--out", default=str(HERE / "scaleout.json"))
+    parser.add_argument("--latest", default=str(HERE / "latest.json"),
+                        help="bench/run.py's JSON, updated with the two speedups (empty: leave it)")
     args = parser.parse_args(argv)
     wall = time.perf_counter()
     results = {"machine": base.machine()}
@@ -209,7 +214,20 @@ def main(argv=None) -> int:
     print(table(results))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {args.out}")
+    if args.latest:
+        merge_into_latest(Path(args.latest), results, Path(args.out))
     return 0
+
+
+def merge_into_latest(latest: Path, results: dict, source: Path) -> None:
+    """``dask_2_vs_1_speedup`` and ``ddp_2_vs_1_speedup`` beside bench/run.py's figures."""
+    data = json.loads(latest.read_text()) if latest.exists() else {}
+    data.update({k: results[k] for k in ("dask_2_vs_1_speedup", "ddp_2_vs_1_speedup")})
+    data["scaleout_source"] = source.name
+    tmp = latest.with_suffix(".json.part")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, latest)
+    print(f"updated: {latest}")
 
 
 if __name__ == "__main__":
