@@ -16,6 +16,30 @@ def _batch(y, dim=16, seed=0):
     return z_v, classes[torch.tensor(y)], classes, torch.tensor(y)
 
 
+def test_a_tiny_batch_by_hand():
+    """Three images of classes (0, 0, 1) and their prompts, the two class-0 prompts
+    different (two templates); scale 2. Similarities (rows images, columns prompts):
+    (2, 1.6, 0), (1.2, 1.92, 1.6), (0, 1.2, 2). Supervised: a row's positives are the
+    columns of its class, each with target 1/2 for class 0; the paper's loss has one
+    positive per row (its own column), so there the other class-0 prompt is a negative."""
+    from math import exp, log
+
+    z_v = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    z_t = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    lse_i = [log(exp(2) + exp(1.6) + 1), log(exp(1.2) + exp(1.92) + exp(1.6)), log(1 + exp(1.2) + exp(2))]
+    lse_t = [log(exp(2) + exp(1.2) + 1), log(exp(1.6) + exp(1.92) + exp(1.2)), log(1 + exp(1.6) + exp(2))]
+    i2t = [lse_i[0] - (2 + 1.6) / 2, lse_i[1] - (1.2 + 1.92) / 2, lse_i[2] - 2]
+    t2i = [lse_t[0] - (2 + 1.2) / 2, lse_t[1] - (1.6 + 1.92) / 2, lse_t[2] - 2]
+    expected = 0.5 * (sum(i2t) / 3 + sum(t2i) / 3)
+    got = supervised_contrastive_loss(z_v, z_t, y, torch.tensor(2.0)).item()
+    assert abs(got - expected) < 1e-6, (got, expected)
+    diagonal = [2, 1.92, 2]
+    paper = 0.5 * (sum(a - d for a, d in zip(lse_i, diagonal)) + sum(a - d for a, d in zip(lse_t, diagonal))) / 3
+    assert abs(symmetric_contrastive_loss(z_v, z_t, torch.tensor(2.0)).item() - paper) < 1e-6
+    assert abs(expected - paper) > 0.05  # the two losses differ on this batch
+
+
 def test_equals_the_paper_loss_when_every_class_is_distinct():
     z_v, z_t, _, y = _batch([0, 1, 2, 3])
     scale = torch.tensor(14.0)
