@@ -134,6 +134,16 @@ def test_pretrain_from_the_shell(helpers, tmp_path):
                        "BATCH_SIZE=64", "DEVICE=1", "OUTPUT=enc.safetensors", home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "enc.safetensors").exists() and "FINAL_LOSS" in res.stdout
+    # … then rsvl:train with a RECIPE (1: mmlgnet) fine-tunes from it
+    res = qgis_process("run", "rsvl:train", "--", f"INPUT_HSI={scene.paths['hsi']}",
+                       f"INPUT_LIDAR={scene.paths['lidar']}", f"TRAINING={scene.labels}", "PATCH_SIZE=5", "EPOCHS=3",
+                       "BATCH_SIZE=64", "DEVICE=1", "RECIPE=1", "PRETRAINED=enc.safetensors",
+                       "OUTPUT_MODEL=m.safetensors", home=tmp_path, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    from rsvl.backend.modelfile import read_header
+
+    training = read_header(str(tmp_path / "m.safetensors")).training
+    assert training["recipe"] == "mmlgnet" and training["pretrained"] == str(tmp_path / "enc.safetensors")
 
 
 @pytest.mark.slow  # two qgis_process runs at once
