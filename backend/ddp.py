@@ -86,7 +86,7 @@ def finish() -> None:
     failed must not wait for peers stuck in another collective."""
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    stop()
 
 
 def check_batch_size(batch_size: int, world_size: int) -> None:

@@ -221,12 +221,13 @@ def main(argv=None) -> int:
 
 def merge_into_latest(latest: Path, results: dict, source: Path) -> None:
     """``dask_2_vs_1_speedup`` and ``ddp_2_vs_1_speedup`` beside bench/run.py's figures."""
+    from rsvl.backend.atomic import atomic_path
+
     data = json.loads(latest.read_text()) if latest.exists() else {}
-    data.update({k: results[k] for k in ("dask_2_vs_1_speedup", "ddp_2_vs_1_speedup")})
+    data.update({k: results[k] for k in base.SCALEOUT_SPEEDUPS})
     data["scaleout_source"] = source.name
-    tmp = latest.with_suffix(".json.part")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, latest)
+    with atomic_path(str(latest)) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
     print(f"updated: {latest}")
 
 
