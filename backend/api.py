@@ -205,6 +205,7 @@ def train(
         "recipe": recipe, "augment": augment, "balanced": balanced, "semi_supervised": bool(semi_supervised),
         "unlabelled_pixels": int(len(next(iter(unlabelled.values())))) if unlabelled else 0,
         "pseudo_labelled": None if outcome.pseudo_labelled is None else round(outcome.pseudo_labelled, 4),
+        "ema": outcome.ema, "ema_scores": outcome.ema_scores,
         "pretrained": os.path.abspath(pretrained) if pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "processes": ranks.world_size if ranks else 1,

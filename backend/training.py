@@ -9,15 +9,18 @@ with one of two schedules (``TrainSettings.schedule``):
   a validation split, the schedule first runs on the rest and is scored on it (the
   reported figures), then, with ``refit``, runs again from the same initial weights on
   every labelled sample: the model uses all labels, the figures describe the recipe.
+  With ``ema_choices`` the validation run keeps one weight average per decay and the
+  refit takes the one the validation split prefers (:func:`choose_average`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -46,6 +49,9 @@ class TrainSettings:
     schedule: str = "early-stopping"
     weight_decay: float = 0.0
     ema: float = 0.0  # decay per step of the weight average (0: none)
+    # Other decays of the weight average tried alongside ``ema`` in the validation run (same
+    # steps, one average each); the refit keeps the one the validation split scores best.
+    ema_choices: Tuple[float, ...] = ()
     min_steps: int = 0  # one-cycle: at least this many steps, however few the samples
     refit: bool = False  # one-cycle with validation: refit on every sample afterwards
     jitter: Optional[object] = None  # SpectralJitter applied to every batch (recipe default), None: only with augment
@@ -80,6 +86,8 @@ class TrainOutcome:
     stopped_early: bool = False
     refit: bool = False  # one-cycle: the model was refit on every sample after the validation run
     pseudo_labelled: Optional[float] = None  # semi-supervised: share of unlabelled samples drawn that were pseudo-labelled
+    ema: Optional[float] = None  # one-cycle: the decay of the weight average that is the model
+    ema_scores: Optional[Dict[str, List[float]]] = None  # validation (OA, loss) of each decay tried
 
 
 def split_validation(y: np.ndarray, fraction: float, seed: int):
@@ -425,28 +433,48 @@ def _early_stopping(model, patches, y, settings, device, job, stats, group_text,
     return seen
 
 
+def choose_average(decays, scores, n_val: int):
+    """The weight average the refit uses: ``decays[0]`` (the recipe's) unless another's
+    validation OA is ahead of it by more than one standard error of its OA, sqrt(OA (1 − OA)
+    / n_val), so a few validation samples choose nothing; the best such by OA, then by
+    loss. ``scores``: decay → (OA, −loss)."""
+    oa0 = scores[decays[0]][0]
+    margin = math.sqrt(max(oa0 * (1 - oa0), 1e-12) / max(n_val, 1))
+    better = [d for d in decays[1:] if scores[d][0] > oa0 + margin]
+    return max(better, key=lambda d: scores[d]) if better else decays[0]
+
+
 def _one_cycle(model, patches, y, settings, device, job, stats, group_text, ranks, train_idx, val_idx,
                outcome: TrainOutcome, unlabelled=None) -> int:
     """Spectral-spatial's schedule: AdamW, one-cycle rate, weight average; a validation run
-    then (``refit``) a final run on every sample, from the same initial weights."""
+    then (``refit``) a final run on every sample, from the same initial weights. With
+    ``ema_choices`` the validation run keeps one weight average per decay and the refit
+    uses the decay that scored best on the validation split."""
     initial = copy.deepcopy(model.state_dict())
     runs = [(train_idx, val_idx)]
     if val_idx.size and settings.refit:
         runs.append((np.arange(y.size), np.zeros(0, dtype=np.int64)))
     seen = 0
+    decays = [settings.ema] + [d for d in settings.ema_choices if d != settings.ema] if settings.ema else [0.0]
     for i, (fit_idx, score_idx) in enumerate(runs):
         if i:
             model.load_state_dict(initial)
             log.info("refitting on all %d labelled samples (the validation figures come from the first fit)", y.size)
         span = job.span(i / len(runs), (i + 1) / len(runs))
         seen += _one_cycle_run(model, patches, y, settings, device, span, stats, group_text, ranks, fit_idx,
-                               score_idx, outcome, record=i == 0, unlabelled=unlabelled)
+                               score_idx, outcome, record=i == 0, unlabelled=unlabelled,
+                               decays=decays if score_idx.size else decays[:1])
+        decays = [outcome.ema]
     outcome.refit = len(runs) > 1
     return seen
 
 
 def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, ranks, fit_idx, score_idx,
-                   outcome: TrainOutcome, record: bool, unlabelled=None) -> int:
+                   outcome: TrainOutcome, record: bool, unlabelled=None, decays=(0.0,)) -> int:
+    """One run of the schedule. ``decays``: the weight averages kept (0: none, the model
+    itself); the first (the recipe's) is the teacher of the semi-supervised loss and the one
+    the history scores; with ``score_idx`` another replaces it as the model only when its
+    validation OA is ahead by more than one standard error (the best such, by OA then loss)."""
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -458,13 +486,13 @@ def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, 
     steps = n_batches * epochs
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, one_cycle(steps))
-    average = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema), use_buffers=True)
-               if settings.ema else None)
+    averages = {d: AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(d), use_buffers=True) for d in decays if d}
+    average = averages.get(decays[0])
 
     def after_step():
         schedule.step()
-        if average is not None:
-            average.update_parameters(model)
+        for a in averages.values():
+            a.update_parameters(model)
 
     final = average.module if average is not None else model
     if average is not None:
@@ -484,13 +512,27 @@ def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, 
         if record:
             outcome.history.append(entry)
         log.debug("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "epoch"))
+    chosen = decays[0]
+    if score_idx.size and len(decays) > 1:
+        scores = {}
+        for d in decays:
+            candidate = averages[d].module if d else model
+            _sync_buffers(candidate, ranks)
+            loss, oa = _evaluate(candidate, patches, stepper.y, score_idx, settings.batch_size * 4, device, ranks)
+            scores[d] = (oa, -loss)
+        chosen = choose_average(decays, scores, score_idx.size)
+        outcome.ema_scores = {str(d): [round(v[0], 4), round(-v[1], 4)] for d, v in scores.items()}
+        log.info("weight average chosen on the validation split: decay %s (OA, loss: %s)", chosen,
+                 outcome.ema_scores)
+        final = averages[chosen].module if chosen else model
+    outcome.ema = chosen
     _sync_buffers(final, ranks)
     if score_idx.size:
         final.eval()
         outcome.val_pred = predict_patches(final, patches, score_idx, settings.batch_size * 4,
                                            device).argmax(1).numpy()
-    if average is not None:
-        model.load_state_dict(average.module.state_dict())
+    if final is not model:
+        model.load_state_dict(final.state_dict())
     if stepper.pseudo[1]:
         outcome.pseudo_labelled = stepper.pseudo[0] / stepper.pseudo[1]
         log.info("semi-supervised: %.0f %% of %d unlabelled samples drawn were pseudo-labelled",

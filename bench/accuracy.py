@@ -31,7 +31,7 @@ two losses are equal functions of the weights; tests/test_backend_loss.py).
         [--ms resources/sample/s2_l1c_2015-07-11.tif --lidar resources/sample/dem.tif
          --labels resources/sample/lulc.tif]
 
-About 18 minutes on 2 cores with the defaults."""
+About 14 minutes on 2 cores with the defaults."""
 
 from __future__ import annotations
 

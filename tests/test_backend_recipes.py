@@ -87,6 +87,52 @@ def test_spectral_spatial_refits_on_every_label_and_keeps_the_validation_figures
     assert t["refit"] is False and res.validation is None and t["n_train"] == t["n_samples"]
 
 
+def test_the_validation_split_chooses_the_weight_average_and_the_refit_keeps_it(multi, monkeypatch):
+    """spectral-spatial keeps a weight average per decay (0.995, 0.98) in the validation run;
+    the refit uses 0.98 only when its validation OA beats 0.995's by more than a standard
+    error. A short run leaves the slow average behind, so the fast one must win here."""
+    from rsvl.backend import training
+    from rsvl.backend.modelfile import read_header
+
+    scene, layers, root = multi
+    calls = []
+    real = training._one_cycle_run
+
+    def spy(*args, **kwargs):
+        calls.append(list(kwargs["decays"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_one_cycle_run", spy)
+    res = api.train(layers, str(scene.labels), str(root / "ema.safetensors"), epochs=3, validation_fraction=0.3,
+                    learning_rate=3e-3, **FAST)
+    t = read_header(res.model_path).training
+    assert calls[0] == [0.995, 0.98] and calls[1] == [t["ema"]]
+    scores = {float(k): v for k, v in t["ema_scores"].items()}
+    assert set(scores) == {0.995, 0.98}
+    oa, n_val = scores[0.995][0], t["n_val"]
+    assert t["ema"] == 0.98 and scores[0.98][0] > oa + (oa * (1 - oa) / n_val) ** 0.5, (scores, n_val)
+    # The validation figures are the chosen average's.
+    assert res.validation.oa == pytest.approx(scores[0.98][0], abs=1e-3)
+    # Without a validation split nothing is chosen: the recipe's decay.
+    calls.clear()
+    res = api.train(layers, str(scene.labels), str(root / "ema0.safetensors"), epochs=2, validation_fraction=0,
+                    **FAST)
+    assert calls == [[0.995]] and read_header(res.model_path).training["ema_scores"] is None
+
+
+def test_another_average_needs_a_standard_error_of_lead():
+    from rsvl.backend.training import choose_average
+
+    # 200 validation samples at OA 0.90: one standard error is 0.0212.
+    assert choose_average([0.995, 0.98], {0.995: (0.90, -0.3), 0.98: (0.92, -0.2)}, 200) == 0.995
+    assert choose_average([0.995, 0.98], {0.995: (0.90, -0.3), 0.98: (0.925, -0.4)}, 200) == 0.98
+    # Five validation samples: a lead of one sample is no evidence.
+    assert choose_average([0.995, 0.98], {0.995: (0.6, -1.0), 0.98: (0.8, -1.0)}, 5) == 0.995
+    # Among those ahead, the best OA, then the lower loss.
+    three = {0.995: (0.80, -0.5), 0.98: (0.95, -0.3), 0.9: (0.95, -0.1)}
+    assert choose_average([0.995, 0.98, 0.9], three, 500) == 0.9
+
+
 def test_the_default_length_has_a_minimum_of_steps(multi, monkeypatch):
     """With few labels an epoch is one step; the recipe's default 60 epochs would be 60 steps,
     so the default schedule runs at least 400 (explicit EPOCHS are taken as they are, above)."""
