@@ -50,7 +50,8 @@ class TrainSettings:
     weight_decay: float = 0.0
     ema: float = 0.0  # decay per step of the weight average (0: none)
     # Other decays of the weight average tried alongside ``ema`` in the validation run (same
-    # steps, one average each); the refit keeps the one the validation split scores best.
+    # steps, one average each); the refit keeps one only where the validation split prefers it
+    # by more than a standard error (:func:`choose_average`), else ``ema``.
     ema_choices: Tuple[float, ...] = ()
     min_steps: int = 0  # one-cycle: at least this many steps, however few the samples
     refit: bool = False  # one-cycle with validation: refit on every sample afterwards

@@ -20,6 +20,9 @@ Rows (each the mean over the seeds, with the range):
   trained on a random ``--multi-fraction`` of its pixels, tested on the rest. Its design
   favours methods that see the neighbourhood: it says what context buys, not more.
 
+Every rsvl model's row records ``ema``, the decay of the weight average it kept
+(spectral-spatial chooses it on its validation split; None: a recipe without one).
+
 ``--recipes`` trains each recipe (default: spectral-spatial, mmlgnet, band-groups) on every split;
 ``--variants`` adds rsvl training options to the first recipe (default ``semi-supervised``;
 also ``augment``, ``balanced``, ``augment+balanced``) on every split but the multi-sensor
@@ -245,7 +248,7 @@ def main(argv=None):
                     seconds = round(time.perf_counter() - t, 1)
                     api.classify(model, layers, classes, device="cpu")
                     record(split, seed, name, api.evaluate(classes, test).accuracy, epochs=trained.epochs_run,
-                           train_seconds=seconds)
+                           train_seconds=seconds, ema=trained.header["training"].get("ema"))
                     if split == "random":
                         for row, path in shifts:
                             for norm in ("model", "scene"):
@@ -273,7 +276,7 @@ def main(argv=None):
                     seconds = round(time.perf_counter() - t, 1)
                     api.classify(model, multi_layers, classes, device="cpu")
                     record("multi-sensor", seed, name_of(recipe), api.evaluate(classes, test).accuracy,
-                           epochs=trained.epochs_run, train_seconds=seconds)
+                           epochs=trained.epochs_run, train_seconds=seconds, ema=trained.header["training"].get("ema"))
                 for b in run_baselines(multi_layers, train, test, seed=seed, methods=BASELINES):
                     record("multi-sensor", seed, b.name, b.accuracy)
     summary = {}

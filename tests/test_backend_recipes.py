@@ -183,3 +183,26 @@ def test_model_format_version_follows_the_architecture(random_model, tmp_path):
             assert json.loads(f.metadata()["rsvl"])["format_version"] == expected
         loaded, _ = load_model(str(path))
         assert (loaded.pixel is not None) == bool(pixel)
+
+
+def test_classes_with_few_labels_are_warned_about(multi, caplog):
+    """A class with one or two labelled pixels is mapped from guesswork on other dates
+    (README, accuracy): training says which classes, how many pixels, and what to do."""
+    scene, layers, root = multi
+    with rasterio.open(scene.labels) as ds:
+        codes, profile = ds.read(1), ds.profile
+    few = codes.copy()
+    few.flat[np.flatnonzero(codes.ravel() == 2)[2:]] = 0  # class 2 keeps two pixels
+    labels = root / "two.tif"
+    with rasterio.open(labels, "w", **profile) as dst:
+        dst.write(few, 1)
+    with caplog.at_level("WARNING", logger="rsvl"):
+        res = api.train(layers, str(labels), str(root / "two.safetensors"), epochs=1, validation_fraction=0, **FAST)
+    name = [c.name for c in res.classes if c.code == 2][0]
+    warned = [r.getMessage() for r in caplog.records if "labelled pixel(s) only" in r.getMessage()]
+    assert len(warned) == 1 and f"{name!r} (2)" in warned[0] and "Label at least 5" in warned[0], warned
+    assert all(repr(c.name) not in warned[0] for c in res.classes if c.code != 2)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rsvl"):
+        api.train(layers, str(scene.labels), str(root / "all.safetensors"), epochs=1, validation_fraction=0, **FAST)
+    assert not [r for r in caplog.records if "labelled pixel(s) only" in r.getMessage()]
