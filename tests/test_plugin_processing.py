@@ -568,3 +568,36 @@ def test_semi_supervised_training_from_processing(plugin, scene, tmp_path):
         run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.polygons),
                            "CLASS_FIELD": "cover", **FAST, "SEMI_SUPERVISED": True, "RECIPE": 1,
                            "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
+
+
+class Recorder(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.warnings, self.errors = [], []
+
+    def pushWarning(self, message):
+        self.warnings.append(message)
+        super().pushWarning(message)
+
+    def reportError(self, message, fatalError=False):
+        self.errors.append(message)
+        super().reportError(message, fatalError)
+
+
+def test_backend_warnings_reach_the_log_as_warnings(plugin, scene, tmp_path):
+    """A class with two labelled pixels: rsvl:train warns in the Processing log (shown as a
+    warning, not as an error) and still trains."""
+    with rasterio.open(scene.labels) as ds:
+        codes, profile = ds.read(1), ds.profile
+    few = codes.copy()
+    few.flat[np.flatnonzero(codes.ravel() == 3)[2:]] = 0
+    labels = tmp_path / "few.tif"
+    with rasterio.open(labels, "w", **profile) as dst:
+        dst.write(few, 1)
+    feedback = Recorder()
+    params = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(labels), **FAST, "EPOCHS": 2,
+              "OUTPUT_MODEL": str(tmp_path / "m.safetensors")}
+    run("rsvl:train", params, feedback)
+    assert os.path.exists(tmp_path / "m.safetensors")
+    assert [w for w in feedback.warnings if "(2) labelled pixel(s) only" in w], feedback.warnings
+    assert not [e for e in feedback.errors if "labelled pixel(s) only" in e]

@@ -87,8 +87,10 @@ class BackendLogHandler(logging.Handler):
         if self.feedback is None or record.thread != self.thread:
             return
         message = self.format(record)
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.ERROR:
             self.feedback.reportError(message, fatalError=False)
+        elif record.levelno >= logging.WARNING:
+            self.feedback.pushWarning(message)  # QGIS >= 3.16: shown as a warning, not an error
         else:
             self.feedback.pushInfo(message)
 
