@@ -50,13 +50,12 @@ def warn_few_labels(classes, y: np.ndarray) -> List[str]:
     them from one or two spectra, so on other dates it predicts them far from where they
     are (README, accuracy: one cultivated pixel was mapped on 116 test pixels of another
     date to find 6 of 10). Returns the names warned about."""
-    counts = np.bincount(y, minlength=len(classes))
-    few = [f"{c.name!r} ({int(n)})" for c, n in zip(classes, counts) if n < FEW_LABELS]
+    few = [(c.name, int(n)) for c, n in zip(classes, np.bincount(y, minlength=len(classes))) if n < FEW_LABELS]
     if few:
         log.warning("TRAINING: %s labelled pixel(s) only; such classes are mapped from guesswork, on other dates "
                     "especially. Label at least %d pixels of each class, or merge the class into another.",
-                    ", ".join(few), FEW_LABELS)
-    return [c.name for c, n in zip(classes, counts) if n < FEW_LABELS]
+                    ", ".join(f"{name!r} ({n})" for name, n in few), FEW_LABELS)
+    return [name for name, _n in few]
 
 
 def train(

@@ -456,7 +456,7 @@ def _one_cycle(model, patches, y, settings, device, job, stats, group_text, rank
     if val_idx.size and settings.refit:
         runs.append((np.arange(y.size), np.zeros(0, dtype=np.int64)))
     seen = 0
-    decays = [settings.ema] + [d for d in settings.ema_choices if d != settings.ema] if settings.ema else [0.0]
+    decays = ([settings.ema] + [d for d in settings.ema_choices if d != settings.ema]) if settings.ema else [0.0]
     for i, (fit_idx, score_idx) in enumerate(runs):
         if i:
             model.load_state_dict(initial)

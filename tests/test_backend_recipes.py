@@ -185,17 +185,14 @@ def test_model_format_version_follows_the_architecture(random_model, tmp_path):
         assert (loaded.pixel is not None) == bool(pixel)
 
 
-def test_classes_with_few_labels_are_warned_about(multi, caplog):
+def test_classes_with_few_labels_are_warned_about(multi, caplog, helpers):
     """A class with one or two labelled pixels is mapped from guesswork on other dates
     (README, accuracy): training says which classes, how many pixels, and what to do."""
     scene, layers, root = multi
     with rasterio.open(scene.labels) as ds:
-        codes, profile = ds.read(1), ds.profile
-    few = codes.copy()
-    few.flat[np.flatnonzero(codes.ravel() == 2)[2:]] = 0  # class 2 keeps two pixels
-    labels = root / "two.tif"
-    with rasterio.open(labels, "w", **profile) as dst:
-        dst.write(few, 1)
+        few = ds.read(1)
+    few.flat[np.flatnonzero(few.ravel() == 2)[2:]] = 0  # class 2 keeps two pixels
+    labels = helpers.write_labels(root / "two.tif", few, scene.transform)
     with caplog.at_level("WARNING", logger="rsvl"):
         res = api.train(layers, str(labels), str(root / "two.safetensors"), epochs=1, validation_fraction=0, **FAST)
     name = [c.name for c in res.classes if c.code == 2][0]

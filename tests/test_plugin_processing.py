@@ -584,16 +584,13 @@ class Recorder(QgsProcessingFeedback):
         super().reportError(message, fatalError)
 
 
-def test_backend_warnings_reach_the_log_as_warnings(plugin, scene, tmp_path):
+def test_backend_warnings_reach_the_log_as_warnings(plugin, scene, tmp_path, helpers):
     """A class with two labelled pixels: rsvl:train warns in the Processing log (shown as a
     warning, not as an error) and still trains."""
     with rasterio.open(scene.labels) as ds:
-        codes, profile = ds.read(1), ds.profile
-    few = codes.copy()
-    few.flat[np.flatnonzero(codes.ravel() == 3)[2:]] = 0
-    labels = tmp_path / "few.tif"
-    with rasterio.open(labels, "w", **profile) as dst:
-        dst.write(few, 1)
+        few = ds.read(1)
+    few.flat[np.flatnonzero(few.ravel() == 3)[2:]] = 0
+    labels = helpers.write_labels(tmp_path / "few.tif", few, scene.transform)
     feedback = Recorder()
     params = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(labels), **FAST, "EPOCHS": 2,
               "OUTPUT_MODEL": str(tmp_path / "m.safetensors")}
