@@ -45,6 +45,9 @@ class TrainResult:
 FEW_LABELS = 5  # a class with fewer labelled pixels gets a warning (warn_few_labels)
 
 
+MEMBER_SEED_STEP = 1000  # ensemble member k trains from seed + 1000·k
+
+
 def warn_few_labels(classes, y: np.ndarray) -> List[str]:
     """Warn about classes with fewer than :data:`FEW_LABELS` labelled pixels: a network maps
     them from one or two spectra, so on other dates it predicts them far from where they
@@ -87,6 +90,7 @@ def train(
     band_groups_file: Optional[str] = None,
     distributed: bool = False,
     semi_supervised: bool = False,
+    members: int = 1,
 ) -> TrainResult:
     """Train a model with ``recipe`` (:mod:`rsvl.backend.recipes`) on ``layers`` from
     ``labels`` (class raster, or vector file with ``class_field``) and save it to
@@ -97,7 +101,10 @@ def train(
     (:mod:`rsvl.backend.ddp`); rank 0 alone writes the model. ``semi_supervised``:
     unlabelled pixels of the scene train the model too, with pseudo-labels from its
     weight average (:class:`rsvl.backend.training.TrainSettings`; recipes with a weight
-    average only)."""
+    average only). ``members`` > 1: a deep ensemble of that many models trained from seeds
+    ``seed``, ``seed`` + 1000, … on the same labels (and validation split), saved as one model
+    file whose similarities are the members' mean (:class:`rsvl.backend.mmlgnet.Ensemble`);
+    training and classification take ``members`` times as long."""
     import torch
 
     from .device import resolve_device
@@ -123,7 +130,8 @@ def train(
         recipe_settings["unlabelled_weight"] = 1.0
     epochs = int(spec.settings["epochs"]) if epochs is None else epochs
     learning_rate = float(spec.settings["learning_rate"]) if learning_rate is None else learning_rate
-    for name, value, lo in (("EPOCHS", epochs, 1), ("BATCH_SIZE", batch_size, 2), ("PATIENCE", patience, 1)):
+    for name, value, lo in (("EPOCHS", epochs, 1), ("BATCH_SIZE", batch_size, 2), ("PATIENCE", patience, 1),
+                            ("MEMBERS", members, 1)):
         if int(value) < lo:
             raise InputError(f"{name} must be at least {lo} (got {value})")
     if not 0 <= validation_fraction < 1:
@@ -190,23 +198,43 @@ def train(
         log.info("%s", setup.description)
     group_text = setup.group_text
     config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size, **setup.config)
-    torch.manual_seed(seed)
-    model = MMLGNet(config, n_classes=len(classes))
-    model.class_embeddings.copy_(text)
-    if pretrained:
-        from .pretrain import load_pretrained
+    members = int(members)
+    models, outcomes, seeds = [], [], [seed + MEMBER_SEED_STEP * k for k in range(members)]
+    for k, member_seed in enumerate(seeds):
+        torch.manual_seed(member_seed)
+        model = MMLGNet(config, n_classes=len(classes))
+        model.class_embeddings.copy_(text)
+        if pretrained:
+            from .pretrain import load_pretrained
 
-        load_pretrained(pretrained, model)
-        log.info("encoders start from %s (rsvl:pretrain)", os.path.basename(pretrained))
-    check_outputs([("OUTPUT_MODEL", output_model, 2 * sum(p.numel() * 4 for p in model.state_dict().values()))])
-    settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, seed, device, loss,
-                             augment=augment, balanced=balanced, **recipe_settings)
-    outcome = train_loop(model, patches, y, settings, dev, job.span(0.2, 0.97), stats=stats, group_text=group_text,
-                         ranks=ranks, unlabelled=unlabelled)
+            load_pretrained(pretrained, model)
+            if not k:
+                log.info("encoders start from %s (rsvl:pretrain)", os.path.basename(pretrained))
+        if not k:
+            size = sum(p.numel() * 4 for p in model.state_dict().values())
+            check_outputs([("OUTPUT_MODEL", output_model, 2 * members * size)])
+        if members > 1:
+            log.info("ensemble member %d of %d (seed %d)", k + 1, members, member_seed)
+        settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, member_seed, device,
+                                 loss, augment=augment, balanced=balanced, split_seed=seed, **recipe_settings)
+        span = job.span(0.2 + 0.77 * k / members, 0.2 + 0.77 * (k + 1) / members)
+        outcomes.append(train_loop(model, patches, y, settings, dev, span, stats=stats, group_text=group_text,
+                                   ranks=ranks, unlabelled=unlabelled))
+        models.append(model)
+    outcome = outcomes[0]
+    if members > 1:
+        from .mmlgnet import Ensemble
+
+        model = Ensemble(models)
+    seconds = sum(o.seconds for o in outcomes)
+    samples_per_s = sum(o.samples_per_s * o.seconds for o in outcomes) / max(seconds, 1e-9)
 
     validation = None
     if outcome.val_index is not None and outcome.val_index.size:
-        matrix = confusion_matrix(y[outcome.val_index], outcome.val_pred, range(len(classes)))
+        # an ensemble's: the members' mean similarity (they share the validation split)
+        val_pred = (outcome.val_pred if members == 1 else
+                    np.mean([o.val_similarity for o in outcomes], axis=0).argmax(1))
+        matrix = confusion_matrix(y[outcome.val_index], val_pred, range(len(classes)))
         validation = accuracy_from_matrix(matrix, [c.code for c in classes], [c.name for c in classes])
     training = {
         "labels": os.path.basename(labels), "class_field": class_field, "class_name_field": class_name_field,
@@ -216,13 +244,14 @@ def train(
         "refit": outcome.refit, "schedule": settings.schedule,
         "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
         "epochs_run": outcome.epochs_run, "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
-        "seconds": round(outcome.seconds, 3), "samples_per_s": round(outcome.samples_per_s, 1),
+        "seconds": round(seconds, 3), "samples_per_s": round(samples_per_s, 1),
         "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
         "recipe": recipe, "augment": augment, "balanced": balanced, "semi_supervised": bool(semi_supervised),
         "unlabelled_pixels": int(len(next(iter(unlabelled.values())))) if unlabelled else 0,
         "pseudo_labelled": None if outcome.pseudo_labelled is None else round(outcome.pseudo_labelled, 4),
         "ema": outcome.ema, "ema_scores": outcome.ema_scores,
+        "members": members, "member_seeds": seeds, "member_ema": [o.ema for o in outcomes],
         "pretrained": os.path.abspath(pretrained) if pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "processes": ranks.world_size if ranks else 1,
@@ -230,7 +259,7 @@ def train(
     }
     header = ModelHeader(
         config=config, band_names=band_names, stats=stats, classes=classes, prompt_template=prompt_template,
-        text_encoder=encoder.id, training=training,
+        text_encoder=encoder.id, training=training, members=members,
     )
     job.check()
     if ranks is None or ranks.is_main:
@@ -240,10 +269,11 @@ def train(
 
         finish()
     job.report(1.0, f"model saved to {output_model}")
-    log.info("trained %d classes on %d samples in %.1f s; model: %s", len(classes), y.size, outcome.seconds, output_model)
+    log.info("trained %d classes on %d samples in %.1f s%s; model: %s", len(classes), y.size, seconds,
+             f" ({members} ensemble members)" if members > 1 else "", output_model)
     return TrainResult(
         model_path=output_model, classes=classes, history=outcome.history, epochs_run=outcome.epochs_run,
-        best_epoch=outcome.best_epoch, seconds=outcome.seconds, samples_per_s=outcome.samples_per_s,
+        best_epoch=outcome.best_epoch, seconds=seconds, samples_per_s=samples_per_s,
         n_train=training["n_train"], n_val=training["n_val"], validation=validation, device=str(dev),
         header=header.to_json(),
     )

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--semi-supervised", action="store_true",
                    help="unlabelled pixels of the scene train the model too, with pseudo-labels where its weight "
                         "average is confident (spectral-spatial; for few labels: higher OA, rare classes may shrink)")
+    p.add_argument("--members", type=int, default=1,
+                   help="a deep ensemble: this many models from seeds SEED, SEED+1000, ... in one model file, their "
+                        "similarities averaged (steadier, most of all with few labels; N times the time)")
     p.add_argument("--pretrained", default=None, help="start the encoders from an rsvl pretrain file")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
                    help="spectral-spatial (default: CNN branches + a per-pixel branch, one-cycle schedule), mmlgnet "
@@ -302,6 +305,7 @@ def run(args) -> int:
             seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
             augment=args.augment, balanced=args.balanced, pretrained=args.pretrained, recipe=args.recipe,
             band_groups_file=args.band_groups, distributed=args.distributed, semi_supervised=args.semi_supervised,
+            members=args.members,
         )
         if other_rank:
             return 0

@@ -187,9 +187,9 @@ def _engine(spec: RunSpec):
             model, _header = load_model(spec.model_path, device)
             embedder = None
             if spec.method == "dense":
-                from .dense import DenseEmbedder
+                from .dense import dense_embedder
 
-                embedder = DenseEmbedder(model, device)
+                embedder = dense_embedder(model, device)
             for old in [k for k in _ENGINES if k[0] == spec.model_path]:
                 del _ENGINES[old]  # the file changed: drop the stale copy
             engine = _ENGINES[key] = (model, embedder, device, digest)

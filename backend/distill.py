@@ -112,6 +112,9 @@ def distill(
     start = time.perf_counter()
     dev = resolve_device(device)
     teacher, header = load_model(teacher_model, dev)
+    if header.members > 1:
+        raise InputError(f"TEACHER {os.path.basename(teacher_model)!r} is an ensemble of {header.members} models "
+                         "(MEMBERS): the student learns one embedding space; give a teacher trained with MEMBERS 1")
     with RasterStack(as_layers(teacher_layers)) as t_stack:
         header.check_inputs(t_stack.band_counts(), t_stack.band_names(), t_stack.grid)
         with RasterStack(as_layers(student_layers)) as s_stack:

@@ -128,18 +128,18 @@ class WindowScorer:
 
     def __init__(self, model, text, *, method: str = "dense", batch_size: int = 4096, device="cpu",
                  confidence: bool = False, similarity: bool = False, embedder=None):
-        from .dense import DenseEmbedder
+        from .dense import dense_embedder
 
         if method not in METHODS:
             raise InputError(f"METHOD must be one of {', '.join(METHODS)} (got {method!r})")
         self.model = model
         self.halo = model.config.patch_size // 2
-        self.text = text.to(device)
+        self.text = model.text_space(text.to(device))  # an ensemble's: repeated per member
         self.batch_size = batch_size
         self.device = device
         self.confidence, self.similarity = confidence, similarity
         self.scale = float(model.scale().detach())
-        self.embedder = None if method != "dense" else (embedder or DenseEmbedder(model, device))
+        self.embedder = None if method != "dense" else (embedder or dense_embedder(model, device))
 
     def __call__(self, window, norm: Dict[str, np.ndarray], ok: np.ndarray) -> WindowScores:
         import torch

@@ -242,6 +242,62 @@ class MMLGNet(nn.Module):
         text = self.class_embeddings if text is None else text
         return self.scale() * z @ text.t()
 
+    def text_space(self, text: torch.Tensor) -> torch.Tensor:
+        """Text embeddings (K, D) as :meth:`embed`'s vectors are compared with them (here:
+        unchanged; see :class:`Ensemble`)."""
+        return text
+
+
+class Ensemble(nn.Module):
+    """A deep ensemble (Lakshminarayanan et al., 2017): ``members`` MMLGNet models of one
+    architecture, trained on the same labels from different seeds (initial weights, batch
+    order, augmentation). A pixel's cosine similarity to a text is the mean of the members'.
+
+    It keeps MMLGNet's interface: :meth:`embed` and :meth:`embed_dense` give the members'
+    L2-normalised embeddings concatenated and divided by sqrt(M) (unit vectors of M·D
+    values), and :meth:`text_space` repeats a (K, D) text embedding M times over sqrt(M),
+    so their dot product is exactly the mean of the members' cosine similarities. Class
+    prompts, open-vocabulary queries and the dense engine work unchanged."""
+
+    def __init__(self, members: Sequence[MMLGNet]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        configs = {repr(m.config) for m in members}
+        if len(configs) != 1:
+            raise ValueError("ensemble members must share one architecture")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.members[0].config
+
+    @property
+    def class_embeddings(self) -> torch.Tensor:
+        return self.members[0].class_embeddings
+
+    def _join(self, parts: List[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, dim=1) / len(self.members) ** 0.5
+
+    def embed(self, patches: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-patch path: dict of (N, bands, P, P) → unit (N, M·D)."""
+        return self._join([m.embed(patches) for m in self.members])
+
+    def embed_dense(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Dense path: dict of (N, bands, H+P-1, W+P-1) → unit (N, M·D, H, W)."""
+        return self._join([m.embed_dense(windows) for m in self.members])
+
+    def text_space(self, text: torch.Tensor) -> torch.Tensor:
+        return text.repeat(1, len(self.members)) / len(self.members) ** 0.5
+
+    def scale(self) -> torch.Tensor:
+        """The members' mean temperature (1/τ), for the confidence's softmax."""
+        return torch.stack([m.scale() for m in self.members]).mean()
+
+    def logits(self, z: torch.Tensor, text: torch.Tensor = None) -> torch.Tensor:
+        text = self.class_embeddings if text is None else text
+        return self.scale() * z @ self.text_space(text).t()
+
 
 def symmetric_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """MMLGNet eq. 4–6 (CLIP's loss): the i-th visual embedding should pick the i-th

@@ -24,7 +24,7 @@ from .raster import MODALITY_LABELS, BandStats
 
 log = logging.getLogger("rsvl")
 FORMAT = "rsvl-model"
-FORMAT_VERSION = 2  # the newest this rsvl reads; v2 adds the pixel branch (spectral-spatial)
+FORMAT_VERSION = 3  # the newest this rsvl reads; v2 adds the pixel branch (spectral-spatial), v3 ensembles
 
 
 @dataclass
@@ -38,11 +38,12 @@ class ModelHeader:
     method: str = "mmlgnet"
     training: dict = field(default_factory=dict)
     rsvl_version: str = __version__
+    members: int = 1  # > 1: a deep ensemble (mmlgnet.Ensemble) of that many models of ``config``
 
     def format_version(self) -> int:
         """The oldest format that describes this model, so older rsvl versions keep reading
         the models they can run and name the update for the others."""
-        return 2 if self.config.pixel_channels else 1
+        return 3 if self.members > 1 else 2 if self.config.pixel_channels else 1
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +59,7 @@ class ModelHeader:
             "prompt_template": self.prompt_template,
             "text_encoder": self.text_encoder,
             "training": self.training,
+            "members": self.members,
         }
 
     @classmethod
@@ -69,7 +71,7 @@ class ModelHeader:
             classes=[ClassInfo.from_json(c) for c in d["classes"]],
             prompt_template=d["prompt_template"], text_encoder=d["text_encoder"],
             method=d.get("method", "mmlgnet"), training=d.get("training", {}),
-            rsvl_version=d.get("rsvl_version", "?"),
+            rsvl_version=d.get("rsvl_version", "?"), members=int(d.get("members", 1)),
         )
 
     def check_inputs(self, band_counts: Dict[str, int], band_names: Optional[Dict[str, List[str]]] = None,
@@ -145,7 +147,9 @@ def _named(names: List[str]) -> bool:
     return bool(names) and not any(re.search(r":band\d+$", n) or not n.strip() for n in names)
 
 
-def save_model(path: str, model: MMLGNet, header: ModelHeader) -> None:
+def save_model(path: str, model, header: ModelHeader) -> None:
+    """Write ``model`` (an MMLGNet, or an Ensemble with ``header.members`` members) and its
+    header atomically."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -221,6 +225,9 @@ def _sniff(path: str) -> str:
         head = f.read(8)
     if not head:
         return "is empty"
+    truncated = _truncated_safetensors(path, head)  # first: its 8-byte length can start like anything
+    if truncated:
+        return truncated
     if head.startswith(b"PK\x03\x04"):
         return "looks like a zip archive, e.g. a PyTorch .pt/.pth checkpoint (not loaded: pickles can run code)"
     if head[:1] == b"\x80":
@@ -229,9 +236,6 @@ def _sniff(path: str) -> str:
         return "looks like a TIFF raster"
     if head.lstrip()[:1] in (b"{", b"<"):
         return "looks like a text (JSON/HTML/XML) file"
-    truncated = _truncated_safetensors(path, head)
-    if truncated:
-        return truncated
     return "is not a safetensors file (corrupted?)"
 
 
@@ -261,7 +265,12 @@ def load_model(path: str, device="cpu"):
     from safetensors.torch import load_file
 
     header = read_header(path)
-    model = MMLGNet(header.config, n_classes=len(header.classes))
+    if header.members > 1:
+        from .mmlgnet import Ensemble
+
+        model = Ensemble([MMLGNet(header.config, n_classes=len(header.classes)) for _ in range(header.members)])
+    else:
+        model = MMLGNet(header.config, n_classes=len(header.classes))
     state = load_file(path, device="cpu")
     with safe_open(path, framework="pt") as f:
         digest = (f.metadata() or {}).get(DIGEST_KEY)

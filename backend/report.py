@@ -185,7 +185,10 @@ def write_training_report(path: str, header: dict, validation: Optional[Accuracy
         f'<tr><th class="l">patch size</th><td class="l">{header["patch_size"]}</td></tr>'
         f'<tr><th class="l">settings</th><td class="l">batch {t["batch_size"]}, learning rate '
         f'{t["learning_rate"]:g}, patience {t["patience"]}, seed {t["seed"]}</td></tr>'
-        "</table>"
+        + (f'<tr><th class="l">ensemble</th><td class="l">{t["members"]} members (seeds '
+           f'{", ".join(map(str, t["member_seeds"]))}); curves: the first member, validation: their mean'
+           "</td></tr>" if t.get("members", 1) > 1 else "")
+        + "</table>"
     )
     colours = {c["code"]: tuple(c["colour"]) for c in header["classes"]}
     counts = t.get("class_counts", {})

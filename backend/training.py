@@ -62,6 +62,9 @@ class TrainSettings:
     unlabelled_weight: float = 0.0
     confidence: float = 0.95  # the teacher's softmax probability a pseudo-label needs
     unlabelled_ratio: int = 1  # unlabelled samples per labelled sample in a batch
+    # The validation split's seed (None: ``seed``). An ensemble's members differ in ``seed``
+    # (initial weights, batches, augmentation) and share this, so their validation figures add up.
+    split_seed: Optional[int] = None
 
 
 SCHEDULES = ("early-stopping", "one-cycle")
@@ -84,6 +87,7 @@ class TrainOutcome:
     samples_per_s: float = 0.0
     val_index: Optional[np.ndarray] = None
     val_pred: Optional[np.ndarray] = None
+    val_similarity: Optional[np.ndarray] = None  # (n_val, C) cosine similarities behind val_pred
     stopped_early: bool = False
     refit: bool = False  # one-cycle: the model was refit on every sample after the validation run
     pseudo_labelled: Optional[float] = None  # semi-supervised: share of unlabelled samples drawn that were pseudo-labelled
@@ -370,7 +374,8 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
     if settings.schedule not in SCHEDULES:
         raise InputError(f"schedule must be one of {', '.join(SCHEDULES)} (got {settings.schedule!r})")
     _seed_everything(settings.seed)
-    train_idx, val_idx = split_validation(y, settings.validation_fraction, settings.seed)
+    train_idx, val_idx = split_validation(y, settings.validation_fraction,
+                                          settings.seed if settings.split_seed is None else settings.split_seed)
     if train_idx.size < 2:
         raise LabelError(f"the training set has {train_idx.size} usable pixel(s); label at least two")
     model.to(device)
@@ -430,8 +435,15 @@ def _early_stopping(model, patches, y, settings, device, job, stats, group_text,
     model.load_state_dict(best_state)
     model.eval()
     if val_idx.size:
-        outcome.val_pred = predict_patches(model, patches, val_idx, settings.batch_size * 4, device).argmax(1).numpy()
+        _score_validation(outcome, model, patches, val_idx, settings, device)
     return seen
+
+
+def _score_validation(outcome: TrainOutcome, model, patches, index, settings: TrainSettings, device) -> None:
+    """The validation samples' predictions and cosine similarities, into ``outcome``."""
+    logits = predict_patches(model, patches, index, settings.batch_size * 4, device)
+    outcome.val_similarity = (logits / float(model.scale().detach())).numpy()
+    outcome.val_pred = logits.argmax(1).numpy()
 
 
 def choose_average(decays, scores, n_val: int):
@@ -530,8 +542,7 @@ def _one_cycle_run(model, patches, y, settings, device, job, stats, group_text, 
     _sync_buffers(final, ranks)
     if score_idx.size:
         final.eval()
-        outcome.val_pred = predict_patches(final, patches, score_idx, settings.batch_size * 4,
-                                           device).argmax(1).numpy()
+        _score_validation(outcome, final, patches, score_idx, settings, device)
     if final is not model:
         model.load_state_dict(final.state_dict())
     if stepper.pseudo[1]:

@@ -24,17 +24,18 @@ Every rsvl model's row records ``ema``, the decay of the weight average it kept
 (spectral-spatial chooses it on its validation split; None: a recipe without one).
 
 ``--recipes`` trains each recipe (default: spectral-spatial, mmlgnet, band-groups) on every split;
-``--variants`` adds rsvl training options to the first recipe (default ``semi-supervised``;
-also ``augment``, ``balanced``, ``augment+balanced``) on every split but the multi-sensor
-one. ``--losses supervised clip`` adds the paper's loss (with one prompt per class the
-two losses are equal functions of the weights; tests/test_backend_loss.py).
+``--variants`` adds rsvl training options to the first recipe (default ``semi-supervised``
+and ``members``, a deep ensemble of 3 models; also ``augment``, ``balanced``,
+``augment+balanced``) on every split but the multi-sensor one. ``--losses supervised clip``
+adds the paper's loss (with one prompt per class the two losses are equal functions of the
+weights; tests/test_backend_loss.py).
 
     .venv/bin/python bench/accuracy.py [--seeds 0 1 2] [--fraction 0.1] [--block 20]
         [--per-class 5 20] [--variants augment+balanced]
         [--ms resources/sample/s2_l1c_2015-07-11.tif --lidar resources/sample/dem.tif
          --labels resources/sample/lulc.tif]
 
-About 14 minutes on 2 cores with the defaults."""
+About 25 minutes on 2 cores with the defaults."""
 
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "resources" / "sample"
 OTHER_DATES = [str(SAMPLE / "s2_l1c_2015-08-30.tif"), str(SAMPLE / "s2_l1c_2015-09-09.tif")]
 BASELINES = ("majority", "nearest centroid", "1-NN", "random forest", "random forest 7x7")
+# --variants: name → (the method's suffix, api.train options)
+VARIANTS = {
+    "semi-supervised": ("--semi-supervised", {"semi_supervised": True}),
+    "augment": ("--augment", {"augment": True}),
+    "balanced": ("--balanced", {"balanced": True}),
+    "augment+balanced": ("--augment --balanced", {"augment": True, "balanced": True}),
+    "members": ("--members 3", {"members": 3}),
+}
 
 
 def per_class_split(labels: str, n: int, seed: int, first: str, second: str) -> None:
@@ -196,8 +205,7 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--block", type=int, default=20, help="checkerboard square side in pixels")
     p.add_argument("--per-class", type=int, nargs="*", default=[5, 20], help="labelled pixels per class")
-    p.add_argument("--variants", nargs="*", default=["semi-supervised"],
-                   choices=["semi-supervised", "augment", "balanced", "augment+balanced"],
+    p.add_argument("--variants", nargs="*", default=["semi-supervised", "members"], choices=list(VARIANTS),
                    help="rsvl training options added to the first recipe, on every split but the multi-sensor one")
     p.add_argument("--losses", nargs="+", default=["supervised"], choices=["supervised", "clip"])
     p.add_argument("--recipes", nargs="+", default=list(RECIPE_NAMES), choices=list(RECIPE_NAMES))
@@ -238,9 +246,8 @@ def main(argv=None):
                     per_class_split(args.labels, n, seed, train, test)
                 configs = [(name_of(recipe, loss), dict(loss=loss, recipe=recipe))
                            for recipe in args.recipes for loss in args.losses]
-                configs += [(f"rsvl --recipe {args.recipes[0]} --{v.replace('+', ' --')}",
-                             {"recipe": args.recipes[0], **{k.replace("-", "_"): True for k in v.split("+")}})
-                            for v in args.variants]
+                configs += [(f"rsvl --recipe {args.recipes[0]} {VARIANTS[v][0]}",
+                             {"recipe": args.recipes[0], **VARIANTS[v][1]}) for v in args.variants]
                 for name, options in configs:
                     model, classes = os.path.join(tmp, "model.safetensors"), os.path.join(tmp, "classes.tif")
                     t = time.perf_counter()

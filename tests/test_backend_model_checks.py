@@ -80,6 +80,7 @@ def test_damaged_and_newer_model_files_get_clear_errors(trained_model, tmp_path)
     import json
 
     from rsvl.backend.errors import ModelFileError
+    from rsvl.backend.modelfile import FORMAT_VERSION
 
     model_path, _result, layers = trained_model
     raw = open(model_path, "rb").read()
@@ -91,7 +92,7 @@ def test_damaged_and_newer_model_files_get_clear_errors(trained_model, tmp_path)
 
     def newer(header):
         meta = json.loads(header["__metadata__"]["rsvl"])
-        meta["format_version"] += 1
+        meta["format_version"] = FORMAT_VERSION + 1  # newer than this rsvl reads
         meta["rsvl_version"] = "99.0"
         header["__metadata__"]["rsvl"] = json.dumps(meta)
 
@@ -141,3 +142,21 @@ def test_normalize_scene_undoes_a_date_like_gain_and_offset(trained_model, share
     assert (maps["shift_scene"] == maps["orig"]).mean() > 0.995
     assert acc["shift_scene"] > acc["shift_model"] + 0.03, acc
     assert acc["orig"] > 0.8 and acc["orig_model"] > 0.8, acc
+
+
+def test_a_truncated_model_is_named_truncated_whatever_its_header_length(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header's length: 0x80
+    there (a pickle's first byte) must not make a cut-off model look like a pickle."""
+    import json
+    import struct
+
+    from rsvl.backend.modelfile import _sniff
+
+    for low in (0x80, 0x50, ord("{")):
+        text = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
+        text += " " * ((low - len(text)) % 256)  # trailing spaces: allowed header padding
+        path = tmp_path / f"cut{low}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + bytes(8))  # 8 of the 16 data bytes
+        assert path.read_bytes()[0] == low
+        size = 8 + len(text) + 8
+        assert _sniff(str(path)).startswith(f"is truncated: {size:,} of the {size + 8:,} bytes"), low

@@ -598,3 +598,19 @@ def test_backend_warnings_reach_the_log_as_warnings(plugin, scene, tmp_path, hel
     assert os.path.exists(tmp_path / "m.safetensors")
     assert [w for w in feedback.warnings if "(2) labelled pixel(s) only" in w], feedback.warnings
     assert not [e for e in feedback.errors if "labelled pixel(s) only" in e]
+
+
+def test_members_trains_an_ensemble_that_classify_reads(plugin, scene, tmp_path):
+    from rsvl.backend.modelfile import read_header
+
+    params = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.labels), **FAST, "EPOCHS": 2,
+              "MEMBERS": 2, "OUTPUT_MODEL": str(tmp_path / "ens.safetensors"),
+              "OUTPUT_REPORT": str(tmp_path / "report.html")}
+    result = run("rsvl:train", params)
+    header = read_header(result["OUTPUT_MODEL"])
+    assert header.members == 2 and header.training["member_seeds"] == [0, 1000]
+    assert "2 members (seeds 0, 1000)" in open(result["OUTPUT_REPORT"], encoding="utf-8").read()
+    res = run("rsvl:classify", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
+                                "OUTPUT": str(tmp_path / "classes.tif")})
+    with rasterio.open(res["OUTPUT"]) as ds:
+        assert set(np.unique(ds.read(1))) <= {c.code for c in header.classes} | {0}

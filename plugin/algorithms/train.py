@@ -96,6 +96,10 @@ class TrainAlgorithm(RsvlAlgorithm):
             "those labels on spectrally jittered, flipped and rotated copies (FixMatch with a mean teacher). "
             "With few labels it maps the common classes far better; the pseudo-labels follow the scene's own class "
             "proportions, so rare classes may shrink. Training takes about twice as long.<br>"
+            "<b>MEMBERS</b> (advanced): train that many models from different seeds and save them as one model "
+            "file (a deep ensemble): a pixel's similarity to each class is their mean. Steadier maps, most of all "
+            "with few labels (5 per class on the sample: OA 0.640 → 0.677 with 3 members); training and "
+            "classification take that many times as long.<br>"
             "<b>OUTPUT_MODEL</b>: the model file (.safetensors weights + JSON header with classes, colours, "
             "band names, normalisation, text encoder). By default a new file in ~/rsvl/models/ named after the "
             "date and time, so closing QGIS never loses a model.<br>"
@@ -140,6 +144,8 @@ class TrainAlgorithm(RsvlAlgorithm):
              10.0, True),
             ("VALIDATION_FRACTION", "Validation fraction", QgsProcessingParameterNumber.Double, 0.2, 0.0, 0.9, True),
             ("PATIENCE", "Early-stopping patience (epochs)", QgsProcessingParameterNumber.Integer, 15, 1, 100000, True),
+            ("MEMBERS", "Ensemble members (models from different seeds, averaged; each adds training and "
+                        "classification time)", QgsProcessingParameterNumber.Integer, 1, 1, 32, True),
         ]
         for key, title, kind, default, lo, hi, advanced in numbers:
             p = QgsProcessingParameterNumber(key, title, type=kind, defaultValue=default, minValue=lo, maxValue=hi,
@@ -252,6 +258,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             augment=self.parameterAsBool(parameters, "AUGMENT", context),
             balanced=self.parameterAsBool(parameters, "BALANCED", context),
             semi_supervised=self.parameterAsBool(parameters, "SEMI_SUPERVISED", context),
+            members=self.parameterAsInt(parameters, "MEMBERS", context),
         )
         return api.train, kwargs
 
