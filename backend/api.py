@@ -48,6 +48,11 @@ FEW_LABELS = 5  # a class with fewer labelled pixels gets a warning (warn_few_la
 MEMBER_SEED_STEP = 1000  # ensemble member k trains from seed + 1000·k
 
 
+def _input_paths(layers, model_path: str):
+    """(parameter, path) of a run's input files, which no output may overwrite."""
+    return [("MODEL", model_path)] + [(f"INPUT_{layer.modality.upper()}", layer.path) for layer in as_layers(layers)]
+
+
 def warn_few_labels(classes, y: np.ndarray) -> List[str]:
     """Warn about classes with fewer than :data:`FEW_LABELS` labelled pixels: a network maps
     them from one or two spectra, so on other dates it predicts them far from where they
@@ -378,6 +383,10 @@ def classify(
 
     if not output:
         raise InputError("OUTPUT is required")
+    from .atomic import check_outputs
+
+    check_outputs([("OUTPUT", output, 0), ("OUTPUT_CONFIDENCE", confidence, 0), ("OUTPUT_SIMILARITY", similarity, 0)],
+                  inputs=_input_paths(layers, model_path))
     if os.path.isfile(model_path) and model_kind(model_path) == "fewshot":
         _no_scheduler_for("few-shot model", scheduler)
         classes, pixels, seconds = classify_fewshot(
@@ -446,10 +455,13 @@ def query(
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
     ``offset`` apply, and ``tile_size`` 0 means the model's input size). ``scheduler``:
     compute an rsvl model's windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``)."""
+    from .atomic import check_outputs
     from .fewshot import model_kind, read_fewshot
     from .foundation import zeroshot_map
     from .text import get_text_encoder
 
+    check_outputs([("OUTPUT_SIMILARITY", output_similarity, 0), ("OUTPUT", output, 0)],
+                  inputs=_input_paths(layers, model_path))
     kind = model_kind(model_path) if os.path.isfile(model_path) else "rsvl"
     if kind == "fewshot":  # prompts in the space of the checkpoint the model adapts
         fs, _head = read_fewshot(model_path)
@@ -519,14 +531,21 @@ def evaluate(
 
     import rasterio
 
+    from .atomic import check_outputs
     from .labels import RasterLabels
     from .raster import Grid, tile_windows
 
     job = Job(progress, is_cancelled)
     if not os.path.exists(classification):
         raise InputError(f"INPUT classification {classification!r} does not exist")
-    with rasterio.open(classification) as ds:
-        grid = Grid.of(ds)
+    check_outputs([("OUTPUT_JSON", output_json, 0), ("OUTPUT_CSV", output_csv, 0)],
+                  inputs=[("INPUT", classification), ("REFERENCE", reference)])
+    try:
+        with rasterio.open(classification) as ds:
+            grid = Grid.of(ds)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"INPUT classification {classification!r} cannot be read as a raster ({exc}): give the "
+                         "class raster rsvl:classify wrote (a vector map is a REFERENCE, not an INPUT)") from exc
     predicted = RasterLabels(classification, grid)
     try:
         job.step(0.05, "reading reference labels")

@@ -36,14 +36,20 @@ def atomic_path(path: str) -> Iterator[str]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         raise
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp-style private modes are not wanted for outputs
-    if os.path.exists(tmp + ".aux.xml"):
-        os.replace(tmp + ".aux.xml", path + ".aux.xml")
-    elif os.path.exists(path + ".aux.xml"):
-        os.unlink(path + ".aux.xml")  # a stale sidecar would describe the old file
-    os.replace(tmp, path)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp-style private modes are not wanted for outputs
+        if os.path.exists(tmp + ".aux.xml"):
+            os.replace(tmp + ".aux.xml", path + ".aux.xml")
+        elif os.path.exists(path + ".aux.xml"):
+            os.unlink(path + ".aux.xml")  # a stale sidecar would describe the old file
+        os.replace(tmp, path)
+    except BaseException:  # e.g. ``path`` became a folder: leave no hidden .part file
+        for p in [tmp, tmp + ".aux.xml"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        raise
 
 
 def _remove_orphans(folder: str, stem: str, ext: str) -> None:
@@ -73,14 +79,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_outputs(outputs: Sequence[Tuple[str, str, int]]) -> None:
+def check_outputs(outputs: Sequence[Tuple[str, str, int]], inputs: Sequence[Tuple[str, str]] = ()) -> None:
     """Before the long work starts: every output folder can be created and written, and the
     file system of each has room for the outputs (``(parameter, path, estimated bytes)``;
-    an uncompressed upper bound). Raises :class:`InputError` naming the parameter."""
+    an uncompressed upper bound); no output is a folder, another output or one of
+    ``inputs`` (``(parameter, path)``). Raises :class:`InputError` naming the parameters."""
     need: Dict[int, list] = {}
+    taken: Dict[str, str] = {}
+    for parameter, path in inputs:
+        if path and os.path.isfile(path):
+            taken.setdefault(os.path.realpath(path), f"the input {parameter}")
     for parameter, path, size in outputs:
         if not path:
             continue
+        if os.path.isdir(path):
+            raise InputError(f"{parameter}: {path!r} is a folder; give a file name in it")
+        real = os.path.realpath(path)
+        if real in taken:
+            raise InputError(f"{parameter} {path!r} is also {taken[real]}: writing it would destroy that; "
+                             "choose another output path")
+        taken[real] = parameter
         folder = os.path.dirname(os.path.abspath(path))
         existing = folder
         while not os.path.exists(existing):

@@ -102,6 +102,10 @@ class RasterLabels:
         try:
             if ds.count < 1:
                 raise LabelError(f"label raster {path!r} has no band")
+            if ds.count > 1:
+                raise LabelError(f"label raster {path!r} has {ds.count} bands: a class raster has one band of class "
+                                 "codes (an RGB rendering of a map is not one); give the band of codes alone "
+                                 "(e.g. gdal_translate -b N)")
             if ds.crs is None:
                 raise LabelError(f"label raster {path!r} has no CRS")
             dtype = np.dtype(ds.dtypes[0])
@@ -137,6 +141,7 @@ class RasterLabels:
             raise
         names = _category_names(path)
         codes = sorted(present)
+        _check_code_range(codes, f"label raster {path!r}")
         class_names = [names[c] if c < len(names) and names[c] else f"class {c}" for c in codes]
         table = [colormap.get(c) for c in codes]
         colours = assign_colours(class_names, [tuple(t[:3]) if t is not None and any(t[:3]) else None for t in table])
@@ -207,6 +212,26 @@ def _open_vector(path: str, layer_name: Optional[str]):
     return ds, layer
 
 
+MAX_CODE = 65535  # class rasters are 8- or 16-bit: GeoTIFF colour tables and QGIS palettes stop there
+
+
+def _check_code_range(codes, what: str) -> None:
+    big = [int(c) for c in codes if int(c) > MAX_CODE]
+    if big:
+        raise LabelError(f"{what} has class codes above {MAX_CODE} ({', '.join(map(str, big[:5]))}): class maps are "
+                         "16-bit rasters with a colour table; recode the classes to 1…65535 (e.g. with the "
+                         "Reclassify by table algorithm)")
+
+
+def _is_whole_number(value: str) -> bool:
+    """Whether a text value is an integer code ("7", " 12 ", "-1", not "1.5" or "x")."""
+    try:
+        int(value.strip())
+    except ValueError:
+        return False
+    return True
+
+
 def _looks_numeric(value: str) -> bool:
     try:
         float(value)
@@ -225,7 +250,9 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
 
     String values become classes named after them with codes 1..C in sorted order;
     integer values are used as codes (0 and NULL = unlabelled), named after
-    ``class_name_field`` when given (else "class N").
+    ``class_name_field`` when given (else "class N"). Whole numbers in a decimal (Real)
+    field, or in a text field whose every value is one ("1", "10"), are integer codes too;
+    other decimals are refused.
     """
     from osgeo import ogr, osr
 
@@ -237,14 +264,13 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
             f"CLASS_FIELD {class_field!r} is not a field of {os.path.basename(path)!r}; fields are: {', '.join(fields)}"
         )
     field_defn = defn.GetFieldDefn(defn.GetFieldIndex(class_field))
-    is_int = field_defn.GetType() in (ogr.OFTInteger, ogr.OFTInteger64)
+    is_real = field_defn.GetType() == ogr.OFTReal
+    is_int = field_defn.GetType() in (ogr.OFTInteger, ogr.OFTInteger64) or is_real
     if class_name_field and class_name_field not in fields:
         raise LabelError(f"CLASS_NAME_FIELD {class_name_field!r} is not a field of {os.path.basename(path)!r}; "
                          f"fields are: {', '.join(fields)}")
-    if class_name_field and not is_int:
-        log.info("CLASS_NAME_FIELD is ignored: CLASS_FIELD %r holds the class names itself", class_field)
-        class_name_field = None
-    names_of = defaultdict(Counter)  # integer code -> how often each name goes with it
+    names_of = defaultdict(Counter)  # class value -> how often each name goes with it
+    fractional = set()
 
     target = osr.SpatialReference()
     target.ImportFromWkt(grid.crs.to_wkt())
@@ -263,6 +289,11 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
     for feature in layer:
         geom = feature.GetGeometryRef()
         value = feature.GetField(class_field)
+        if is_real and value is not None:
+            if not math.isfinite(value) or value != int(value):  # NaN, infinite or not a whole number
+                fractional.add(value)
+                continue
+            value = int(value)
         if geom is None or value is None or (isinstance(value, str) and not value.strip()) or (is_int and int(value) == 0):
             skipped += 1
             continue
@@ -282,7 +313,7 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
         if class_name_field:
             name = feature.GetField(class_name_field)
             if name is not None and str(name).strip():
-                names_of[int(value)][str(name).strip()] += 1
+                names_of[raw[-1][1]][str(name).strip()] += 1
     del layer, ds  # close the OGR data source
     base = os.path.basename(path)
     if skipped:
@@ -293,6 +324,25 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
                     "check them (Vector ▸ Geometry Tools ▸ Check Validity)", base, repaired)
     if unrepairable:
         log.warning("%s: %d invalid geometrie(s) could not be repaired and were skipped", base, unrepairable)
+    if fractional:
+        raise LabelError(f"CLASS_FIELD {class_field!r} of {base!r} holds decimal values that are not whole numbers "
+                         f"({', '.join(f'{v:g}' for v in sorted(fractional)[:5])}): class codes must be whole "
+                         "numbers (0 = unlabelled); round or recode the field")
+    if not is_int and raw and all(_is_whole_number(v) for _, v in raw):
+        # A text field of codes ("1", "2", "10"): codes, not names sorted as text ("10" < "2").
+        log.info("CLASS_FIELD %r holds whole numbers as text: they are used as class codes (0 = unlabelled)",
+                 class_field)
+        zero = sum(1 for _, v in raw if int(v) == 0)
+        if zero:
+            log.warning("%s: %d feature(s) with 0 in %r were skipped (0 = unlabelled)", base, zero, class_field)
+        as_codes = defaultdict(Counter)
+        for v, c in names_of.items():
+            as_codes[int(v)].update(c)
+        names_of = as_codes
+        raw = [(geom, int(v)) for geom, v in raw if int(v) != 0]
+        is_int = True
+    if class_name_field and not is_int:
+        log.info("CLASS_NAME_FIELD is ignored: CLASS_FIELD %r holds the class names itself", class_field)
     if not is_int and raw:
         numeric = {v for _, v in raw if _looks_numeric(v)}
         if numeric and len(numeric) < len({v for _, v in raw}):
@@ -306,6 +356,7 @@ def _vector_labels(path, grid, class_field, layer_name, class_name_field=None) -
     if is_int:
         if min(values) < 0:
             raise LabelError(f"CLASS_FIELD {class_field!r} has negative values: use 1, 2, … (0 = unlabelled)")
+        _check_code_range(values, f"CLASS_FIELD {class_field!r} of {base!r}")
         mapping = {v: int(v) for v in values}
         names = []
         for v in values:
@@ -482,10 +533,11 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     colour table and category names): ``fraction`` of each class's pixels in the first
     (e.g. training), the rest in the second (e.g. test), at random or spatially apart
     (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`)."""
-    from .atomic import atomic_path
+    from .atomic import atomic_path, check_outputs
     from .jobs import Job
     from .splits import split_codes
 
+    check_outputs([("OUTPUT_FIRST", first_path, 0), ("OUTPUT_SECOND", second_path, 0)], inputs=[("INPUT", path)])
     job = Job(progress, is_cancelled)
     job.step(0.0, "reading labels")
     with rasterio.open(path) as src:
@@ -499,7 +551,10 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     job.step(0.3, "splitting")
     first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer)
     dtype = "uint8" if max(c.code for c in labels.classes) <= 255 else "uint16"
-    profile.update(dtype=dtype, count=1, nodata=0, compress="deflate")
+    # Always a GeoTIFF (the outputs are .tif whatever the input's format: ENVI, HFA, VRT, …).
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": dtype,
+               "crs": profile.get("crs"), "transform": profile.get("transform"), "nodata": 0, "compress": "deflate",
+               "tiled": True, "blockxsize": 256, "blockysize": 256}
     for i, (codes, out) in enumerate(((first, first_path), (second, second_path))):
         job.step(0.6 + 0.2 * i, "writing")
         with atomic_path(out) as tmp:

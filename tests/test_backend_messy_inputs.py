@@ -1,0 +1,178 @@
+"""Messy inputs and outputs a user meets: class fields typed as decimals or text, label
+rasters that are not class rasters, and output paths that would destroy an input, another
+output or a folder. Each works as meant or fails up front with an error naming the
+parameter, leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+from rsvl.backend import api
+from rsvl.backend.errors import InputError, LabelError
+from rsvl.backend.raster import Grid
+
+
+def _polygons(path, scene, field_type, values, names=None):
+    """One small square polygon per value, in the scene's CRS, on pixels of its class."""
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(scene.crs.to_wkt())
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("code", field_type))
+    layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+    t = scene.transform
+    for i, value in enumerate(values):
+        r, c = 4 + 3 * i, 4 + 3 * i
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1), (0, 0)):
+            ring.AddPoint_2D(*(t * (c + dc, r + dr)))
+        poly = ogr.Geometry(ogr.wkbPolygon)
+        poly.AddGeometry(ring)
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetField("code", value)
+        if names:
+            f.SetField("name", names[i])
+        f.SetGeometry(poly)
+        layer.CreateFeature(f)
+    ds = None
+    return str(path)
+
+
+def _grid(scene):
+    with rasterio.open(scene.paths["hsi"]) as ds:
+        return Grid.of(ds)
+
+
+def test_whole_numbers_in_decimal_or_text_class_fields_are_codes(scene, tmp_path):
+    from osgeo import ogr
+
+    from rsvl.backend.labels import open_labels
+
+    grid = _grid(scene)
+    real = _polygons(tmp_path / "real.gpkg", scene, ogr.OFTReal, [1.0, 2.0, 0.0, 10.0],
+                     ["water", "forest", "none", "town"])
+    labels = open_labels(real, grid, "code", class_name_field="name")
+    try:
+        assert [(c.code, c.name) for c in labels.classes] == [(1, "water"), (2, "forest"), (10, "town")]
+    finally:
+        labels.close()
+    text = _polygons(tmp_path / "text.gpkg", scene, ogr.OFTString, ["1", "10", "2", "0"],
+                     ["water", "town", "forest", "none"])
+    labels = open_labels(text, grid, "code", class_name_field="name")
+    try:  # codes as given, not 1..N in text order ("10" < "2"); 0 is unlabelled
+        assert [(c.code, c.name) for c in labels.classes] == [(1, "water"), (2, "forest"), (10, "town")]
+    finally:
+        labels.close()
+    fractional = _polygons(tmp_path / "frac.gpkg", scene, ogr.OFTReal, [1.0, 2.5])
+    with pytest.raises(LabelError, match=r"CLASS_FIELD 'code' of 'frac.gpkg' holds decimal values .*\(2.5\)"):
+        open_labels(fractional, grid, "code")
+    names = _polygons(tmp_path / "names.gpkg", scene, ogr.OFTString, ["water", "forest"])
+    labels = open_labels(names, grid, "code")
+    try:  # names stay names
+        assert [(c.code, c.name) for c in labels.classes] == [(1, "forest"), (2, "water")]
+    finally:
+        labels.close()
+
+
+def test_label_rasters_that_are_not_class_rasters_are_refused(scene, tmp_path):
+    from rsvl.backend.labels import open_labels
+
+    grid = _grid(scene)
+    with rasterio.open(scene.labels) as ds:
+        codes, profile = ds.read(1), ds.profile
+    rgb = tmp_path / "rgb.tif"
+    with rasterio.open(rgb, "w", **{**profile, "count": 3}) as dst:
+        dst.write(np.stack([codes] * 3))
+    with pytest.raises(LabelError, match="has 3 bands: a class raster has one band"):
+        open_labels(str(rgb), grid)
+    big = tmp_path / "big.tif"
+    wide = codes.astype(np.int32)
+    wide[wide == 4] = 70000
+    with rasterio.open(big, "w", **{**profile, "dtype": "int32", "nodata": None}) as dst:
+        dst.write(wide, 1)
+    with pytest.raises(LabelError, match=r"class codes above 65535 \(70000\)"):
+        open_labels(str(big), grid)
+    with pytest.raises(LabelError, match="above 65535"):
+        _split(str(big), tmp_path)
+    assert not (tmp_path / "a.tif").exists()
+
+
+def _split(path, tmp_path, first="a.tif", second="b.tif"):
+    from rsvl.backend.labels import split_label_raster
+
+    return split_label_raster(path, 0.5, 0, str(tmp_path / first), str(tmp_path / second))
+
+
+def test_split_writes_geotiffs_from_any_format_and_refuses_colliding_outputs(scene, tmp_path):
+    with rasterio.open(scene.labels) as ds:
+        codes, profile = ds.read(1), ds.profile
+    envi = tmp_path / "labels.envi"
+    with rasterio.open(envi, "w", **{**profile, "driver": "ENVI", "nodata": 0}) as dst:
+        dst.write(codes, 1)
+    _split(str(envi), tmp_path)
+    for name in ("a.tif", "b.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            assert ds.driver == "GTiff" and ds.crs == profile["crs"] and ds.transform == profile["transform"]
+    first, second = rasterio.open(tmp_path / "a.tif").read(1), rasterio.open(tmp_path / "b.tif").read(1)
+    assert ((first > 0) | (second > 0)).sum() == (codes > 0).sum() and not ((first > 0) & (second > 0)).any()
+    assert not [n for n in os.listdir(tmp_path) if ".part" in n]
+    with pytest.raises(InputError, match="OUTPUT_SECOND .* is also OUTPUT_FIRST"):
+        _split(str(scene.labels), tmp_path, "same.tif", "same.tif")
+    from rsvl.backend.labels import split_label_raster
+
+    before = open(scene.labels, "rb").read()
+    with pytest.raises(InputError, match="OUTPUT_FIRST .* is also the input INPUT"):
+        split_label_raster(str(scene.labels), 0.5, 0, str(scene.labels), str(tmp_path / "x.tif"))
+    assert open(scene.labels, "rb").read() == before
+
+
+def test_outputs_never_overwrite_an_input_another_output_or_a_folder(trained_model, tmp_path):
+    from rsvl.backend.atomic import atomic_path
+
+    model_path, _result, layers = trained_model
+    lidar = layers[1].path
+    before = open(lidar, "rb").read()
+    with pytest.raises(InputError, match=r"OUTPUT .* is also the input INPUT_LIDAR"):
+        api.classify(str(model_path), layers, lidar, device="cpu")
+    assert open(lidar, "rb").read() == before
+    out = str(tmp_path / "x.tif")
+    with pytest.raises(InputError, match="OUTPUT_CONFIDENCE .* is also OUTPUT"):
+        api.classify(str(model_path), layers, out, confidence=out, device="cpu")
+    with pytest.raises(InputError, match="OUTPUT .* is also OUTPUT_SIMILARITY"):
+        api.query(str(model_path), layers, ["water"], out, output=out, device="cpu")
+    with pytest.raises(InputError, match="OUTPUT_MODEL: .* is a folder"):
+        api.train(layers, str(tmp_path), str(tmp_path), device="cpu")
+    with pytest.raises(InputError, match="OUTPUT: .* is a folder"):
+        api.classify(str(model_path), layers, str(tmp_path), device="cpu")
+    assert not os.path.exists(out)
+    # A destination that turns into a folder mid-run: the error, and no hidden .part file.
+    target = tmp_path / "became_a_folder"
+    with pytest.raises(OSError):
+        with atomic_path(str(target)) as tmp:
+            open(tmp, "w").write("x")
+            (target / "inside").mkdir(parents=True)
+    assert sorted(os.listdir(tmp_path)) == ["became_a_folder"]
+
+
+def test_evaluate_checks_its_outputs_and_inputs_first(trained_model, scene, tmp_path):
+    model_path, _result, layers = trained_model
+    classes = api.classify(str(model_path), layers, str(tmp_path / "c.tif"), device="cpu").output
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="OUTPUT_CSV: .* is a file"):
+        api.evaluate(classes, str(scene.labels), output_json=str(tmp_path / "acc.json"),
+                     output_csv=str(blocker / "cm.csv"))
+    assert not (tmp_path / "acc.json").exists()
+    with pytest.raises(InputError, match="OUTPUT_JSON .* is also the input REFERENCE"):
+        api.evaluate(classes, str(scene.labels), output_json=str(scene.labels))
+    from osgeo import ogr
+
+    vector_map = _polygons(tmp_path / "map.gpkg", scene, ogr.OFTInteger, [1, 2])
+    with pytest.raises(InputError, match="cannot be read as a raster"):
+        api.evaluate(vector_map, str(scene.labels))
