@@ -383,10 +383,11 @@ def classify(
 
     if not output:
         raise InputError("OUTPUT is required")
-    from .atomic import check_outputs
+    from .atomic import check_geotiff, check_outputs
 
-    check_outputs([("OUTPUT", output, 0), ("OUTPUT_CONFIDENCE", confidence, 0), ("OUTPUT_SIMILARITY", similarity, 0)],
-                  inputs=_input_paths(layers, model_path))
+    rasters = [("OUTPUT", output), ("OUTPUT_CONFIDENCE", confidence), ("OUTPUT_SIMILARITY", similarity)]
+    check_outputs([(p, path, 0) for p, path in rasters], inputs=_input_paths(layers, model_path))
+    check_geotiff(rasters)
     if os.path.isfile(model_path) and model_kind(model_path) == "fewshot":
         _no_scheduler_for("few-shot model", scheduler)
         classes, pixels, seconds = classify_fewshot(
@@ -455,13 +456,14 @@ def query(
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
     ``offset`` apply, and ``tile_size`` 0 means the model's input size). ``scheduler``:
     compute an rsvl model's windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``)."""
-    from .atomic import check_outputs
+    from .atomic import check_geotiff, check_outputs
     from .fewshot import model_kind, read_fewshot
     from .foundation import zeroshot_map
     from .text import get_text_encoder
 
-    check_outputs([("OUTPUT_SIMILARITY", output_similarity, 0), ("OUTPUT", output, 0)],
-                  inputs=_input_paths(layers, model_path))
+    rasters = [("OUTPUT_SIMILARITY", output_similarity), ("OUTPUT", output)]
+    check_outputs([(p, path, 0) for p, path in rasters], inputs=_input_paths(layers, model_path))
+    check_geotiff(rasters)
     kind = model_kind(model_path) if os.path.isfile(model_path) else "rsvl"
     if kind == "fewshot":  # prompts in the space of the checkpoint the model adapts
         fs, _head = read_fewshot(model_path)

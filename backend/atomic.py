@@ -79,6 +79,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+GEOTIFF = (".tif", ".tiff")
+
+
+def check_geotiff(outputs: Sequence[Tuple[str, str]]) -> None:
+    """Raster outputs are GeoTIFFs: refuse another extension (``(parameter, path)``) rather
+    than write a GeoTIFF under a name that promises another format."""
+    for parameter, path in outputs:
+        if path and os.path.splitext(path)[1].lower() not in GEOTIFF:
+            raise InputError(f"{parameter} {path!r}: rsvl writes GeoTIFF rasters; give the file a .tif name (convert "
+                             "it afterwards with gdal_translate or Raster ▸ Conversion ▸ Translate if needed)")
+
+
 def check_outputs(outputs: Sequence[Tuple[str, str, int]], inputs: Sequence[Tuple[str, str]] = ()) -> None:
     """Before the long work starts: every output folder can be created and written, and the
     file system of each has room for the outputs (``(parameter, path, estimated bytes)``;

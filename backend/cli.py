@@ -50,11 +50,20 @@ def _layers(args) -> List[LayerSpec]:
         if "=" not in item:
             raise RsvlError(f"--nodata expects MODALITY=VALUE (got {item!r})")
         m, v = item.split("=", 1)
-        overrides[m.strip().lower()] = float(v)
+        m = m.strip().lower()
+        try:
+            overrides[m] = float(v)
+        except ValueError:
+            raise RsvlError(f"--nodata {item!r}: the value must be a number (e.g. ms=0 or lidar=-9999)") from None
     layers = []
     for m in MODALITIES:
         for path in getattr(args, m):
             layers.append(LayerSpec(path=path, modality=m, nodata=overrides.get(m)))
+    unknown = sorted(set(overrides) - {layer.modality for layer in layers})
+    if unknown:
+        given = ", ".join(sorted({layer.modality for layer in layers})) or "none"
+        raise RsvlError(f"--nodata names {', '.join(unknown)}, which is not an input of this run (inputs: {given}; "
+                        f"modalities are {', '.join(MODALITIES)})")
     return layers
 
 

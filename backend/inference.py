@@ -260,6 +260,20 @@ def _smaller_batch(embedder, batch_size: int) -> int:
     return batch_size // 2
 
 
+def _no_valid_pixel(stack: RasterStack) -> InputError:
+    """The error for inputs without a pixel valid in every band: the band that is empty
+    everywhere (one more pass over the inputs, only here), else the layers' disjoint areas."""
+    from .raster import compute_band_stats
+
+    try:
+        compute_band_stats(stack)
+    except InputError as exc:
+        return InputError(f"no pixel can be classified: {exc} (all nodata or NaN); check the layer and its NODATA "
+                          "value, or leave the band out of the model's inputs")
+    return InputError("no pixel can be classified: no pixel is valid in every input layer at once (their valid "
+                      "areas or nodata masks do not overlap); check the layers' extents and NODATA values")
+
+
 def run_inference(
     model, stack: RasterStack, stats, text, *, classes: Sequence[ClassInfo], class_path: Optional[str],
     confidence_path: Optional[str] = None, similarity_path: Optional[str] = None,
@@ -292,17 +306,21 @@ def run_inference(
         writer = ctx.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rsvl-write"))
         next_read: Optional[Future] = reader.submit(read_window_normalised, stack, windows[0], halo, stats)
         pending_write: Optional[Future] = None
+        valid = 0
         for i, window in enumerate(windows):
             job.step(i / len(windows), f"window {i + 1}/{len(windows)}")
             norm, ok = next_read.result()
             next_read = (reader.submit(read_window_normalised, stack, windows[i + 1], halo, stats)
                          if i + 1 < len(windows) else None)
             scores = scorer(window, norm, ok)
+            valid += int(ok.sum())
             del norm
             if pending_write is not None:
                 pending_write.result()  # at most one window waits for the writer
             pending_write = writer.submit(outputs.write, scores)
         pending_write.result()
+        if not valid:  # an empty map is no result: say why, and keep no output
+            raise _no_valid_pixel(stack)
         outputs.finish()
         job.report(1.0, "inference finished")
     seconds = time.perf_counter() - start

@@ -493,6 +493,17 @@ def class_lut(ref_classes: Sequence[ClassInfo], classes: Sequence[ClassInfo], by
     return lut, out_classes, "name" if named else "code"
 
 
+def _opens_as_vector(path: str) -> bool:
+    from osgeo import gdal
+
+    try:
+        with gdal_exceptions():
+            ds = gdal.OpenEx(path, gdal.OF_VECTOR)
+    except RuntimeError:
+        return False
+    return ds is not None and ds.GetLayerCount() > 0
+
+
 def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
                 classes: Optional[Sequence[ClassInfo]] = None, class_name_field: Optional[str] = None):
     """A window reader (``read(window)``, ``classes``, ``close()``) for a class raster or
@@ -510,6 +521,9 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
             is_raster = False
     if is_raster:
         src = RasterLabels(path, grid)
+    elif not _opens_as_vector(base):
+        raise LabelError(f"label file {path!r} can be read neither as a raster nor as vector data (damaged, or not a "
+                         "GIS file?): give a class raster (e.g. GeoTIFF) or points/polygons (e.g. GeoPackage)")
     elif not class_field:
         raise LabelError(f"CLASS_FIELD is required for vector labels ({os.path.basename(base)!r})")
     else:
@@ -533,11 +547,12 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     colour table and category names): ``fraction`` of each class's pixels in the first
     (e.g. training), the rest in the second (e.g. test), at random or spatially apart
     (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`)."""
-    from .atomic import atomic_path, check_outputs
+    from .atomic import atomic_path, check_geotiff, check_outputs
     from .jobs import Job
     from .splits import split_codes
 
     check_outputs([("OUTPUT_FIRST", first_path, 0), ("OUTPUT_SECOND", second_path, 0)], inputs=[("INPUT", path)])
+    check_geotiff([("OUTPUT_FIRST", first_path), ("OUTPUT_SECOND", second_path)])
     job = Job(progress, is_cancelled)
     job.step(0.0, "reading labels")
     with rasterio.open(path) as src:

@@ -24,6 +24,11 @@ class RsvlProvider(QgsProcessingProvider):
     def svgIconPath(self):  # noqa: N802 (QGIS API name)
         return ICON_PATH
 
+    def supportedOutputRasterLayerExtensions(self):  # noqa: N802 (QGIS API name)
+        # rsvl writes tiled, compressed GeoTIFFs with colour tables and category names; QGIS
+        # offers only .tif in the dialogs and refuses other extensions with its own message.
+        return ["tif"]
+
     def loadAlgorithms(self):  # noqa: N802 (QGIS API name)
         from .algorithms import all_algorithms
 

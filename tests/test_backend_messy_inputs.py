@@ -13,7 +13,7 @@ import rasterio
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError, LabelError
-from rsvl.backend.raster import Grid
+from rsvl.backend.raster import Grid, LayerSpec
 
 
 def _polygons(path, scene, field_type, values, names=None):
@@ -176,3 +176,46 @@ def test_evaluate_checks_its_outputs_and_inputs_first(trained_model, scene, tmp_
     vector_map = _polygons(tmp_path / "map.gpkg", scene, ogr.OFTInteger, [1, 2])
     with pytest.raises(InputError, match="cannot be read as a raster"):
         api.evaluate(vector_map, str(scene.labels))
+
+
+def test_a_band_without_valid_pixels_is_an_error_not_an_empty_map(trained_model, tmp_path):
+    model_path, _result, layers = trained_model
+    with rasterio.open(layers[0].path) as ds:
+        data, profile = ds.read().astype(np.float32), ds.profile
+    data[2] = np.nan
+    holes = tmp_path / "nan_band.tif"
+    with rasterio.open(holes, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+        dst.write(data)
+    out = tmp_path / "classes.tif"
+    with pytest.raises(InputError, match=r"no pixel can be classified: hsi layer has bands without any valid pixel"):
+        api.classify(str(model_path), [LayerSpec(str(holes), "hsi"), layers[1]], str(out), device="cpu")
+    assert sorted(os.listdir(tmp_path)) == ["nan_band.tif"]
+
+
+def test_unreadable_labels_and_bad_nodata_options_are_named(scene, tmp_path, capsys):
+    from rsvl.backend.cli import main
+    from rsvl.backend.labels import open_labels
+
+    junk = tmp_path / "labels.tif"
+    junk.write_text("not a raster")
+    with pytest.raises(LabelError, match="can be read neither as a raster nor as vector data"):
+        open_labels(str(junk), _grid(scene))
+    hsi = str(scene.paths["hsi"])
+    for option, message in (("hsi=abc", "the value must be a number"),
+                            ("lidr=0", "--nodata names lidr, which is not an input of this run")):
+        code = main(["classify", "-m", "none.safetensors", "--hsi", hsi, "-o", str(tmp_path / "c.tif"),
+                     "--nodata", option])
+        assert code == 2 and message in capsys.readouterr().err
+
+
+def test_raster_outputs_are_geotiffs_by_name_too(trained_model, scene, tmp_path):
+    from rsvl.backend.labels import split_label_raster
+
+    model_path, _result, layers = trained_model
+    with pytest.raises(InputError, match=r"OUTPUT '.*c\.img': rsvl writes GeoTIFF rasters; give the file a \.tif"):
+        api.classify(str(model_path), layers, str(tmp_path / "c.img"), device="cpu")
+    with pytest.raises(InputError, match="OUTPUT_SIMILARITY .* rsvl writes GeoTIFF"):
+        api.query(str(model_path), layers, ["water"], str(tmp_path / "q.png"), device="cpu")
+    with pytest.raises(InputError, match="OUTPUT_SECOND .* rsvl writes GeoTIFF"):
+        split_label_raster(str(scene.labels), 0.5, 0, str(tmp_path / "a.TIF"), str(tmp_path / "b"))
+    assert os.listdir(tmp_path) == ["scene"]  # the fixture's inputs only

@@ -614,3 +614,18 @@ def test_members_trains_an_ensemble_that_classify_reads(plugin, scene, tmp_path)
                                 "OUTPUT": str(tmp_path / "classes.tif")})
     with rasterio.open(res["OUTPUT"]) as ds:
         assert set(np.unique(ds.read(1))) <= {c.code for c in header.classes} | {0}
+
+
+def test_raster_outputs_are_geotiffs_and_never_an_input(trained, scene, tmp_path):
+    result, _out = trained
+    alg = QgsApplication.processingRegistry().algorithmById("rsvl:classify")
+    assert alg.provider().supportedOutputRasterLayerExtensions() == ["tif"]
+    params = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
+              "INPUT_LIDAR": [str(scene.paths["lidar"])], "DEVICE": 1}
+    with pytest.raises(QgsProcessingException):  # QGIS's own check, or rsvl's
+        run("rsvl:classify", {**params, "OUTPUT": str(tmp_path / "c.img")})
+    assert not (tmp_path / "c.img").exists()
+    before = open(scene.paths["lidar"], "rb").read()
+    with pytest.raises(QgsProcessingException, match="is also the input INPUT_LIDAR"):
+        run("rsvl:classify", {**params, "OUTPUT": str(scene.paths["lidar"])})
+    assert open(scene.paths["lidar"], "rb").read() == before
