@@ -283,6 +283,10 @@ def run(args) -> int:
     from . import api
 
     progress = _progress(args.quiet)
+    if getattr(args, "report", None):  # before the work, not after it
+        from .atomic import check_outputs
+
+        check_outputs([("--output", getattr(args, "output", None), 0), ("--report", args.report, 0)])
     if args.command == "train" and args.foundation_model:
         res = api.train_fewshot(
             args.foundation_model, _layers(args), args.labels, args.output, class_field=args.class_field,

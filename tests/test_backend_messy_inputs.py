@@ -219,3 +219,14 @@ def test_raster_outputs_are_geotiffs_by_name_too(trained_model, scene, tmp_path)
     with pytest.raises(InputError, match="OUTPUT_SECOND .* rsvl writes GeoTIFF"):
         split_label_raster(str(scene.labels), 0.5, 0, str(tmp_path / "a.TIF"), str(tmp_path / "b"))
     assert os.listdir(tmp_path) == ["scene"]  # the fixture's inputs only
+
+
+def test_reports_are_checked_before_the_work(scene, tmp_path, capsys):
+    from rsvl.backend.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    model = tmp_path / "m.safetensors"
+    code = main(["train", "--hsi", str(scene.paths["hsi"]), "--labels", str(scene.labels), "-o", str(model),
+                 "--epochs", "1", "--device", "cpu", "--report", str(blocker / "report.html")])
+    assert code == 2 and "--report: " in capsys.readouterr().err and not model.exists()

@@ -223,6 +223,9 @@ class TrainAlgorithm(RsvlAlgorithm):
 
         labels, class_field, class_name_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
+        from ...backend.atomic import check_outputs
+
+        check_outputs([("OUTPUT_REPORT", self._report, 0)])  # before the work, not after it
         foundation = self.parameterAsFile(parameters, "FOUNDATION_MODEL", context)
         if foundation:
             f = foundation_kwargs(self, parameters, context)
