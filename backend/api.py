@@ -19,7 +19,7 @@ from .errors import InputError, LabelError
 from .jobs import IsCancelled, Job, Progress
 from .labels import ClassInfo, open_labels, prompt_classes
 from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
-from .raster import LayerSpec, RasterStack, as_layers, compute_band_stats
+from .raster import LayerSpec, RasterStack, as_layers, compute_band_stats, missing_file
 from .text import apply_template, default_template
 
 log = logging.getLogger("rsvl")
@@ -538,7 +538,7 @@ def evaluate(
     from .raster import Grid, tile_windows
 
     job = Job(progress, is_cancelled)
-    if not os.path.exists(classification):
+    if missing_file(classification):
         raise InputError(f"INPUT classification {classification!r} does not exist")
     check_outputs([("OUTPUT_JSON", output_json, 0), ("OUTPUT_CSV", output_csv, 0)],
                   inputs=[("INPUT", classification), ("REFERENCE", reference)])

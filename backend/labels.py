@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from .errors import LabelError
 from .gdal_exceptions import gdal_exceptions
 from .palette import assign_colours
-from .raster import Grid, tile_windows
+from .raster import Grid, missing_file, tile_windows
 
 log = logging.getLogger("rsvl")
 
@@ -93,7 +93,7 @@ class RasterLabels:
     by window; ``classes`` lists the codes present with their names and colours."""
 
     def __init__(self, path: str, grid: Grid, tile: int = 2048):
-        if not os.path.exists(path):
+        if missing_file(path):
             raise LabelError(f"label raster {path!r} does not exist")
         self.path, self.grid = path, grid
         self.lut = None
@@ -194,7 +194,7 @@ def read_label_raster(path: str, grid: Grid) -> LabelMap:
 def _open_vector(path: str, layer_name: Optional[str]):
     from osgeo import ogr
 
-    if not os.path.exists(path.split("|")[0]):
+    if missing_file(path.split("|")[0]):
         raise LabelError(f"vector labels {path!r} does not exist")
     # QGIS style "file.gpkg|layername=LULC"
     if "|layername=" in path:
@@ -510,7 +510,7 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
     a vector file, decided by what GDAL/OGR can open it as; with ``classes``, codes are
     expressed in those classes' numbering (see :func:`class_lut`)."""
     base = path.split("|")[0]
-    if not os.path.exists(base):
+    if missing_file(base):
         raise LabelError(f"label file {path!r} does not exist")
     is_raster = False
     if "|" not in path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -53,6 +54,16 @@ class LayerSpec:
             )
         if self.name is None:
             self.name = os.path.basename(str(self.path))
+
+
+def missing_file(path: str) -> bool:
+    """Whether ``path`` is a plain file path that does not exist. GDAL virtual file systems
+    (``/vsizip/…``, ``/vsicurl/…``, ``/vsis3/…``) and connection strings
+    (``GPKG:file.gpkg:table``, ``NETCDF:"f.nc":var``) are not files: GDAL opens them and
+    names its own problem."""
+    if path.startswith("/vsi") or re.match(r"^[A-Za-z][A-Za-z0-9_]+:", path):  # not "C:\\…": one letter
+        return False
+    return not os.path.exists(path)
 
 
 def as_layers(layers) -> List[LayerSpec]:
@@ -421,7 +432,7 @@ class RasterStack:
         datasets = []
         try:
             for layer in self.layers:
-                if not os.path.exists(str(layer.path)):
+                if missing_file(str(layer.path)):
                     raise InputError(f"{layer.modality} layer {layer.path!r} does not exist")
                 try:
                     with gdal_thread_config(READ_OPEN_OPTIONS):

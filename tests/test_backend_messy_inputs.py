@@ -230,3 +230,27 @@ def test_reports_are_checked_before_the_work(scene, tmp_path, capsys):
     code = main(["train", "--hsi", str(scene.paths["hsi"]), "--labels", str(scene.labels), "-o", str(model),
                  "--epochs", "1", "--device", "cpu", "--report", str(blocker / "report.html")])
     assert code == 2 and "--report: " in capsys.readouterr().err and not model.exists()
+
+
+def test_gdal_virtual_paths_are_inputs_like_files(trained_model, scene, tmp_path):
+    """/vsizip/ (and /vsicurl/, /vsis3/, GPKG:…) paths are GDAL's to open, not missing files."""
+    import zipfile
+
+    from rsvl.backend.raster import missing_file
+
+    model_path, _result, layers = trained_model
+    archive = tmp_path / "scene.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for layer in layers:
+            z.write(layer.path, os.path.basename(layer.path))
+        z.write(scene.labels, "labels.tif")
+    zipped = [LayerSpec(f"/vsizip/{archive}/{os.path.basename(layer.path)}", layer.modality) for layer in layers]
+    plain = api.classify(str(model_path), layers, str(tmp_path / "plain.tif"), device="cpu").output
+    virtual = api.classify(str(model_path), zipped, str(tmp_path / "zip.tif"), device="cpu").output
+    assert (rasterio.open(plain).read() == rasterio.open(virtual).read()).all()
+    acc = api.evaluate(virtual, f"/vsizip/{archive}/labels.tif").accuracy
+    assert acc.oa == api.evaluate(plain, str(scene.labels)).accuracy.oa
+    assert missing_file(str(tmp_path / "nope.tif")) and not missing_file("GPKG:x.gpkg:t")
+    with pytest.raises(InputError, match="cannot be read by GDAL"):
+        api.classify(str(model_path), [LayerSpec(f"/vsizip/{archive}/nope.tif", "hsi"), layers[1]],
+                     str(tmp_path / "x.tif"), device="cpu")
