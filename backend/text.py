@@ -133,6 +133,7 @@ class TextEncoder:
                 raise TextEncoderError(f"text encoder directory {path!r} does not exist")
             from transformers import AutoModel, AutoTokenizer
 
+            _no_progress_bars()
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 self.model = AutoModel.from_pretrained(path, local_files_only=True)
@@ -174,6 +175,7 @@ class TextEncoder:
         path, _, self.instruction = rest.partition("|")
         if not os.path.isdir(path):
             raise TextEncoderError(f"LLM text encoder directory {path!r} does not exist")
+        _no_progress_bars()
         cuda = torch.cuda.is_available()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -324,3 +326,11 @@ def apply_template(template: str, names: Sequence[str]) -> List[str]:
     if "{}" not in template:
         raise TextEncoderError(f"PROMPT_TEMPLATE must contain '{{}}' where the class name goes (got {template!r})")
     return [template.replace("{}", n) for n in names]
+
+
+def _no_progress_bars() -> None:
+    """Loading local weights needs no progress bar: transformers' "Loading weights" bar
+    landed in every CLI run (with -q too), qgis_process output and the QGIS log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()

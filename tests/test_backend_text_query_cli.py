@@ -303,3 +303,9 @@ def test_map_colours_people_read_naturally():
     assert colours[0] == water and colours[2] == (1, 2, 3)
     assert len(set(colours)) == 5 and colours[1] == default_colour(0) and colours[3:] == [default_colour(1),
                                                                                           default_colour(2)]
+
+
+def test_loading_the_text_encoder_prints_no_progress_bar():
+    code = "from rsvl.backend.text import get_text_encoder; print(get_text_encoder('minilm').encode(['x']).shape)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "384" in run.stdout and "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
