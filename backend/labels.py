@@ -493,15 +493,33 @@ def class_lut(ref_classes: Sequence[ClassInfo], classes: Sequence[ClassInfo], by
     return lut, out_classes, "name" if named else "code"
 
 
+def _gdal_opens(path: str, flags: int):
+    """The GDAL dataset ``path`` opens as (``gdal.OF_RASTER`` / ``OF_VECTOR``), or None;
+    quietly: probing a vector file as a raster is no error worth logging."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        with gdal_exceptions():
+            return gdal.OpenEx(path, flags)
+    except RuntimeError:
+        return None
+    finally:
+        gdal.PopErrorHandler()
+
+
 def _opens_as_vector(path: str) -> bool:
     from osgeo import gdal
 
-    try:
-        with gdal_exceptions():
-            ds = gdal.OpenEx(path, gdal.OF_VECTOR)
-    except RuntimeError:
-        return False
+    ds = _gdal_opens(path, gdal.OF_VECTOR)
     return ds is not None and ds.GetLayerCount() > 0
+
+
+def _opens_as_raster(path: str) -> bool:
+    from osgeo import gdal
+
+    ds = _gdal_opens(path, gdal.OF_RASTER)
+    return ds is not None and ds.RasterCount > 0 and ds.RasterXSize > 0
 
 
 def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
@@ -512,14 +530,7 @@ def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
     base = path.split("|")[0]
     if missing_file(base):
         raise LabelError(f"label file {path!r} does not exist")
-    is_raster = False
-    if "|" not in path:
-        try:
-            with rasterio.open(path) as ds:
-                is_raster = ds.count > 0 and ds.width > 0
-        except rasterio.errors.RasterioIOError:
-            is_raster = False
-    if is_raster:
+    if "|" not in path and _opens_as_raster(path):
         src = RasterLabels(path, grid)
     elif not _opens_as_vector(base):
         raise LabelError(f"label file {path!r} can be read neither as a raster nor as vector data (damaged, or not a "

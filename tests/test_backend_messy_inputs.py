@@ -254,3 +254,18 @@ def test_gdal_virtual_paths_are_inputs_like_files(trained_model, scene, tmp_path
     with pytest.raises(InputError, match="cannot be read by GDAL"):
         api.classify(str(model_path), [LayerSpec(f"/vsizip/{archive}/nope.tif", "hsi"), layers[1]],
                      str(tmp_path / "x.tif"), device="cpu")
+
+
+def test_vector_labels_are_opened_without_gdal_noise(scene, tmp_path, caplog):
+    import logging
+
+    from osgeo import ogr
+
+    from rsvl.backend.labels import open_labels
+
+    path = _polygons(tmp_path / "v.gpkg", scene, ogr.OFTInteger, [1, 2])
+    with caplog.at_level(logging.DEBUG):
+        labels = open_labels(path, _grid(scene), "code")
+        labels.close()
+    assert [c.code for c in labels.classes] == [1, 2]
+    assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
