@@ -56,6 +56,14 @@ class LayerSpec:
             self.name = os.path.basename(str(self.path))
 
 
+try:  # what GDAL's read errors arrive as (rasterio wraps some, passes CPLE_* through)
+    from rasterio._err import CPLE_BaseError
+
+    READ_ERRORS = (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError, CPLE_BaseError)
+except ImportError:  # pragma: no cover - rasterio moved it
+    READ_ERRORS = (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError)
+
+
 def missing_file(path: str) -> bool:
     """Whether ``path`` is a plain file path that does not exist. GDAL virtual file systems
     (``/vsizip/…``, ``/vsicurl/…``, ``/vsis3/…``) and connection strings
@@ -523,8 +531,13 @@ class RasterStack:
             if inner.width > 0 and inner.height > 0:
                 band = 0
                 for src in srcs:
-                    got = src.rows.read(inner, int(window.col_off)) if src.rows is not None else None
-                    d, v = got if got is not None else src.read(inner)
+                    try:
+                        got = src.rows.read(inner, int(window.col_off)) if src.rows is not None else None
+                        d, v = got if got is not None else src.read(inner)
+                    except READ_ERRORS as exc:  # a damaged or cut-off file, a lost connection
+                        raise InputError(f"{src.layer.modality} layer {src.layer.path!r} cannot be read at rows "
+                                         f"{r0}–{r1}, columns {c0}–{c1}: {exc} (a truncated or damaged file? check "
+                                         "it with gdalinfo -checksum)") from exc
                     sl = (slice(band, band + src.count), slice(r0 - row0, r1 - row0), slice(c0 - col0, c1 - col0))
                     arr[sl] = d
                     ok[sl] = v

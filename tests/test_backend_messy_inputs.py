@@ -269,3 +269,20 @@ def test_vector_labels_are_opened_without_gdal_noise(scene, tmp_path, caplog):
         labels.close()
     assert [c.code for c in labels.classes] == [1, 2]
     assert not [r for r in caplog.records if "not recognized" in r.getMessage()], caplog.text
+
+
+def test_a_cut_off_input_is_named_not_a_gdal_traceback(trained_model, tmp_path):
+    model_path, _result, layers = trained_model
+    with rasterio.open(layers[0].path) as ds:
+        profile = ds.profile
+    whole = tmp_path / "whole.tif"
+    with rasterio.open(whole, "w", **{**profile, "tiled": True, "blockxsize": 16, "blockysize": 16,
+                                      "compress": "deflate"}) as dst:
+        dst.write(rasterio.open(layers[0].path).read())
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "classes.tif"
+    with pytest.raises(InputError, match=r"hsi layer '.*cut\.tif' cannot be read at rows .*truncated or damaged"):
+        api.classify(str(model_path), [LayerSpec(str(cut), "hsi"), layers[1]], str(out), device="cpu")
+    assert not out.exists()
