@@ -416,9 +416,11 @@ class VectorLabels:
         from rasterio.windows import from_bounds
         from rasterio.windows import transform as window_transform
 
-        if geom["type"] not in ("Polygon", "MultiPolygon"):
-            return 1  # points and lines always burn the pixels they fall on
         x0, y0, x1, y1 = box
+        if geom["type"] not in ("Polygon", "MultiPolygon"):  # points and lines burn the pixels they fall on
+            (ax, ay), (bx, by) = self.grid.transform * (0, 0), self.grid.transform * (self.grid.width, self.grid.height)
+            outside = x1 < min(ax, bx) or x0 > max(ax, bx) or y1 < min(ay, by) or y0 > max(ay, by)
+            return None if outside else 1
         full = Window(0, 0, self.grid.width, self.grid.height)
         w = from_bounds(x0, y0, x1, y1, self.grid.transform)
         col, row = math.floor(w.col_off), math.floor(w.row_off)

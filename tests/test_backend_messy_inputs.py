@@ -286,3 +286,27 @@ def test_a_cut_off_input_is_named_not_a_gdal_traceback(trained_model, tmp_path):
     with pytest.raises(InputError, match=r"hsi layer '.*cut\.tif' cannot be read at rows .*truncated or damaged"):
         api.classify(str(model_path), [LayerSpec(str(cut), "hsi"), layers[1]], str(out), device="cpu")
     assert not out.exists()
+
+
+def test_points_off_the_grid_are_named_like_polygons(scene, tmp_path):
+    from osgeo import ogr, osr
+
+    from rsvl.backend.labels import open_labels
+
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(scene.crs.to_wkt())
+    path = tmp_path / "points.gpkg"
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", srs, ogr.wkbPoint)
+    layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+    x, y = scene.transform * (0, 0)
+    for i, (dx, dy) in enumerate(((-500.0, 0.0), (0.0, 500.0), (10_000.0, -10_000.0))):
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetField("code", i + 1)
+        point = ogr.Geometry(ogr.wkbPoint)
+        point.AddPoint_2D(x + dx, y + dy)
+        f.SetGeometry(point)
+        layer.CreateFeature(f)
+    ds = None
+    with pytest.raises(LabelError, match="none of the 3 labelled feature"):
+        open_labels(str(path), _grid(scene), "code")
