@@ -263,7 +263,7 @@ def run_on_cluster(
     client's, used for nothing here). Same outputs, same :class:`InferenceOutputs`."""
     from distributed import KilledWorker, as_completed
 
-    from .inference import GDAL_CACHE_MB, METHODS, InferenceOutputs, OutputRasters
+    from .inference import GDAL_CACHE_MB, METHODS, InferenceOutputs, OutputRasters, _no_valid_pixel
 
     if method not in METHODS:
         raise InputError(f"METHOD must be one of {', '.join(METHODS)} (got {method!r})")
@@ -320,6 +320,7 @@ def run_on_cluster(
             fill()
             done = 0
             pending_write: Optional[Future] = None
+            valid = 0
             while not futures.is_empty():
                 job.check()
                 batch = futures.next_batch(block=False)
@@ -334,6 +335,7 @@ def run_on_cluster(
                                         f"height) died repeatedly ({exc}); see the workers' logs (memory limit?)") from exc
                     del pending[fut.key]
                     fut.release()
+                    valid += int(scores.ok.sum())
                     if pending_write is not None:
                         pending_write.result()  # one block waits for the writer at most
                     pending_write = writer.submit(outputs.write, scores)
@@ -346,6 +348,8 @@ def run_on_cluster(
         finally:
             if pending:  # cancelled or failed: queued windows never run, running ones are dropped
                 client.cancel([f for f, _window in pending.values()], force=True)
+        if not valid:  # as run_inference: an empty map is no result
+            raise _no_valid_pixel(stack)
         outputs.finish()
         job.report(1.0, "inference finished")
     seconds = time.perf_counter() - start

@@ -311,3 +311,22 @@ def test_cli_scheduler_local_starts_worker_processes_and_writes_the_same_map(sce
     bad = cli("classify", "-m", model_file, "--hsi", scene.paths["hsi"], "--lidar", scene.paths["lidar"],
               "-o", tmp_path / "bad.tif", "--scheduler", "local:0")
     assert bad.returncode == 2 and "rsvl: error: DASK_SCHEDULER local:N needs at least one worker" in bad.stderr
+
+
+def test_a_band_without_valid_pixels_fails_on_the_cluster_too(scene, model_file, thread_cluster, tmp_path):
+    from rsvl.backend import api
+    from rsvl.backend.errors import InputError
+
+    ins = layers(scene)
+    with rasterio.open(ins[0].path) as ds:
+        data, profile = ds.read().astype(np.float32), ds.profile
+    data[1] = np.nan
+    nan_band = tmp_path / "nan_band.tif"
+    with rasterio.open(nan_band, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+        dst.write(data)
+    bad = [type(ins[0])(str(nan_band), ins[0].modality)] + ins[1:]
+    out = tmp_path / "classes.tif"
+    with pytest.raises(InputError, match="no pixel can be classified: .* layer has bands without any valid pixel"):
+        api.classify(model_file, bad, str(out), tile_size=TILE, device="cpu",
+                     scheduler=thread_cluster.scheduler_address)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if ".part" in p]
