@@ -35,7 +35,7 @@ weights; tests/test_backend_loss.py).
         [--ms resources/sample/s2_l1c_2015-07-11.tif --lidar resources/sample/dem.tif
          --labels resources/sample/lulc.tif]
 
-About 25 minutes on 2 cores with the defaults."""
+30–45 minutes on 2 cores with the defaults (45 with other jobs running)."""
 
 from __future__ import annotations
 
