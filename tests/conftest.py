@@ -304,6 +304,16 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def write_nan_band(src: str, out: Path, band: int) -> Path:
+    """A float32 copy of raster ``src`` whose ``band`` (0-based) is NaN everywhere."""
+    with rasterio.open(src) as ds:
+        data, profile = ds.read().astype(np.float32), ds.profile
+    data[band] = np.nan
+    with rasterio.open(out, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+        dst.write(data)
+    return out
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """Writers for tests that build their own rasters and vectors."""
@@ -315,6 +325,7 @@ def helpers():
         write_raster = staticmethod(write_raster)
         write_labels = staticmethod(write_labels)
         write_polygons = staticmethod(write_polygons)
+        write_nan_band = staticmethod(write_nan_band)
         fast = FAST
         class_names = CLASS_NAMES
 

@@ -313,17 +313,12 @@ def test_cli_scheduler_local_starts_worker_processes_and_writes_the_same_map(sce
     assert bad.returncode == 2 and "rsvl: error: DASK_SCHEDULER local:N needs at least one worker" in bad.stderr
 
 
-def test_a_band_without_valid_pixels_fails_on_the_cluster_too(scene, model_file, thread_cluster, tmp_path):
+def test_a_band_without_valid_pixels_fails_on_the_cluster_too(scene, model_file, thread_cluster, tmp_path, helpers):
     from rsvl.backend import api
     from rsvl.backend.errors import InputError
 
     ins = layers(scene)
-    with rasterio.open(ins[0].path) as ds:
-        data, profile = ds.read().astype(np.float32), ds.profile
-    data[1] = np.nan
-    nan_band = tmp_path / "nan_band.tif"
-    with rasterio.open(nan_band, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
-        dst.write(data)
+    nan_band = helpers.write_nan_band(ins[0].path, tmp_path / "nan_band.tif", 1)
     bad = [type(ins[0])(str(nan_band), ins[0].modality)] + ins[1:]
     out = tmp_path / "classes.tif"
     with pytest.raises(InputError, match="no pixel can be classified: .* layer has bands without any valid pixel"):

@@ -178,14 +178,9 @@ def test_evaluate_checks_its_outputs_and_inputs_first(trained_model, scene, tmp_
         api.evaluate(vector_map, str(scene.labels))
 
 
-def test_a_band_without_valid_pixels_is_an_error_not_an_empty_map(trained_model, tmp_path):
+def test_a_band_without_valid_pixels_is_an_error_not_an_empty_map(trained_model, tmp_path, helpers):
     model_path, _result, layers = trained_model
-    with rasterio.open(layers[0].path) as ds:
-        data, profile = ds.read().astype(np.float32), ds.profile
-    data[2] = np.nan
-    holes = tmp_path / "nan_band.tif"
-    with rasterio.open(holes, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
-        dst.write(data)
+    holes = helpers.write_nan_band(layers[0].path, tmp_path / "nan_band.tif", 2)
     out = tmp_path / "classes.tif"
     with pytest.raises(InputError, match=r"no pixel can be classified: hsi layer has bands without any valid pixel"):
         api.classify(str(model_path), [LayerSpec(str(holes), "hsi"), layers[1]], str(out), device="cpu")
