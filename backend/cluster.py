@@ -348,8 +348,8 @@ def run_on_cluster(
         finally:
             if pending:  # cancelled or failed: queued windows never run, running ones are dropped
                 client.cancel([f for f, _window in pending.values()], force=True)
-        if not valid:  # as run_inference: an empty map is no result
-            raise _no_valid_pixel(stack)
+        if not valid:  # as run_inference
+            log.warning("%s", _no_valid_pixel(stack))
         outputs.finish()
         job.report(1.0, "inference finished")
     seconds = time.perf_counter() - start

@@ -260,18 +260,19 @@ def _smaller_batch(embedder, batch_size: int) -> int:
     return batch_size // 2
 
 
-def _no_valid_pixel(stack: RasterStack) -> InputError:
-    """The error for inputs without a pixel valid in every band: the band that is empty
-    everywhere (one more pass over the inputs, only here), else the layers' disjoint areas."""
+def _no_valid_pixel(stack: RasterStack) -> str:
+    """Why no pixel could be classified: the band that is empty everywhere (one more pass
+    over the inputs, only here), else the layers' disjoint valid areas. A warning, not an
+    error: an all-nodata tile in a batch of tiles gives an all-nodata map, as it should."""
     from .raster import compute_band_stats
 
     try:
         compute_band_stats(stack)
     except InputError as exc:
-        return InputError(f"no pixel can be classified: {exc} (all nodata or NaN); check the layer and its NODATA "
-                          "value, or leave the band out of the model's inputs")
-    return InputError("no pixel can be classified: no pixel is valid in every input layer at once (their valid "
-                      "areas or nodata masks do not overlap); check the layers' extents and NODATA values")
+        return (f"no pixel could be classified, the map is all nodata: {exc} (all nodata or NaN); check the layer "
+                "and its NODATA value")
+    return ("no pixel could be classified, the map is all nodata: no pixel is valid in every input layer at once "
+            "(their valid areas or nodata masks do not overlap); check the layers' extents and NODATA values")
 
 
 def run_inference(
@@ -319,8 +320,8 @@ def run_inference(
                 pending_write.result()  # at most one window waits for the writer
             pending_write = writer.submit(outputs.write, scores)
         pending_write.result()
-        if not valid:  # an empty map is no result: say why, and keep no output
-            raise _no_valid_pixel(stack)
+        if not valid:  # an empty map (an all-nodata tile of a batch, or a mistake): say why
+            log.warning("%s", _no_valid_pixel(stack))
         outputs.finish()
         job.report(1.0, "inference finished")
     seconds = time.perf_counter() - start

@@ -178,13 +178,15 @@ def test_evaluate_checks_its_outputs_and_inputs_first(trained_model, scene, tmp_
         api.evaluate(vector_map, str(scene.labels))
 
 
-def test_a_band_without_valid_pixels_is_an_error_not_an_empty_map(trained_model, tmp_path, helpers):
+def test_a_band_without_valid_pixels_gives_an_empty_map_with_the_reason(trained_model, tmp_path, helpers, caplog):
     model_path, _result, layers = trained_model
     holes = helpers.write_nan_band(layers[0].path, tmp_path / "nan_band.tif", 2)
     out = tmp_path / "classes.tif"
-    with pytest.raises(InputError, match=r"no pixel can be classified: hsi layer has bands without any valid pixel"):
-        api.classify(str(model_path), [LayerSpec(str(holes), "hsi"), layers[1]], str(out), device="cpu")
-    assert sorted(os.listdir(tmp_path)) == ["nan_band.tif"]
+    api.classify(str(model_path), [LayerSpec(str(holes), "hsi"), layers[1]], str(out), device="cpu")
+    with rasterio.open(out) as ds:
+        assert (ds.read(1) == 0).all()
+    assert [r for r in caplog.records if r.levelname == "WARNING" and "the map is all nodata: hsi layer has bands "
+            "without any valid pixel" in r.getMessage()], caplog.text
 
 
 def test_unreadable_labels_and_bad_nodata_options_are_named(scene, tmp_path, capsys):

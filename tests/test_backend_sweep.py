@@ -55,7 +55,7 @@ def test_nan_and_inf_pixels_are_nodata(setup, helpers):
     bad[0, 3:5, 3:5] = np.nan
     bad[0, 6, 6] = np.inf
     path = helpers.write_raster(root / "nan.tif", bad, transform, nodata=None)
-    classes, *_ = _classify(setup, setup[1][0].path, path, "nan.tif")
+    classes, *_ = _classify(setup, setup[1][0].path, path, "nan_classes.tif")
     assert (classes[3:5, 3:5] == 0).all() and classes[6, 6] == 0 and classes[10, 10] > 0
 
 
@@ -82,7 +82,7 @@ def test_rotated_geotransform_and_a_crs_without_epsg_code_are_kept(setup, helper
 def test_an_all_nodata_input_gives_an_all_nodata_map_and_cannot_train(setup, helpers):
     scene, layers, _model, hsi, lidar, transform, root = setup
     empty = helpers.write_raster(root / "empty.tif", np.full_like(lidar, -9999.0), transform, nodata=-9999.0)
-    classes, *_ = _classify(setup, layers[0].path, empty, "empty.tif")
+    classes, *_ = _classify(setup, layers[0].path, empty, "empty_classes.tif")
     assert (classes == 0).all()
     with pytest.raises(InputError, match="lidar layer has bands without any valid pixel"):
         api.train([layers[0], LayerSpec(str(empty), "lidar")], str(scene.labels), str(root / "x.safetensors"), **FAST)
