@@ -48,9 +48,14 @@ FEW_LABELS = 5  # a class with fewer labelled pixels gets a warning (warn_few_la
 MEMBER_SEED_STEP = 1000  # ensemble member k trains from seed + 1000·k
 
 
-def _input_paths(layers, model_path: str):
-    """(parameter, path) of a run's input files, which no output may overwrite."""
-    return [("MODEL", model_path)] + [(f"INPUT_{layer.modality.upper()}", layer.path) for layer in as_layers(layers)]
+def _check_raster_outputs(rasters, layers, model_path: str) -> None:
+    """Before a map is computed: its raster outputs (``(parameter, path)``) are GeoTIFFs
+    that can be written and overwrite neither the model, an input layer nor each other."""
+    from .atomic import check_geotiff, check_outputs
+
+    inputs = [("MODEL", model_path)] + [(f"INPUT_{layer.modality.upper()}", layer.path) for layer in as_layers(layers)]
+    check_outputs([(p, path, 0) for p, path in rasters], inputs=inputs)
+    check_geotiff(rasters)
 
 
 def warn_few_labels(classes, y: np.ndarray) -> List[str]:
@@ -113,7 +118,7 @@ def train(
     import torch
 
     from .device import resolve_device
-    from .mmlgnet import MMLGNet, ModelConfig
+    from .mmlgnet import Ensemble, MMLGNet, ModelConfig
     from .modelfile import ModelHeader, save_model
     from .recipes import DEFAULT_RECIPE, get_recipe
     from .samples import extract_patches, sample_patches
@@ -228,8 +233,6 @@ def train(
         models.append(model)
     outcome = outcomes[0]
     if members > 1:
-        from .mmlgnet import Ensemble
-
         model = Ensemble(models)
     seconds = sum(o.seconds for o in outcomes)
     samples_per_s = sum(o.samples_per_s * o.seconds for o in outcomes) / max(seconds, 1e-9)
@@ -383,11 +386,8 @@ def classify(
 
     if not output:
         raise InputError("OUTPUT is required")
-    from .atomic import check_geotiff, check_outputs
-
-    rasters = [("OUTPUT", output), ("OUTPUT_CONFIDENCE", confidence), ("OUTPUT_SIMILARITY", similarity)]
-    check_outputs([(p, path, 0) for p, path in rasters], inputs=_input_paths(layers, model_path))
-    check_geotiff(rasters)
+    _check_raster_outputs([("OUTPUT", output), ("OUTPUT_CONFIDENCE", confidence), ("OUTPUT_SIMILARITY", similarity)],
+                          layers, model_path)
     if os.path.isfile(model_path) and model_kind(model_path) == "fewshot":
         _no_scheduler_for("few-shot model", scheduler)
         classes, pixels, seconds = classify_fewshot(
@@ -456,14 +456,11 @@ def query(
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
     ``offset`` apply, and ``tile_size`` 0 means the model's input size). ``scheduler``:
     compute an rsvl model's windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``)."""
-    from .atomic import check_geotiff, check_outputs
     from .fewshot import model_kind, read_fewshot
     from .foundation import zeroshot_map
     from .text import get_text_encoder
 
-    rasters = [("OUTPUT_SIMILARITY", output_similarity), ("OUTPUT", output)]
-    check_outputs([(p, path, 0) for p, path in rasters], inputs=_input_paths(layers, model_path))
-    check_geotiff(rasters)
+    _check_raster_outputs([("OUTPUT_SIMILARITY", output_similarity), ("OUTPUT", output)], layers, model_path)
     kind = model_kind(model_path) if os.path.isfile(model_path) else "rsvl"
     if kind == "fewshot":  # prompts in the space of the checkpoint the model adapts
         fs, _head = read_fewshot(model_path)

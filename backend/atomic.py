@@ -31,12 +31,6 @@ def atomic_path(path: str) -> Iterator[str]:
     os.unlink(tmp)  # GDAL creates the file itself
     try:
         yield tmp
-    except BaseException:
-        for p in [tmp, tmp + ".aux.xml"]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-        raise
-    try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp-style private modes are not wanted for outputs
@@ -45,12 +39,11 @@ def atomic_path(path: str) -> Iterator[str]:
         elif os.path.exists(path + ".aux.xml"):
             os.unlink(path + ".aux.xml")  # a stale sidecar would describe the old file
         os.replace(tmp, path)
-    except BaseException:  # e.g. ``path`` became a folder: leave no hidden .part file
+    except BaseException:  # the work failed, or moving it into place did (``path`` became a folder)
         for p in [tmp, tmp + ".aux.xml"]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         raise
-
 
 def _remove_orphans(folder: str, stem: str, ext: str) -> None:
     """Remove temporary files of this destination left by rsvl processes that were killed

@@ -561,6 +561,7 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     (e.g. training), the rest in the second (e.g. test), at random or spatially apart
     (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`)."""
     from .atomic import atomic_path, check_geotiff, check_outputs
+    from .inference import class_dtype, gtiff_profile
     from .jobs import Job
     from .splits import split_codes
 
@@ -570,7 +571,6 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     job.step(0.0, "reading labels")
     with rasterio.open(path) as src:
         grid = Grid.of(src)
-        profile = src.profile.copy()
         try:
             colormap = src.colormap(1)
         except ValueError:
@@ -578,11 +578,9 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     labels = read_label_raster(path, grid)
     job.step(0.3, "splitting")
     first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer)
-    dtype = "uint8" if max(c.code for c in labels.classes) <= 255 else "uint16"
-    # Always a GeoTIFF (the outputs are .tif whatever the input's format: ENVI, HFA, VRT, …).
-    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": dtype,
-               "crs": profile.get("crs"), "transform": profile.get("transform"), "nodata": 0, "compress": "deflate",
-               "tiled": True, "blockxsize": 256, "blockysize": 256}
+    dtype = class_dtype(labels.classes)
+    # The class maps' GeoTIFF profile, whatever the input's format (ENVI, HFA, VRT, …).
+    profile = gtiff_profile(grid, 1, dtype, 0)
     for i, (codes, out) in enumerate(((first, first_path), (second, second_path))):
         job.step(0.6 + 0.2 * i, "writing")
         with atomic_path(out) as tmp:

@@ -19,7 +19,7 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import ModelFileError, ModelMismatchError
 from .labels import ClassInfo
-from .mmlgnet import MMLGNet, ModelConfig
+from .mmlgnet import Ensemble, MMLGNet, ModelConfig
 from .raster import MODALITY_LABELS, BandStats
 
 log = logging.getLogger("rsvl")
@@ -265,12 +265,8 @@ def load_model(path: str, device="cpu"):
     from safetensors.torch import load_file
 
     header = read_header(path)
-    if header.members > 1:
-        from .mmlgnet import Ensemble
-
-        model = Ensemble([MMLGNet(header.config, n_classes=len(header.classes)) for _ in range(header.members)])
-    else:
-        model = MMLGNet(header.config, n_classes=len(header.classes))
+    members = [MMLGNet(header.config, n_classes=len(header.classes)) for _ in range(header.members)]
+    model = Ensemble(members) if len(members) > 1 else members[0]
     state = load_file(path, device="cpu")
     with safe_open(path, framework="pt") as f:
         digest = (f.metadata() or {}).get(DIGEST_KEY)
