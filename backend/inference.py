@@ -37,27 +37,14 @@ import rasterio
 from .atomic import atomic_path, check_outputs
 from .errors import InputError
 from .jobs import Job
-from .labels import ClassInfo, set_category_names
-from .raster import Grid, RasterStack, gdal_cache_limit
+from .labels import ClassInfo, class_dtype, set_category_names
+from .raster import Grid, RasterStack, gdal_cache_limit, gtiff_profile
 from .samples import patches_at, read_window_normalised
 
 log = logging.getLogger("rsvl")
 METHODS = ("dense", "patch")
 GDAL_CACHE_MB = 128  # GDAL block cache cap (MiB) while a scene is classified
 MIN_COMPUTE_TILE = 8  # smallest sub-tile (dense) or batch (per-patch) after CUDA out-of-memory retries
-
-
-def gtiff_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
-    return {
-        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
-        "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
-        "predictor": 3 if dtype == "float32" else 2, "BIGTIFF": "IF_SAFER",
-    }
-
-
-def class_dtype(classes: Sequence[ClassInfo]) -> str:
-    return "uint8" if max(c.code for c in classes) <= 255 else "uint16"
 
 
 def embed_patches(model, norm: Dict[str, np.ndarray], halo: int, device, batch_size: int = 4096):

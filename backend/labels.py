@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from .errors import LabelError
 from .gdal_exceptions import gdal_exceptions
 from .palette import assign_colours
-from .raster import Grid, missing_file, tile_windows
+from .raster import Grid, gtiff_profile, missing_file, tile_windows
 
 log = logging.getLogger("rsvl")
 
@@ -210,6 +210,11 @@ def _open_vector(path: str, layer_name: Optional[str]):
     if layer is None:
         raise LabelError(f"vector labels {path!r} has no layer {layer_name!r}")
     return ds, layer
+
+
+def class_dtype(classes: Sequence[ClassInfo]) -> str:
+    """The pixel type of a class map: 8 bits up to code 255, else 16 (:data:`MAX_CODE`)."""
+    return "uint8" if max(c.code for c in classes) <= 255 else "uint16"
 
 
 MAX_CODE = 65535  # class rasters are 8- or 16-bit: GeoTIFF colour tables and QGIS palettes stop there
@@ -561,7 +566,6 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
     (e.g. training), the rest in the second (e.g. test), at random or spatially apart
     (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.splits`)."""
     from .atomic import atomic_path, check_geotiff, check_outputs
-    from .inference import class_dtype, gtiff_profile
     from .jobs import Job
     from .splits import split_codes
 

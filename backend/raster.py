@@ -64,6 +64,16 @@ except ImportError:  # pragma: no cover - rasterio moved it
     READ_ERRORS = (rasterio.errors.RasterioError, rasterio.errors.RasterioIOError)
 
 
+def gtiff_profile(grid: Grid, count: int, dtype: str, nodata) -> dict:
+    """The profile of every raster rsvl writes on ``grid``: tiled, deflate-compressed GeoTIFF."""
+    return {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
+        "crs": grid.crs, "transform": grid.transform, "nodata": nodata,
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+        "predictor": 3 if dtype == "float32" else 2, "BIGTIFF": "IF_SAFER",
+    }
+
+
 def missing_file(path: str) -> bool:
     """Whether ``path`` is a plain file path that does not exist. GDAL virtual file systems
     (``/vsizip/…``, ``/vsicurl/…``, ``/vsis3/…``) and connection strings
