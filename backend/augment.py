@@ -7,6 +7,11 @@ class-balanced sampling (issue 11).
   band mean) act on a normalised value ``z`` as ``z' = g·z + ((g - 1)·mean + o·mean) / std``.
   Gains and offsets are drawn per sample and per band; one common factor per sample (the
   illumination) is drawn too.
+- Band dropout: each band of a sample is, with probability ``dropout``, replaced by its
+  training mean (0 once normalised), so the model cannot lean on any one band, which
+  another date (phenology, haze, water vapour) or sensor can move on its own; the
+  random-subspace idea behind the forests users run, as an augmentation. Elevation and
+  single-band modalities are never dropped.
 - Geometry: a random flip and a multiple of 90° rotation per sample; a pixel's label does
   not depend on the patch's orientation.
 - Class-balanced sampling: an epoch draws as many samples as there are, each class with
@@ -29,12 +34,18 @@ class SpectralJitter:
     gain: float = 0.05  # per-band gain drawn from 1 ± gain
     offset: float = 0.03  # per-band offset drawn from ± offset × the band mean
     illumination: float = 0.05  # one factor per sample from 1 ± illumination
+    dropout: float = 0.0  # probability that a band of a sample is replaced by its mean (band dropout)
+
+
+# The semi-supervised loss's strong augmentation of unlabelled patches (with flips and
+# rotations): FixMatch wants the student to see a copy far from what the teacher labelled.
+STRONG = SpectralJitter(gain=0.15, offset=0.04, illumination=0.1)
 
 
 def spectral_jitter(batch: Dict[str, object], stats: Dict[str, object], jitter: SpectralJitter, generator):
     """Jittered copies of normalised patches ``batch`` ({modality: (N, B, P, P)}) given
-    the normalisation ``stats`` ({modality: BandStats}). LiDAR/elevation is left as it is:
-    heights do not change with the date."""
+    the normalisation ``stats`` ({modality: BandStats}): gain and offset, then band dropout.
+    LiDAR/elevation is left as it is: heights do not change with the date."""
     import torch
 
     out = {}
@@ -49,7 +60,11 @@ def spectral_jitter(batch: Dict[str, object], stats: Dict[str, object], jitter: 
         gain = (1 + _uniform((n, b, 1, 1), jitter.gain, generator, x)) * (
             1 + _uniform((n, 1, 1, 1), jitter.illumination, generator, x))
         offset = _uniform((n, b, 1, 1), jitter.offset, generator, x) * mean.abs()
-        out[m] = gain * x + ((gain - 1) * mean + offset) / std
+        y = gain * x + ((gain - 1) * mean + offset) / std
+        if jitter.dropout > 0 and b > 1:
+            keep = torch.rand((n, b, 1, 1), generator=generator) >= jitter.dropout
+            y = y * keep.to(device=x.device, dtype=x.dtype)
+        out[m] = y
     return out
 
 

@@ -55,7 +55,9 @@ class TrainSettings:
     ema_choices: Tuple[float, ...] = ()
     min_steps: int = 0  # one-cycle: at least this many steps, however few the samples
     refit: bool = False  # one-cycle with validation: refit on every sample afterwards
-    jitter: Optional[object] = None  # SpectralJitter applied to every batch (recipe default), None: only with augment
+    # SpectralJitter (gain, offset, band dropout) applied to every batch (recipe default);
+    # None: AUGMENT's 5 % gain/offset jitter, or nothing without AUGMENT.
+    jitter: Optional[object] = None
     # Semi-supervised (one-cycle with a weight average): pseudo-labels of unlabelled pixels of
     # the scene, from the weight average where it is confident, train the model on strongly
     # augmented copies (FixMatch's loss with a mean teacher). 0: labelled pixels only.
@@ -237,14 +239,14 @@ class _Stepper:
             if b.numel() >= 2:  # batch norm needs two samples (every rank has the same count)
                 yield b
 
-    def _pseudo_labels(self, n_labelled: int, jitter):
+    def _pseudo_labels(self, n_labelled: int):
         """(strongly augmented unlabelled batch, the teacher's pseudo-labels, 1 where the
         teacher is confident else 0), or Nones when there is no semi-supervised loss. The
         teacher (the weight average, eval mode) sees the patches as they are; the student a
-        spectrally jittered, flipped and rotated copy."""
+        spectrally jittered (:data:`rsvl.backend.augment.STRONG`), flipped and rotated copy."""
         import torch
 
-        from .augment import SpectralJitter, flip_rotate, spectral_jitter
+        from .augment import STRONG, flip_rotate, spectral_jitter
 
         if self.teacher is None or not self.unlabelled or self.settings.unlabelled_weight <= 0:
             return None, None, None
@@ -257,7 +259,7 @@ class _Stepper:
             sure = (confidence >= self.settings.confidence).to(prob.dtype)
         self.pseudo[0] += int(sure.sum())
         self.pseudo[1] += int(sure.numel())
-        strong = spectral_jitter(raw, self.stats, jitter or SpectralJitter(), self.augment_generator)
+        strong = spectral_jitter(raw, self.stats, STRONG, self.augment_generator)
         return flip_rotate(strong, self.augment_generator), pseudo, sure
 
     def loss(self, b):
@@ -277,7 +279,7 @@ class _Stepper:
         if settings.augment:
             batch = flip_rotate(batch, self.augment_generator)
         yb = self.y[b].to(self.device)
-        strong, pseudo, sure = self._pseudo_labels(b.numel(), jitter)
+        strong, pseudo, sure = self._pseudo_labels(b.numel())
         if strong is not None:  # one forward pass (and batch-norm batch) for both parts
             batch = {m: torch.cat([x, strong[m]]) for m, x in batch.items()}
         n = b.numel()

@@ -81,3 +81,23 @@ def test_training_with_augmentation_and_balanced_epochs_is_seeded(shared_scene, 
     assert results[0].validation.oa > 0.8 and plain.validation.oa > 0.8
     training = read_header(str(tmp_path / "m0.safetensors")).training
     assert training["augment"] is True and training["balanced"] is True
+
+
+def test_band_dropout_replaces_whole_bands_by_their_mean_and_spares_elevation_and_single_bands():
+    mean, std = np.array([1000.0, 2000.0, 3000.0, 500.0]), np.array([100.0, 300.0, 500.0, 50.0])
+    stats = {"ms": BandStats(mean.tolist(), std.tolist()), "sar": BandStats([0.1], [0.05]),
+             "lidar": BandStats([700.0], [50.0])}
+    z = torch.randn(4000, 4, 5, 5)
+    sar, lidar = torch.randn(4000, 1, 5, 5), torch.randn(4000, 1, 5, 5)
+    jitter = SpectralJitter(gain=0, offset=0, illumination=0, dropout=0.2)
+    out = spectral_jitter({"ms": z, "sar": sar, "lidar": lidar}, stats, jitter, torch.Generator().manual_seed(3))
+    assert out["lidar"] is lidar
+    torch.testing.assert_close(out["sar"], sar)  # a single band is never dropped
+    dropped = (out["ms"] == 0).flatten(2).all(-1)  # (sample, band): the whole band at its mean
+    kept = (out["ms"] == z).flatten(2).all(-1)
+    assert bool((dropped ^ kept).all())  # each band is either untouched or dropped
+    rate = dropped.double().mean().item()
+    assert 0.18 < rate < 0.22
+    assert dropped.double().mean(0).min().item() > 0.15  # every band is dropped, independently
+    again = spectral_jitter({"ms": z}, stats, jitter, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(again["ms"], out["ms"])  # the generator decides

@@ -45,7 +45,7 @@ def test_pseudo_labels_are_the_confident_teachers_and_the_student_sees_augmented
     stepper, pool, teacher = _stepper(random_model, confidence=0.0)
     stepper.settings.confidence = threshold = _split_confidence(stepper, pool, teacher, 8)
     state = stepper.augment_generator.get_state()
-    strong, pseudo, sure = stepper._pseudo_labels(4, None)
+    strong, pseudo, sure = stepper._pseudo_labels(4)
     pick = torch.randint(0, 30, (8,), generator=torch.Generator().set_state(state))  # the ratio: 2 per labelled
     with torch.no_grad():
         prob = torch.softmax(teacher.logits(teacher.embed({m: torch.from_numpy(p)[pick] for m, p in pool.items()})), 1)
@@ -74,7 +74,7 @@ def test_the_unlabelled_term_is_the_masked_cross_entropy_of_the_pseudo_labels(ra
     loss, _z, _y = some.loss(b)
     again, _pool, _teacher = _stepper(random_model, confidence=some.settings.confidence)
     again.augment_generator.set_state(state)
-    strong, pseudo, sure = again._pseudo_labels(4, None)
+    strong, pseudo, sure = again._pseudo_labels(4)
     model = again.model
     with torch.no_grad():
         ce = F.cross_entropy(model.logits(model.embed(strong)), pseudo, reduction="none")

@@ -63,12 +63,14 @@ def test_train_and_classify_hsi_lidar(trained_model, shared_scene, tmp_path):
     np.testing.assert_allclose(c, softmax.max(0), atol=1e-5)
     np.testing.assert_array_equal(pred, cosine.argmax(0) + 1)
     # It means what a user reads into it: high where the model is right, far from class
-    # borders; lower on the borders, where the 5 x 5 patches mix classes, and lower still
-    # where the model is wrong.
+    # borders; lower on the borders, where the 5 x 5 patches mix classes (the least sure
+    # 2 % of the map lie there more often than border pixels are common: the means of a
+    # model this sure differ in the fourth decimal), and lower still where it is wrong.
     correct = pred == shared_scene.truth
     interior = _interior(shared_scene.truth, 2)
     assert np.median(c[interior & correct]) > 0.6  # 4 classes: 0.25 would be a blind guess
-    assert c[interior].mean() > c[~interior].mean()
+    low = c <= np.quantile(c, 0.02)
+    assert (~interior[low]).mean() > (~interior).mean() + 0.1
     if (~correct).sum() >= 3:  # a few border pixels are wrong with these fast settings
         assert c[~correct].mean() < c[correct].mean() - 0.05
 

@@ -25,10 +25,19 @@ What it changes from :mod:`.mmlgnet`, and why (figures: ``make bench-accuracy``,
   on the rest to give the validation figures, then again from the same initial weights on
   every labelled pixel (``refit``). With 5 labels per class, holding one out is a fifth
   of the data.
-- **Spectral jitter** on every batch (per-band gain 1 ± 0.15, illumination 1 ± 0.1,
-  offset ± 4 % of the band mean; elevation untouched): between two summer dates of the
-  bundled scene the band means move by up to 25 %, far more than the 5 % of AUGMENT's
-  jitter. Flips and rotations stay under AUGMENT (they cost overall accuracy here).
+- **Band dropout and a small jitter** on every batch: each band of a sample (elevation
+  and single-band modalities aside) is replaced by its training mean with probability
+  0.15, so the model cannot lean on any one band, after AUGMENT's jitter of a few percent
+  (per-band gain 1 ± 0.05, illumination 1 ± 0.05, offset ± 3 % of the band mean). Between
+  two summer dates of the bundled scene the band means move by up to 25 %, a band group
+  at a time (red edge and NIR −18 %, coastal +7 %). The jitter sized for that which this
+  replaced (gain 1 ± 0.15, illumination 1 ± 0.1, offset ± 4 %) held up on other dates but
+  blurred the small spectral differences between classes on the training date; dropout
+  does better on both (2015-09-09 with the training statistics OA 0.878 → 0.888,
+  checkerboard 0.906 → 0.916), and the small jitter keeps it robust to the few-percent
+  change of every band at once that dropout alone is not (simulated date shift 0.872 →
+  0.912). Figures: README, "Band dropout". Flips and rotations stay under AUGMENT (they
+  cost overall accuracy here).
 
 Loss and prediction are MMLGNet's (supervised contrastive against the class prompts,
 cosine similarity at inference), so open-vocabulary queries work as with any rsvl model.
@@ -39,6 +48,7 @@ from __future__ import annotations
 from .base import Recipe, RecipeInputs, RecipeSetup
 
 PIXEL_CHANNELS = [128, 128]
+BAND_DROPOUT = 0.15
 
 
 def prepare(inputs: RecipeInputs) -> RecipeSetup:
@@ -52,13 +62,14 @@ def _settings():
 
     return {"schedule": "one-cycle", "epochs": 60, "learning_rate": 1e-3, "weight_decay": 1e-4, "ema": 0.995,
             "ema_choices": (0.98,),
-            "min_steps": 400, "refit": True, "jitter": SpectralJitter(gain=0.15, offset=0.04, illumination=0.1)}
+            "min_steps": 400, "refit": True,
+            "jitter": SpectralJitter(gain=0.05, offset=0.03, illumination=0.05, dropout=BAND_DROPOUT)}
 
 
 RECIPE = Recipe(
     name="spectral-spatial",
     summary="MMLGNet's CNN branches plus a per-pixel spectral branch; one-cycle AdamW with a weight average, "
-            "spectral jitter, final model trained on every label (rsvl's default)",
+            "band dropout, final model trained on every label (rsvl's default)",
     settings=_settings(),
     prepare=prepare,
 )

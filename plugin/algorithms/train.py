@@ -107,7 +107,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             "and class table (skipped unless a file is given).<br>"
             "Outputs VALIDATION_OA, VALIDATION_AA, VALIDATION_KAPPA and EPOCHS_RUN for chaining.<br><br>"
             "<b>RECIPE</b> (advanced): <i>spectral-spatial</i> (default): MMLGNet's CNN branches plus a per-pixel "
-            "spectral branch, a one-cycle schedule with a weight average, spectral jitter on every batch (for other "
+            "spectral branch, a one-cycle schedule with a weight average, band dropout on every batch (for other "
             "dates), the final model trained on every label; <i>mmlgnet</i>: the paper's recipe as published; "
             "<i>band-groups</i>: BP-LCZ's band-group "
             "prompting, one CNN branch per physical band group (Sentinel-2 visible, red edge, NIR, SWIR, "
