@@ -48,7 +48,7 @@ def test_every_recipe_trains_well_above_chance_and_classifies_densely(recipe, mu
     scene, layers, root = multi
     epochs = 8 if recipe == "spectral-spatial" else 20
     res = api.train(layers, str(scene.labels), str(root / f"{recipe}.safetensors"), recipe=recipe, epochs=epochs,
-                    learning_rate=1e-2, **FAST)
+                    learning_rate=3e-3, **FAST)
     header = read_header(res.model_path)
     assert header.training["recipe"] == recipe
     model, _ = load_model(res.model_path)
