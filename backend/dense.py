@@ -149,16 +149,14 @@ class EnsembleEmbedder(DenseEmbedder):
     text in the ensemble's space (:meth:`Ensemble.text_space`)."""
 
     def __init__(self, model: Ensemble, device="cpu", compute_tile: int = COMPUTE_TILE):
-        if compute_tile < 1:
-            raise ValueError(f"compute_tile must be positive (got {compute_tile})")
-        self.engines = [DenseEmbedder(m, device, compute_tile) for m in model.members]
+        self.engines = [DenseEmbedder(m, device, compute_tile) for m in model.members]  # each checks compute_tile
+        self.join = model.join
         first = self.engines[0]
         self.device, self.patch_size, self.halo = first.device, first.patch_size, first.halo
         self.compute_tile, self.modalities = compute_tile, first.modalities
 
     def embed(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
-        out = torch.cat([e.embed(windows) for e in self.engines], dim=1)
-        return out.div_(len(self.engines) ** 0.5)
+        return self.join([e.embed(windows) for e in self.engines])
 
 
 def dense_embedder(model, device="cpu", compute_tile: int = COMPUTE_TILE) -> DenseEmbedder:

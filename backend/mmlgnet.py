@@ -276,16 +276,17 @@ class Ensemble(nn.Module):
     def class_embeddings(self) -> torch.Tensor:
         return self.members[0].class_embeddings
 
-    def _join(self, parts: List[torch.Tensor]) -> torch.Tensor:
+    def join(self, parts: List[torch.Tensor]) -> torch.Tensor:
+        """The members' unit embeddings (each (N, D, ...)) as one unit vector of M·D values."""
         return torch.cat(parts, dim=1) / len(self.members) ** 0.5
 
     def embed(self, patches: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-patch path: dict of (N, bands, P, P) → unit (N, M·D)."""
-        return self._join([m.embed(patches) for m in self.members])
+        return self.join([m.embed(patches) for m in self.members])
 
     def embed_dense(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Dense path: dict of (N, bands, H+P-1, W+P-1) → unit (N, M·D, H, W)."""
-        return self._join([m.embed_dense(windows) for m in self.members])
+        return self.join([m.embed_dense(windows) for m in self.members])
 
     def text_space(self, text: torch.Tensor) -> torch.Tensor:
         return text.repeat(1, len(self.members)) / len(self.members) ** 0.5
