@@ -20,6 +20,12 @@ Rows (each the mean over the seeds, with the range):
   trained on a random ``--multi-fraction`` of its pixels, tested on the rest. Its design
   favours methods that see the neighbourhood: it says what context buys, not more.
 
+The goal of issue 11 (``goal`` in the JSON, the last table printed): the first recipe
+against the better forest, row by row, in mean OA and AA, with the paired margins seed by
+seed (rsvl minus the same seed's forest: mean, standard deviation, seeds ahead).
+``--summarise accuracy.json`` recomputes the means and the goal of an earlier run from
+its rows without training anything.
+
 Every rsvl model's row records ``ema``, the decay of the weight average it kept
 (spectral-spatial chooses it on its validation split; None: a recipe without one).
 
@@ -34,6 +40,7 @@ weights; tests/test_backend_loss.py).
         [--per-class 5 20] [--variants augment+balanced]
         [--ms resources/sample/s2_l1c_2015-07-11.tif --lidar resources/sample/dem.tif
          --labels resources/sample/lulc.tif]
+    .venv/bin/python bench/accuracy.py --summarise bench/accuracy.json
 
 30–45 minutes on 2 cores with the defaults (45 with other jobs running)."""
 
@@ -213,7 +220,12 @@ def main(argv=None):
     p.add_argument("--no-multi", action="store_true", help="skip the generated multi-sensor scene")
     p.add_argument("--multi-fraction", type=float, default=0.05)
     p.add_argument("--out", default=str(HERE / "accuracy.json"))
+    p.add_argument("--summarise", metavar="JSON",
+                   help="train nothing: recompute the means and the goal of an earlier run's JSON from its rows, "
+                        "rewrite it and print the tables (for a change to the summary alone)")
     args = p.parse_args(argv)
+    if args.summarise:
+        return resummarise(args.summarise, args.recipes[0])
     layers = [LayerSpec(args.ms, "ms"), LayerSpec(args.lidar, "lidar")]
     rows = []
     start = time.perf_counter()
@@ -286,6 +298,20 @@ def main(argv=None):
                            epochs=trained.epochs_run, train_seconds=seconds, ema=trained.header["training"].get("ema"))
                 for b in run_baselines(multi_layers, train, test, seed=seed, methods=BASELINES):
                     record("multi-sensor", seed, b.name, b.accuracy)
+    table, goal = summarise(rows, args.recipes[0])
+    result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates},
+              "fraction": args.fraction, "multi_fraction": None if args.no_multi else args.multi_fraction,
+              "checkerboard_block": args.block, "per_class": args.per_class, "seeds": args.seeds,
+              "date_shift": None if args.no_date_shift else shift, "rows": rows, "mean": table, "goal": goal,
+              "bench_seconds": round(time.perf_counter() - start, 1)}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print_tables(table, goal, args.recipes[0], len(args.seeds))
+    return 0
+
+
+def summarise(rows, recipe: str):
+    """(table, goal) of a run's rows: each (split, method)'s mean and standard deviation
+    over the seeds, and :func:`goal_rows` for ``recipe``."""
     summary = {}
     for row in rows:
         summary.setdefault((row["split"], row["method"]), []).append(row)
@@ -294,47 +320,76 @@ def main(argv=None):
         mean = {k: float(np.mean([r[k] for r in items])) for k in ("oa", "aa", "kappa")}
         std = {f"{k}_std": float(np.std([r[k] for r in items])) for k in ("oa", "aa")}
         table.append({"split": split, "method": method, **mean, **std, "seeds": len(items)})
-    goal = goal_rows(table, args.recipes[0])
-    result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates},
-              "fraction": args.fraction, "multi_fraction": None if args.no_multi else args.multi_fraction,
-              "checkerboard_block": args.block, "per_class": args.per_class, "seeds": args.seeds,
-              "date_shift": None if args.no_date_shift else shift, "rows": rows, "mean": table, "goal": goal,
-              "bench_seconds": round(time.perf_counter() - start, 1)}
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"| split | method | OA (mean ± std of {len(args.seeds)} seeds) | AA | κ |")
+    return table, goal_rows(table, recipe, rows)
+
+
+def resummarise(path: str, recipe: str) -> int:
+    data = json.loads(Path(path).read_text())
+    data["mean"], data["goal"] = summarise(data["rows"], recipe)
+    tmp = Path(path).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    print_tables(data["mean"], data["goal"], recipe, len(data["seeds"]))
+    return 0
+
+
+def print_tables(table, goal, recipe: str, n_seeds: int) -> None:
+    print(f"| split | method | OA (mean ± std of {n_seeds} seeds) | AA | κ |")
     print("|---|---|---|---|---|")
     for r in table:
         print(f"| {r['split']} | {r['method']} | {r['oa']:.3f} ± {r['oa_std']:.3f} | {r['aa']:.3f} ± "
               f"{r['aa_std']:.3f} | {r['kappa']:.3f} |")
-    print(f"\n| row | {args.recipes[0]} OA / AA | best forest OA / AA | ahead in both |")
-    print("|---|---|---|---|")
+    print(f"\n| row | {recipe} OA / AA | best forest OA / AA | OA margin, per seed | AA margin, per seed "
+          f"| ahead in both |")
+    print("|---|---|---|---|---|---|")
     for g in goal:
+        margins = [f"{g[k]:+.3f} ± {g[k + '_std']:.3f} ({g[k + '_seeds_ahead']}/{g['seeds']} seeds ahead)"
+                   if k in g else "—" for k in ("oa_margin", "aa_margin")]
         print(f"| {g['row']} | {g['oa']:.3f} / {g['aa']:.3f} | {g['forest_oa']:.3f} / {g['forest_aa']:.3f} | "
-              f"{'yes' if g['ahead'] else 'no'} |")
-    return 0
+              f"{margins[0]} | {margins[1]} | {'yes' if g['ahead'] else 'no'} |")
 
 
-def goal_rows(table, recipe: str):
+def goal_rows(table, recipe: str, rows=None):
     """Issue 11's goal, row by row: ``recipe`` against the better of the two forests in OA
     and, separately, in AA (on other dates: NORMALIZE=model against the forests with the
-    training scene's standardisation, and =scene against their own)."""
+    training scene's standardisation, and =scene against their own). A row is ahead when
+    both means over the seeds are.
+
+    With the run's ``rows``, each goal row also carries the paired margins seed by seed
+    (``oa_margin``: the mean over seeds of rsvl's OA minus the OA of the forest with the
+    better mean OA on the same split and seed; ``oa_margin_std`` their standard deviation;
+    ``oa_margin_seeds_ahead`` how many are positive; the same for AA). A mean margin
+    smaller than its standard deviation is the seeds' noise, not a difference."""
     by = {(r["split"], r["method"]): r for r in table}
+    per_seed = {}
+    for r in rows or ():
+        per_seed.setdefault((r["split"], r["method"]), {})[r["seed"]] = r
     out = []
     for split in dict.fromkeys(r["split"] for r in table):
         pairs = [("", "")]
         if (split, f"rsvl --recipe {recipe}, NORMALIZE=model") in by:
             pairs = [(", NORMALIZE=model", ", model standardisation"), (", NORMALIZE=scene", ", scene standardisation")]
         for ours, theirs in pairs:
-            mine = by.get((split, f"rsvl --recipe {recipe}{ours}"))
-            forests = [by[k] for k in ((split, f"random forest{theirs}"), (split, f"random forest 7x7{theirs}"))
-                       if k in by]
-            if mine is None or not forests:
+            mine_key = (split, f"rsvl --recipe {recipe}{ours}")
+            mine = by.get(mine_key)
+            forest_keys = [k for k in ((split, f"random forest{theirs}"), (split, f"random forest 7x7{theirs}"))
+                           if k in by]
+            if mine is None or not forest_keys:
                 continue
-            f_oa, f_aa = max(f["oa"] for f in forests), max(f["aa"] for f in forests)
-            out.append({"row": split + ours, "oa": mine["oa"], "aa": mine["aa"], "forest_oa": f_oa, "forest_aa": f_aa,
-                        "ahead": bool(mine["oa"] > f_oa and mine["aa"] > f_aa)})
+            best = {k: max(forest_keys, key=lambda f: by[f][k]) for k in ("oa", "aa")}
+            f_oa, f_aa = by[best["oa"]]["oa"], by[best["aa"]]["aa"]
+            goal = {"row": split + ours, "oa": mine["oa"], "aa": mine["aa"], "forest_oa": f_oa, "forest_aa": f_aa,
+                    "ahead": bool(mine["oa"] > f_oa and mine["aa"] > f_aa)}
+            seeds = sorted(set(per_seed.get(mine_key, {})).intersection(
+                *(per_seed.get(best[k], {}) for k in ("oa", "aa"))))
+            if seeds:
+                goal["seeds"] = len(seeds)
+                for k in ("oa", "aa"):
+                    d = np.array([per_seed[mine_key][s][k] - per_seed[best[k]][s][k] for s in seeds])
+                    goal.update({f"{k}_margin": float(d.mean()), f"{k}_margin_std": float(d.std()),
+                                 f"{k}_margin_seeds_ahead": int((d > 0).sum())})
+            out.append(goal)
     return out
-
 
 if __name__ == "__main__":
     sys.exit(main())
