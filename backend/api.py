@@ -256,6 +256,7 @@ def train(
         "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
         "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
         "recipe": recipe, "augment": augment, "balanced": balanced, "semi_supervised": bool(semi_supervised),
+        "mixup": settings.mixup,
         "unlabelled_pixels": int(len(next(iter(unlabelled.values())))) if unlabelled else 0,
         "pseudo_labelled": None if outcome.pseudo_labelled is None else round(outcome.pseudo_labelled, 4),
         "ema": outcome.ema, "ema_scores": outcome.ema_scores,

@@ -14,6 +14,12 @@ class-balanced sampling (issue 11).
   single-band modalities are never dropped.
 - Geometry: a random flip and a multiple of 90° rotation per sample; a pixel's label does
   not depend on the patch's orientation.
+- Spectral mixing (mixup, Zhang et al. 2018): each sample becomes ``λ·x + (1 − λ)·x'`` with
+  another sample ``x'`` of the batch, every modality and pixel of the patch alike, and
+  its target is shared in the same proportions (:func:`rsvl.backend.mmlgnet.mix_targets`).
+  A 10 m pixel is often such a linear mixture of surfaces (the linear mixing model of
+  spectral unmixing; the patch's elevation mixes too), and the class boundaries a model
+  learns from mixtures are smoother where the labelled pixels say nothing.
 - Class-balanced sampling: an epoch draws as many samples as there are, each class with
   the same probability (with replacement), so rare classes are seen as often as the
   dominant one.
@@ -98,6 +104,28 @@ def flip_rotate(batch: Dict[str, object], generator):
                 y[sel] = torch.rot90(part, rot, dims=(-2, -1))
         out[m] = y
     return out
+
+
+def mix_pixels(batch: Dict[str, object], alpha: float, generator):
+    """Mixup of a batch of normalised patches: ``(mixed batch, partner, lam)`` where sample
+    ``i`` of the mixed batch is ``lam[i]·x[i] + (1 − lam[i])·x[partner[i]]`` in every
+    modality. ``lam`` is drawn from Beta(alpha, alpha) and folded to [0.5, 1], so each
+    mixture keeps its own sample as the larger part (its label stays the main one); the
+    partners are a random permutation of the batch. Normalisation is affine, so mixing
+    normalised values mixes the physical ones in the same proportions."""
+    import torch
+
+    n = next(iter(batch.values())).shape[0]
+    # Beta draws from the torch generator's stream, through a NumPy generator it seeds
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    draws = rng.beta(alpha, alpha, n)
+    lam = torch.from_numpy(np.maximum(draws, 1.0 - draws)).float()
+    partner = torch.randperm(n, generator=generator)
+    out = {}
+    for m, x in batch.items():
+        w = lam.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        out[m] = w * x + (1 - w) * x[partner.to(x.device)]
+    return out, partner, lam
 
 
 def balanced_order(y: np.ndarray, index: np.ndarray, generator) -> np.ndarray:

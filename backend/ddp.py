@@ -134,6 +134,13 @@ def gather_plain(x):
     return torch.cat(parts)
 
 
+def gather_mix(mix, n_local: int, rank: int):
+    """A mixup batch's ``(partner, lam)`` of every rank, in rank order: each rank's
+    partners are its own samples, at ``rank · n_local`` onwards in the gathered batch."""
+    partner, lam = mix
+    return gather_plain(partner + rank * n_local), gather_plain(lam)
+
+
 def all_sum(values: Sequence[float], device) -> List[float]:
     """Sums of ``values`` over the ranks (float64)."""
     t = torch.tensor(list(values), dtype=torch.float64, device=device)

@@ -300,26 +300,48 @@ class Ensemble(nn.Module):
         return self.scale() * z @ self.text_space(text).t()
 
 
-def symmetric_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def mix_targets(positives: torch.Tensor, mix=None) -> torch.Tensor:
+    """The (images, texts) weights of a batch's positive pairs. ``positives``: 1 where
+    image ``i`` and text ``j`` match. With ``mix = (partner, lam)`` (image ``i`` is
+    ``lam[i]·x[i] + (1 − lam[i])·x[partner[i]]``, :func:`rsvl.backend.augment.mix_pixels`)
+    image ``i`` matches text ``j`` by ``lam[i]`` where sample ``i`` does and by
+    ``1 − lam[i]`` where its partner does."""
+    if mix is None:
+        return positives
+    partner, lam = mix
+    lam = lam.to(device=positives.device, dtype=positives.dtype)[:, None]
+    return lam * positives + (1 - lam) * positives[partner.to(positives.device)]
+
+
+def _two_way_loss(s: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of the image→text and text→image cross-entropies of logits ``s`` (images ×
+    texts) against ``weights`` spread over each row's positives."""
+    loss_v = -((weights / weights.sum(1, keepdim=True)) * F.log_softmax(s, dim=1)).sum(1).mean()
+    w_t = weights.t()
+    loss_t = -((w_t / w_t.sum(1, keepdim=True)) * F.log_softmax(s.t(), dim=1)).sum(1).mean()
+    return 0.5 * (loss_v + loss_t)
+
+
+def symmetric_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, scale: torch.Tensor, mix=None) -> torch.Tensor:
     """MMLGNet eq. 4–6 (CLIP's loss): the i-th visual embedding should pick the i-th
-    text (its class prompt) among the batch's texts and vice versa; mean of both."""
+    text (its class prompt) among the batch's texts and vice versa; mean of both. With
+    ``mix`` (:func:`mix_targets`) a mixed image picks its own and its partner's text."""
     s = scale * z_v @ z_t.t()
-    target = torch.arange(s.shape[0], device=s.device)
-    return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target))
+    if mix is None:
+        target = torch.arange(s.shape[0], device=s.device)
+        return 0.5 * (F.cross_entropy(s, target) + F.cross_entropy(s.t(), target))
+    return _two_way_loss(s, mix_targets(torch.eye(s.shape[0], dtype=s.dtype, device=s.device), mix))
 
 
 def supervised_contrastive_loss(z_v: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor,
-                                scale: torch.Tensor) -> torch.Tensor:
+                                scale: torch.Tensor, mix=None) -> torch.Tensor:
     """The symmetric image-text loss with the supervised matrix (BP-LCZ's multivariate
     supervised contrast): every same-class pair in the batch is a positive, so two samples
     of one class — whose prompts are the same text — are not pushed apart as negatives.
-    Each row's target spreads evenly over its positives; mean of both directions."""
+    Each row's target spreads evenly over its positives; mean of both directions. With
+    ``mix`` (:func:`mix_targets`) a mixed image's positives are weighted by its shares."""
     s = scale * z_v @ z_t.t()
-    positives = (y[:, None] == y[None, :]).to(s.dtype)
-    target = positives / positives.sum(1, keepdim=True)
-    loss_v = -(target * F.log_softmax(s, dim=1)).sum(1).mean()
-    loss_t = -(target * F.log_softmax(s.t(), dim=1)).sum(1).mean()
-    return 0.5 * (loss_v + loss_t)
+    return _two_way_loss(s, mix_targets((y[:, None] == y[None, :]).to(s.dtype), mix))
 
 
 LOSSES = ("supervised", "clip")

@@ -58,6 +58,9 @@ class TrainSettings:
     # SpectralJitter (gain, offset, band dropout) applied to every batch (recipe default);
     # None: AUGMENT's 5 % gain/offset jitter, or nothing without AUGMENT.
     jitter: Optional[object] = None
+    # Mixup of the labelled batch (augment.mix_pixels; Beta(mixup, mixup) shares), after the
+    # jitter and flips, with the loss's positives shared in the same proportions. 0: none.
+    mixup: float = 0.0
     # Semi-supervised (one-cycle with a weight average): pseudo-labels of unlabelled pixels of
     # the scene, from the weight average where it is confident, train the model on strongly
     # augmented copies (FixMatch's loss with a mean teacher). 0: labelled pixels only.
@@ -267,8 +270,8 @@ class _Stepper:
         import torch
         import torch.nn.functional as F
 
-        from .augment import SpectralJitter, flip_rotate, spectral_jitter
-        from .ddp import gather, gather_plain
+        from .augment import SpectralJitter, flip_rotate, mix_pixels, spectral_jitter
+        from .ddp import gather, gather_mix, gather_plain
         from .mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
 
         settings, model = self.settings, self.model
@@ -278,6 +281,10 @@ class _Stepper:
             batch = spectral_jitter(batch, self.stats, jitter, self.augment_generator)
         if settings.augment:
             batch = flip_rotate(batch, self.augment_generator)
+        mix = None
+        if settings.mixup > 0:
+            batch, partner, lam = mix_pixels(batch, settings.mixup, self.augment_generator)
+            mix = (partner.to(self.device), lam.to(self.device))
         yb = self.y[b].to(self.device)
         strong, pseudo, sure = self._pseudo_labels(b.numel())
         if strong is not None:  # one forward pass (and batch-norm batch) for both parts
@@ -291,17 +298,20 @@ class _Stepper:
             z, groups = self.net(batch)
             groups = {k: g[:n] for k, g in groups.items()}
         z, z_u = z[:n], z[n:]
-        z_all, y_all, groups_all = z, yb, groups
+        z_all, y_all, groups_all, mix_all = z, yb, groups, mix
         if self.net is not None:  # the loss of the whole global batch, on every rank
             z_all, y_all = gather(z), gather_plain(yb)
             groups_all = {k: gather(g) for k, g in groups.items()}
+            if mix is not None:
+                mix_all = gather_mix(mix, n, self.ranks.rank)
         text = self.text
         if settings.loss == "clip":
-            loss = symmetric_contrastive_loss(z_all, text[y_all], model.scale())
+            loss = symmetric_contrastive_loss(z_all, text[y_all], model.scale(), mix=mix_all)
         else:
-            loss = supervised_contrastive_loss(z_all, text[y_all], y_all, model.scale())
+            loss = supervised_contrastive_loss(z_all, text[y_all], y_all, model.scale(), mix=mix_all)
         if self.group_text:  # band-group prompting: each group aligned with its physics-and-class prompts
-            loss = loss + sum(supervised_contrastive_loss(g, self.group_text[k][y_all], y_all, model.scale())
+            loss = loss + sum(supervised_contrastive_loss(g, self.group_text[k][y_all], y_all, model.scale(),
+                                                          mix=mix_all)
                               for k, g in groups_all.items()) / len(groups_all)
         if strong is not None:
             per_sample = F.cross_entropy(model.logits(z_u), pseudo, reduction="none")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rsvl.backend.augment import SpectralJitter, balanced_order, flip_rotate, shift_scene, spectral_jitter
+from rsvl.backend.augment import SpectralJitter, balanced_order, flip_rotate, mix_pixels, shift_scene, spectral_jitter
 from rsvl.backend.raster import BandStats
 
 
@@ -101,3 +101,21 @@ def test_band_dropout_replaces_whole_bands_by_their_mean_and_spares_elevation_an
     assert dropped.double().mean(0).min().item() > 0.15  # every band is dropped, independently
     again = spectral_jitter({"ms": z}, stats, jitter, torch.Generator().manual_seed(3))
     torch.testing.assert_close(again["ms"], out["ms"])  # the generator decides
+
+
+def test_mixup_mixes_every_modality_alike_with_the_own_sample_as_the_larger_part():
+    g = torch.Generator().manual_seed(5)
+    batch = {"ms": torch.randn(512, 4, 5, 5, generator=g), "lidar": torch.randn(512, 1, 5, 5, generator=g)}
+    out, partner, lam = mix_pixels(batch, 0.4, torch.Generator().manual_seed(7))
+    assert sorted(partner.tolist()) == list(range(512))  # a permutation of the batch
+    assert float(lam.min()) >= 0.5 and float(lam.max()) <= 1.0
+    assert float(lam.std()) > 0.05  # drawn, not fixed
+    for m, x in batch.items():
+        w = lam.view(-1, 1, 1, 1)
+        torch.testing.assert_close(out[m], w * x + (1 - w) * x[partner])
+    # the shares follow Beta(0.4, 0.4) folded to [0.5, 1] (NumPy's draws of the same law)
+    ref = np.random.default_rng(0).beta(0.4, 0.4, 200000)
+    assert abs(float(lam.mean()) - float(np.maximum(ref, 1 - ref).mean())) < 0.02
+    again, partner2, lam2 = mix_pixels(batch, 0.4, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(again["ms"], out["ms"])  # the generator decides
+    assert torch.equal(partner2, partner) and torch.equal(lam2, lam)

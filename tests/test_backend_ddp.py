@@ -71,20 +71,28 @@ from rsvl.backend.training import _batch_embedder
 
 ranks = ddp.start("cpu")
 out = {}
-for loss_name in ("supervised", "clip"):
+for loss_name in ("supervised", "clip", "mixup"):
     model = random_model({"hsi": 6, "lidar": 1}, 5, n_classes=4, embed_dim=16, seed=1)  # eval: batch norm is affine
     rng = np.random.default_rng(0)
     patches = {"hsi": rng.standard_normal((40, 6, 5, 5), dtype=np.float32),
                "lidar": rng.standard_normal((40, 1, 5, 5), dtype=np.float32)}
     y = torch.from_numpy(rng.integers(0, 4, 40))
     order = rng.permutation(40)
-    b = torch.from_numpy(ddp.rank_order(order, ranks)[:16 // ranks.world_size])  # this rank's part of batch 0
+    n = 16 // ranks.world_size
+    b = torch.from_numpy(ddp.rank_order(order, ranks)[:n])  # this rank's part of batch 0
     net = DistributedDataParallel(_batch_embedder(model, False))
-    z, _groups = net({m: torch.from_numpy(p)[b] for m, p in patches.items()})
+    batch = {m: torch.from_numpy(p)[b] for m, p in patches.items()}
+    mix = (torch.arange(n).flip(0), torch.linspace(0.5, 1.0, n))  # each rank mixes its own samples
+    if loss_name == "mixup":
+        batch = {m: mix[1].view(-1, 1, 1, 1) * x + (1 - mix[1].view(-1, 1, 1, 1)) * x[mix[0]] for m, x in batch.items()}
+    z, _groups = net(batch)
     z_all, y_all = ddp.gather(z), ddp.gather_plain(y[b])
     text = model.class_embeddings
     if loss_name == "clip":
         loss = symmetric_contrastive_loss(z_all, text[y_all], model.scale())
+    elif loss_name == "mixup":
+        loss = supervised_contrastive_loss(z_all, text[y_all], y_all, model.scale(),
+                                           mix=ddp.gather_mix(mix, n, ranks.rank))
     else:
         loss = supervised_contrastive_loss(z_all, text[y_all], y_all, model.scale())
     loss.backward()
@@ -99,9 +107,12 @@ ddp.finish()
 def test_two_ranks_give_the_single_process_gradients(tmp_path, random_model):
     """One step on the first global batch (16 samples, 8 per rank): the gathered loss is the
     single-process loss and DDP's averaged gradients equal the single-process gradients
-    (batch norm in eval mode here, so the per-rank statistics play no part)."""
+    (batch norm in eval mode here, so the per-rank statistics play no part). With mixup each
+    rank mixes its own samples and the gathered targets must pair each mixture with its
+    partner's label in the global batch."""
     import torch
 
+    from rsvl.backend import ddp
     from rsvl.backend.mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
 
     script = tmp_path / "grads.py"
@@ -111,19 +122,32 @@ def test_two_ranks_give_the_single_process_gradients(tmp_path, random_model):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     ddp_grads = np.load(tmp_path / "grads.npz")
-    for loss_name in ("supervised", "clip"):
+    for loss_name in ("supervised", "clip", "mixup"):
         model = random_model({"hsi": 6, "lidar": 1}, 5, n_classes=4, embed_dim=16, seed=1)
         rng = np.random.default_rng(0)
         patches = {"hsi": rng.standard_normal((40, 6, 5, 5), dtype=np.float32),
                    "lidar": rng.standard_normal((40, 1, 5, 5), dtype=np.float32)}
         y = torch.from_numpy(rng.integers(0, 4, 40))
-        b = torch.from_numpy(rng.permutation(40)[:16])  # the single-process batch 0
-        z = model.embed({m: torch.from_numpy(p)[b] for m, p in patches.items()})
+        order = rng.permutation(40)
+        b = torch.from_numpy(order[:16])  # the single-process batch 0
+        batch = {m: torch.from_numpy(p)[b] for m, p in patches.items()}
+        mix = None
+        if loss_name == "mixup":
+            # rank r's 8 samples, in rank order; sample k of rank r is mixed with its sample 7 - k
+            parts = [ddp.rank_order(order, ddp.Ranks(r, 2, r, "cpu", "gloo"))[:8] for r in (0, 1)]
+            b = torch.from_numpy(np.concatenate(parts))
+            lam = torch.linspace(0.5, 1.0, 8).repeat(2)
+            partner = torch.tensor([r * 8 + 7 - k for r in (0, 1) for k in range(8)])
+            w = lam.view(-1, 1, 1, 1)
+            batch = {m: w * torch.from_numpy(p)[b] + (1 - w) * torch.from_numpy(p)[b][partner]
+                     for m, p in patches.items()}
+            mix = (partner, lam)
+        z = model.embed(batch)
         text = model.class_embeddings
         if loss_name == "clip":
             loss = symmetric_contrastive_loss(z, text[y[b]], model.scale())
         else:
-            loss = supervised_contrastive_loss(z, text[y[b]], y[b], model.scale())
+            loss = supervised_contrastive_loss(z, text[y[b]], y[b], model.scale(), mix=mix)
         loss.backward()
         assert abs(float(ddp_grads[f"{loss_name}/loss"]) - loss.item()) < 1e-5
         grads = {n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None}

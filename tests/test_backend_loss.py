@@ -104,3 +104,43 @@ def test_unknown_loss_is_refused(scene, tmp_path):
     with pytest.raises(InputError, match="LOSS must be one of supervised, clip"):
         api.train([LayerSpec(str(scene.paths["hsi"]), "hsi")], str(scene.labels), str(tmp_path / "m.safetensors"),
                   loss="triplet")
+
+
+def test_mixed_images_share_their_positives_by_hand():
+    """Mixup's targets: image 0 is 0.75 of sample 0 (class 0) and 0.25 of sample 2
+    (class 1); images 1 and 2 are unmixed. Same similarities as the tiny batch above. Row 0's
+    positives weigh 0.75 on each class-0 column and 0.25 on the class-1 column, normalised
+    to (0.375, 0.375, 0.25); column 2 (class 1) is matched by image 2 (1) and image 0 (0.25)."""
+    from math import exp, log
+
+    z_v = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    z_t = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    y = torch.tensor([0, 0, 1])
+    mix = (torch.tensor([2, 1, 0]), torch.tensor([0.75, 1.0, 1.0]))
+    s = [[2, 1.6, 0], [1.2, 1.92, 1.6], [0, 1.2, 2]]
+    w = [[0.75, 0.75, 0.25], [1, 1, 0], [0, 0, 1]]  # images × texts
+
+    def ce(row_logits, row_weights):
+        lse = log(sum(exp(v) for v in row_logits))
+        return -sum(wt / sum(row_weights) * (v - lse) for v, wt in zip(row_logits, row_weights))
+
+    i2t = sum(ce(s[i], w[i]) for i in range(3)) / 3
+    t2i = sum(ce([s[i][j] for i in range(3)], [w[i][j] for i in range(3)]) for j in range(3)) / 3
+    got = supervised_contrastive_loss(z_v, z_t, y, torch.tensor(2.0), mix=mix).item()
+    assert abs(got - 0.5 * (i2t + t2i)) < 1e-6
+    assert abs(got - supervised_contrastive_loss(z_v, z_t, y, torch.tensor(2.0)).item()) > 0.01
+
+
+def test_unmixed_shares_give_the_plain_losses():
+    z_v, z_t, _, y = _batch([0, 0, 1, 2, 2, 3])
+    scale = torch.tensor(10.0)
+    mix = (torch.randperm(6, generator=torch.Generator().manual_seed(1)), torch.ones(6))
+    assert torch.allclose(supervised_contrastive_loss(z_v, z_t, y, scale, mix=mix),
+                          supervised_contrastive_loss(z_v, z_t, y, scale))
+    assert torch.allclose(symmetric_contrastive_loss(z_v, z_t, scale, mix=mix), symmetric_contrastive_loss(z_v, z_t, scale))
+    half = (mix[0], torch.full((6,), 0.5))  # the paper's loss with mixing: own text and the partner's, half each
+    s = scale * z_v @ z_t.t()
+    target = 0.5 * torch.eye(6) + 0.5 * torch.eye(6)[mix[0]]
+    i2t = -((target / target.sum(1, keepdim=True)) * F.log_softmax(s, 1)).sum(1).mean()
+    t2i = -((target.t() / target.t().sum(1, keepdim=True)) * F.log_softmax(s.t(), 1)).sum(1).mean()
+    assert torch.allclose(symmetric_contrastive_loss(z_v, z_t, scale, mix=half), 0.5 * (i2t + t2i))

@@ -109,7 +109,9 @@ def test_semi_supervised_training_uses_the_scene_and_maps_it(few_labels):
     res = api.train(layers, labels, str(root / "semi.safetensors"), semi_supervised=True, **kw)
     t = read_header(res.model_path).training
     assert t["semi_supervised"] is True and t["unlabelled_pixels"] == 36 * 36  # every pixel: a small scene
-    assert 0.2 < t["pseudo_labelled"] <= 1.0
+    # the teacher is sure (softmax >= 0.95) of a share of the scene; spectral mixup, in the recipe, keeps it
+    # from being as sure as it was without (0.12 of draws here, 0.34 without mixup; held-out accuracy 0.999 and 1.0)
+    assert 0.05 < t["pseudo_labelled"] <= 1.0
     out = api.classify(res.model_path, layers, str(root / "semi.tif"), device="cpu")
     with rasterio.open(out.output) as ds:
         pred = ds.read(1)

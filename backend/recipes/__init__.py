@@ -9,7 +9,8 @@ whether the exact dense engine serves it. Every recipe writes the same model-fil
 rsvl:classify and rsvl:query use any of them alike.
 
 - ``spectral-spatial`` (default): MMLGNet plus a per-pixel spectral branch, one-cycle
-  AdamW with a weight average, band dropout, trained on every label (:mod:`.spectral_spatial`);
+  AdamW with a weight average, band dropout and spectral mixup, trained on every label
+  (:mod:`.spectral_spatial`);
 - ``mmlgnet``: the paper's recipe as published (:mod:`.mmlgnet`);
 - ``band-groups``: BP-LCZ's band-group prompting (:mod:`.band_groups`).
 
