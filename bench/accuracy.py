@@ -304,7 +304,7 @@ def main(argv=None):
               "checkerboard_block": args.block, "per_class": args.per_class, "seeds": args.seeds,
               "date_shift": None if args.no_date_shift else shift, "rows": rows, "mean": table, "goal": goal,
               "bench_seconds": round(time.perf_counter() - start, 1)}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     print_tables(table, goal, args.recipes[0], len(args.seeds))
     return 0
 
@@ -326,11 +326,17 @@ def summarise(rows, recipe: str):
 def resummarise(path: str, recipe: str) -> int:
     data = json.loads(Path(path).read_text())
     data["mean"], data["goal"] = summarise(data["rows"], recipe)
-    tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_json(path, data)
     print_tables(data["mean"], data["goal"], recipe, len(data["seeds"]))
     return 0
+
+
+def write_json(path: str, data) -> None:
+    """``data`` as JSON at ``path``, moved into place only once written (rsvl's atomic outputs)."""
+    from rsvl.backend.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2))
 
 
 def print_tables(table, goal, recipe: str, n_seeds: int) -> None:
@@ -390,6 +396,7 @@ def goal_rows(table, recipe: str, rows=None):
                                  f"{k}_margin_seeds_ahead": int((d > 0).sum())})
             out.append(goal)
     return out
+
 
 if __name__ == "__main__":
     sys.exit(main())
