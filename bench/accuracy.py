@@ -29,6 +29,11 @@ its rows without training anything.
 Every rsvl model's row records ``ema``, the decay of the weight average it kept
 (spectral-spatial chooses it on its validation split; None: a recipe without one).
 
+``--splits`` picks the kinds of split (default all three) and ``--dates-for`` the splits
+whose models also classify the other dates (default ``random``; e.g. ``--splits per-class
+--per-class 5 20 50 --dates-for per-class`` asks how few-label models hold up on other
+dates; those rows are named ``N per class, <date>``).
+
 ``--recipes`` trains each recipe (default: spectral-spatial, mmlgnet, band-groups) on every split;
 ``--variants`` adds rsvl training options to the first recipe (default ``semi-supervised``
 and ``members``, a deep ensemble of 3 models; also ``augment``, ``balanced``,
@@ -59,6 +64,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "resources" / "sample"
 OTHER_DATES = [str(SAMPLE / "s2_l1c_2015-08-30.tif"), str(SAMPLE / "s2_l1c_2015-09-09.tif")]
+SPLIT_KINDS = ("random", "checkerboard", "per-class")
 BASELINES = ("majority", "nearest centroid", "1-NN", "random forest", "random forest 7x7")
 # --variants: name → (the method's suffix, api.train options)
 VARIANTS = {
@@ -67,6 +73,7 @@ VARIANTS = {
     "balanced": ("--balanced", {"balanced": True}),
     "augment+balanced": ("--augment --balanced", {"augment": True, "balanced": True}),
     "members": ("--members 3", {"members": 3}),
+    "semi-supervised+augment": ("--semi-supervised --augment", {"semi_supervised": True, "augment": True}),
 }
 
 
@@ -212,6 +219,11 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--block", type=int, default=20, help="checkerboard square side in pixels")
     p.add_argument("--per-class", type=int, nargs="*", default=[5, 20], help="labelled pixels per class")
+    p.add_argument("--splits", nargs="+", default=list(SPLIT_KINDS), choices=list(SPLIT_KINDS),
+                   help="which kinds of split of the real scene to run")
+    p.add_argument("--dates-for", nargs="*", default=["random"], choices=list(SPLIT_KINDS),
+                   help="the splits whose models also classify the other dates and the simulated shift "
+                        "(rows of other splits are named '<split>, <date>')")
     p.add_argument("--variants", nargs="*", default=["semi-supervised", "members"], choices=list(VARIANTS),
                    help="rsvl training options added to the first recipe, on every split but the multi-sensor one")
     p.add_argument("--losses", nargs="+", default=["supervised"], choices=["supervised", "clip"])
@@ -247,8 +259,12 @@ def main(argv=None):
             shifted = os.path.join(tmp, "shifted.tif")
             shift = shifted_scene(args.ms, shifted)
             shifts.append(("date shift (simulated)", shifted))
-        splits = [("random", None), ("checkerboard", None)] + [(f"{n} per class", n) for n in args.per_class]
+        splits = [(kind, None) for kind in ("random", "checkerboard") if kind in args.splits]
+        splits += [(f"{n} per class", n) for n in args.per_class if "per-class" in args.splits]
         for split, n in splits:
+            kind = split if n is None else "per-class"
+            dated = [(row if split == "random" else f"{split}, {row}", path) for row, path in shifts
+                     ] if kind in args.dates_for else []
             for seed in args.seeds:
                 train, test = os.path.join(tmp, "train.tif"), os.path.join(tmp, "test.tif")
                 if n is None:
@@ -268,20 +284,18 @@ def main(argv=None):
                     api.classify(model, layers, classes, device="cpu")
                     record(split, seed, name, api.evaluate(classes, test).accuracy, epochs=trained.epochs_run,
                            train_seconds=seconds, ema=trained.header["training"].get("ema"))
-                    if split == "random":
-                        for row, path in shifts:
-                            for norm in ("model", "scene"):
-                                api.classify(model, [LayerSpec(path, "ms"), layers[1]], classes, device="cpu",
-                                             normalize=norm)
-                                record(row, seed, f"{name}, NORMALIZE={norm}", api.evaluate(classes, test).accuracy)
+                    for row, path in dated:
+                        for norm in ("model", "scene"):
+                            api.classify(model, [LayerSpec(path, "ms"), layers[1]], classes, device="cpu",
+                                         normalize=norm)
+                            record(row, seed, f"{name}, NORMALIZE={norm}", api.evaluate(classes, test).accuracy)
                 for b in run_baselines(layers, train, test, seed=seed, methods=BASELINES):
                     record(split, seed, b.name, b.accuracy)
-                if split == "random":
-                    for row, path in shifts:
-                        for norm in ("model", "scene"):
-                            for b in run_baselines(layers, train, test, seed=seed, methods=BASELINES[3:],
-                                                   test_layers=[LayerSpec(path, "ms"), layers[1]], normalize=norm):
-                                record(row, seed, f"{b.name}, {norm} standardisation", b.accuracy)
+                for row, path in dated:
+                    for norm in ("model", "scene"):
+                        for b in run_baselines(layers, train, test, seed=seed, methods=BASELINES[3:],
+                                               test_layers=[LayerSpec(path, "ms"), layers[1]], normalize=norm):
+                            record(row, seed, f"{b.name}, {norm} standardisation", b.accuracy)
         if not args.no_multi:
             multi = textured_scene(tmp)
             multi_layers = [LayerSpec(multi["paths"][m], m) for m in ("hsi", "lidar", "sar", "ms")]
