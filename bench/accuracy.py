@@ -7,7 +7,10 @@ Rows (each the mean over the seeds, with the range):
 - ``random``: a stratified random ``--fraction`` of the labelled pixels trains, the rest tests;
 - ``checkerboard``: squares of ``--block`` pixels alternate between training and test
   (spatially honest: neighbours of training pixels are not tested);
-- ``N per class``: ``--per-class`` labelled pixels of each class train, the rest tests;
+- ``N per class``: ``--per-class`` labelled pixels of each class train, the rest tests; a
+  class with fewer pixels than that trains on all of them but one, or with
+  ``--small-classes half`` on at most half of them (its AA then rests on more than one
+  test pixel);
 - ``2015-08-30``, ``2015-09-09``: the ``random`` models (trained on 2015-07-11) classify
   the same area on two later real dates (``--other-dates``), tested on the same test
   pixels; rsvl with NORMALIZE=model and =scene, the forests with the training scene's
@@ -42,7 +45,7 @@ adds the paper's loss (with one prompt per class the two losses are equal functi
 weights; tests/test_backend_loss.py).
 
     .venv/bin/python bench/accuracy.py [--seeds 0 1 2] [--fraction 0.1] [--block 20]
-        [--per-class 5 20] [--variants augment+balanced]
+        [--per-class 5 20] [--small-classes half] [--variants augment+balanced]
         [--ms resources/sample/s2_l1c_2015-07-11.tif --lidar resources/sample/dem.tif
          --labels resources/sample/lulc.tif]
     .venv/bin/python bench/accuracy.py --summarise bench/accuracy.json
@@ -77,9 +80,16 @@ VARIANTS = {
 }
 
 
-def per_class_split(labels: str, n: int, seed: int, first: str, second: str) -> None:
-    """``n`` labelled pixels of each class (all of a smaller class but one) in ``first``,
-    the others in ``second``, same grid and metadata as ``labels``."""
+SMALL_CLASSES = ("all-but-one", "half")
+
+
+def per_class_split(labels: str, n: int, seed: int, first: str, second: str, small: str = "all-but-one") -> None:
+    """``n`` labelled pixels of each class in ``first``, the others in ``second``, same grid
+    and metadata as ``labels``. A class with too few pixels for that (``small``) trains on
+    all of them but one (``all-but-one``: the committed JSONs) or on at most half of them,
+    so that it tests on as many (``half``; a class of 11 pixels tests on 6, not on 1)."""
+    if small not in SMALL_CLASSES:
+        raise ValueError(f"small must be one of {', '.join(SMALL_CLASSES)} (got {small!r})")
     import rasterio
 
     with rasterio.open(labels) as ds:
@@ -95,7 +105,8 @@ def per_class_split(labels: str, n: int, seed: int, first: str, second: str) -> 
         if c == 0 or (nodata is not None and c == nodata):
             continue
         idx = np.flatnonzero(codes.ravel() == c)
-        take = rng.permutation(idx)[:min(n, max(idx.size - 1, 1))]
+        most = idx.size - 1 if small == "all-but-one" else idx.size // 2
+        take = rng.permutation(idx)[:min(n, max(most, 1))]
         train.ravel()[take] = c
     test = np.where(train > 0, 0, codes)
     test[(codes == nodata) if nodata is not None else np.zeros_like(codes, bool)] = 0
@@ -219,6 +230,9 @@ def main(argv=None):
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--block", type=int, default=20, help="checkerboard square side in pixels")
     p.add_argument("--per-class", type=int, nargs="*", default=[5, 20], help="labelled pixels per class")
+    p.add_argument("--small-classes", default="all-but-one", choices=list(SMALL_CLASSES),
+                   help="a class with too few pixels for --per-class trains on all of them but one, "
+                        "or on at most half (it then tests on as many)")
     p.add_argument("--splits", nargs="+", default=list(SPLIT_KINDS), choices=list(SPLIT_KINDS),
                    help="which kinds of split of the real scene to run")
     p.add_argument("--dates-for", nargs="*", default=["random"], choices=list(SPLIT_KINDS),
@@ -271,7 +285,7 @@ def main(argv=None):
                     split_label_raster(args.labels, args.fraction, seed, train, test, mode=split,
                                        block_size=args.block)
                 else:
-                    per_class_split(args.labels, n, seed, train, test)
+                    per_class_split(args.labels, n, seed, train, test, small=args.small_classes)
                 configs = [(name_of(recipe, loss), dict(loss=loss, recipe=recipe))
                            for recipe in args.recipes for loss in args.losses]
                 configs += [(f"rsvl --recipe {args.recipes[0]} {VARIANTS[v][0]}",
@@ -315,7 +329,8 @@ def main(argv=None):
     table, goal = summarise(rows, args.recipes[0])
     result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates},
               "fraction": args.fraction, "multi_fraction": None if args.no_multi else args.multi_fraction,
-              "checkerboard_block": args.block, "per_class": args.per_class, "seeds": args.seeds,
+              "checkerboard_block": args.block, "per_class": args.per_class,
+              "small_classes": args.small_classes, "seeds": args.seeds,
               "date_shift": None if args.no_date_shift else shift, "rows": rows, "mean": table, "goal": goal,
               "bench_seconds": round(time.perf_counter() - start, 1)}
     write_json(args.out, result)

@@ -275,6 +275,17 @@ def tiny_open_clip(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def accuracy_bench():
+    """bench/accuracy.py as a module (the bench is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rsvl_bench_accuracy", REPO / "bench" / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600):
     """Run ``python -m rsvl.backend`` in a subprocess; returns CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "rsvl.backend", *map(str, args)], capture_output=True, text=True,

@@ -3,7 +3,6 @@ margins against the better forest (bench/accuracy.py; nothing is trained here)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,11 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("rsvl_bench_accuracy", REPO / "bench" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(accuracy_bench):
+    return accuracy_bench
 
 
 def _row(split, seed, method, oa, aa):
