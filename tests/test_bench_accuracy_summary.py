@@ -13,11 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def bench(accuracy_bench):
-    return accuracy_bench
-
-
 def _row(split, seed, method, oa, aa):
     return {"split": split, "seed": seed, "method": method, "oa": oa, "aa": aa, "kappa": 0.0}
 
@@ -40,8 +35,8 @@ ROWS = [
 ]
 
 
-def test_goal_rows_compare_means_and_pair_seeds(bench):
-    table, goal = bench.summarise(ROWS, "r")
+def test_goal_rows_compare_means_and_pair_seeds(accuracy_bench):
+    table, goal = accuracy_bench.summarise(ROWS, "r")
     by = {g["row"]: g for g in goal}
     assert set(by) == {"random", "d, NORMALIZE=model"}  # no rsvl row with the scene's statistics: no goal row
     g = by["random"]
