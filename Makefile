@@ -11,7 +11,8 @@ PY := $(VENV)/bin/python
 PLUGIN_DIR := $(VENV)/qgis-plugins
 DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal gdal-bin python3-venv python3-pip \
   xvfb xauth libgl1-mesa-dri
-REQ_HASH := $(shell sha256sum $(ROOT)/requirements.txt | cut -c1-16)
+REQ_FILES := $(sort $(wildcard $(ROOT)/requirements/*.txt))
+REQ_HASH := $(shell cat $(REQ_FILES) | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.rsvl-requirements-$(REQ_HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
@@ -37,9 +38,10 @@ debs:
 $(VENV)/bin/activate:
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 
-# Python requirements: re-installed only when requirements.txt changes (stamp keyed on its hash).
-$(STAMP): $(VENV)/bin/activate $(ROOT)/requirements.txt
-	$(VENV)/bin/pip install -q -r $(ROOT)/requirements.txt
+# Python requirements: re-installed only when requirements/*.txt change (stamp keyed on their hash).
+# requirements/dev.txt = the runtime list (what the plugin ZIP carries) + optional groups + CI pins + tools.
+$(STAMP): $(VENV)/bin/activate $(REQ_FILES)
+	$(VENV)/bin/pip install -q -r $(ROOT)/requirements/dev.txt
 	rm -f $(VENV)/.rsvl-requirements-*
 	touch $@
 
@@ -79,15 +81,11 @@ bench-accuracy: install
 bench-scaleout: install
 	$(PY) $(ROOT)/bench/scaleout.py
 
-# A zip for QGIS's "Install from ZIP": top folder rsvl/, only what the plugin needs.
+# A zip for QGIS's "Install from ZIP" and the plugin repository: top folder rsvl/, only what
+# the plugin needs at run time (the runtime requirement lists, no tests, benchmarks, docs or
+# developer files); tests/test_plugin_package.py validates it against the repository's rules.
 package:
-	@rm -rf $(DIST)/stage $(DIST)/rsvl.zip && mkdir -p $(DIST)/stage/rsvl
-	cd $(ROOT) && git ls-files -z --cached --others --exclude-standard | \
-	  grep -zvE '^(tests/|bench/|\.ci/|\.gitignore|Makefile|requirements\.txt|pyproject\.toml|resources/qgis_process\.in|resources/demo\.sh)' | \
-	  xargs -0 -I{} sh -c 'test -e "{}" && cp --parents "{}" $(DIST)/stage/rsvl/ || true'
-	cd $(DIST)/stage && python3 -m zipfile -c ../rsvl.zip rsvl
-	rm -rf $(DIST)/stage
-	@echo "rsvl: plugin zip at $(DIST)/rsvl.zip"
+	python3 $(ROOT)/resources/package.py $(ROOT) $(DIST)/rsvl.zip
 
 clean:
 	rm -rf $(VENV) $(ROOT)/dist $(ROOT)/demo-output .pytest_cache .ruff_cache

@@ -2,6 +2,10 @@
 
 import sys
 
-from .cli import main
+from .dependencies import activate_from_environment
+
+activate_from_environment()  # RSVL_PACKAGES: the folder the QGIS installer filled
+
+from .cli import main  # noqa: E402 (after the packages folder is on sys.path)
 
 sys.exit(main())

@@ -439,3 +439,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     except RsvlError as exc:
         print(f"\nrsvl: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        message = _missing_packages_message(exc, args.command)
+        if not message:
+            raise
+        print(f"\nrsvl: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _missing_packages_message(exc: ModuleNotFoundError, command: str) -> str:
+    """The dependency check's message when ``exc`` is about a package rsvl lists, else ''."""
+    from . import dependencies
+
+    top = (exc.name or "").split(".")[0]
+    groups = [g for g in dependencies.GROUPS
+              if g == "runtime" or any(r.module == top for r in dependencies.read_requirements(g))]
+    states = dependencies.check(None, groups)
+    if not any(s.requirement.module == top and not s.ok for s in states):
+        return ""
+    return dependencies.missing_message(states, f"rsvl {command}")

@@ -27,37 +27,16 @@ import base64
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from typing import Optional, Sequence
 
+from .dependencies import python_executable
 from .errors import TextEncoderError
 
 log = logging.getLogger("rsvl")
-
-
-def python_executable() -> str:
-    """A Python interpreter of this process's version. Embedded Python (QGIS) reports
-    ``sys.executable`` as whatever ``python3`` it found on PATH, or as the host binary,
-    so the interpreter next to the running standard library comes first."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [os.environ.get("RSVL_PYTHON")]
-    if os.name == "nt":
-        candidates += [os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.base_exec_prefix, "python.exe")]
-    else:
-        candidates += [os.path.join(prefix, "bin", f"python{version}") for prefix in (sys.exec_prefix,
-                                                                                     sys.base_exec_prefix)]
-    if os.path.basename(sys.executable or "").lower().startswith("python"):
-        candidates.append(sys.executable)
-    candidates += [shutil.which(f"python{version}"), shutil.which("python3")]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    raise TextEncoderError(
-        f"no Python {version} interpreter found to run the text encoder in (set RSVL_PYTHON to its path)")
 
 
 class TextWorker:

@@ -9,7 +9,11 @@ from qgis.PyQt import sip
 class RsvlPlugin:
     def __init__(self, iface):
         from ..backend import host
+        from . import packages
 
+        # rsvl's own packages folder (Plugins ▸ rsvl ▸ Install dependencies…) first on sys.path,
+        # before anything imports torch: in desktop QGIS and in qgis_process alike.
+        packages.activate()
         # Keep triton's LLVM (it crashes a QGIS that loaded Mesa's OpenGL) and transformers
         # out of QGIS: see backend/host.py. Imports nothing heavy.
         host.embed()
@@ -18,6 +22,7 @@ class RsvlPlugin:
         self.actions = []
         self.dialogs = []
         self._tasks = None
+        self.install_tasks = []
 
     # Called by QGIS (and by qgis_process) to register Processing providers.
     def initProcessing(self):  # noqa: N802 (QGIS API name)
@@ -38,6 +43,41 @@ class RsvlPlugin:
         action.triggered.connect(self.open_train_in_background)
         self.iface.addPluginToMenu("&rsvl", action)
         self.actions.append(action)
+        action = QAction(QIcon(ICON_PATH), "Install dependencies…", self.iface.mainWindow())
+        action.triggered.connect(self.open_installer)
+        self.iface.addPluginToMenu("&rsvl", action)
+        self.actions.append(action)
+        from qgis.PyQt.QtCore import QTimer
+
+        QTimer.singleShot(0, self.offer_installer)
+
+    def offer_installer(self):
+        """Once per profile, when required packages are missing: a message-bar button that opens
+        the installer (never a modal dialog at start-up). Returns the message-bar item, if any."""
+        from qgis.core import Qgis, QgsSettings
+        from qgis.PyQt.QtWidgets import QPushButton
+
+        from . import packages
+
+        ok, _message = packages.missing(None, "rsvl")
+        if ok or QgsSettings().value(packages.SETTING_OFFERED, False, type=bool):
+            return None
+        QgsSettings().setValue(packages.SETTING_OFFERED, True)
+        bar = self.iface.messageBar()
+        item = bar.createMessage("rsvl", "needs Python packages this QGIS does not have yet (PyTorch, …).")
+        button = QPushButton("Install dependencies…", item)
+        button.clicked.connect(lambda: (self.open_installer(), bar.popWidget(item)))
+        item.layout().addWidget(button)
+        bar.pushWidget(item, Qgis.Warning, 0)
+        return item
+
+    def open_installer(self):
+        from .installer_dialog import InstallerDialog
+
+        dialog = InstallerDialog(self.iface.mainWindow(), self.install_tasks)
+        self.dialogs = [d for d in self.dialogs if not sip.isdeleted(d)] + [dialog]
+        dialog.show()
+        return dialog
 
     @property
     def tasks(self):

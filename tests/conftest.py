@@ -6,13 +6,16 @@ Never the network."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -325,6 +328,28 @@ def write_nan_band(src: str, out: Path, band: int) -> Path:
     return out
 
 
+def make_wheel(folder: Path, name: str, version: str, requires: Sequence[str] = (),
+               files: Dict[str, str] = None) -> Path:
+    """``folder/NAME-VERSION-py3-none-any.whl`` with a package ``NAME`` (or ``files``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = dict(files or {f"{name}/__init__.py": f"__version__ = {version!r}\n"})
+    info = f"{name}-{version}.dist-info"
+    files[f"{info}/METADATA"] = "".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+                                         *(f"Requires-Dist: {r}\n" for r in requires)])
+    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: rsvl-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    out = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return out
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """Writers for tests that build their own rasters and vectors."""
@@ -337,6 +362,7 @@ def helpers():
         write_labels = staticmethod(write_labels)
         write_polygons = staticmethod(write_polygons)
         write_nan_band = staticmethod(write_nan_band)
+        make_wheel = staticmethod(make_wheel)
         fast = FAST
         class_names = CLASS_NAMES
 

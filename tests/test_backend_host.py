@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from rsvl.backend import text, textworker
+from rsvl.backend import dependencies, text, textworker
 from rsvl.backend.errors import TextEncoderError
 
 
@@ -49,7 +49,7 @@ def test_worker_restarts_after_it_died(worker_encoder):
 
 
 def test_python_executable_matches_this_version():
-    exe = textworker.python_executable()
+    exe = dependencies.python_executable()
     out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
     assert out.stdout.strip() == str(sys.version_info[:2])
 

@@ -266,9 +266,29 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
     def device(self, parameters, context) -> str:
         return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
 
+    # -- packages ---------------------------------------------------------------------------
+    # Distributions (as in requirements/runtime.txt) the algorithm needs; None: all required ones.
+    requires: Optional[Tuple[str, ...]] = None
+
+    def check_packages(self) -> Tuple[bool, str]:
+        from ..packages import missing
+
+        return missing(self.requires, f"rsvl:{self.name()}")
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
+        """Missing packages first, in words a user can act on (dialogs, Model Designer and
+        qgis_process all call this before running)."""
+        ok, message = self.check_packages()
+        if not ok:
+            return False, message
+        return super().checkParameterValues(parameters, context)
+
     # -- running ---------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
         """Resolve layers into file paths on the main thread, before the background run."""
+        ok, message = self.check_packages()
+        if not ok:
+            raise QgsProcessingException(message)
         self._request = self.backend_request(parameters, context, feedback)
         # Resolving an output layer registers it for loading in *this* context. A dialog runs
         # processAlgorithm in a thread with a fresh context whose list replaces this one when

@@ -14,6 +14,8 @@ from .base import RsvlAlgorithm, raster_path
 
 
 class EvaluateAlgorithm(RsvlAlgorithm):
+    requires = ("numpy", "rasterio")  # no PyTorch: raster reading and counting only
+
     def name(self):
         return "evaluate"
 

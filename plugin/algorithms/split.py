@@ -17,6 +17,8 @@ MODES = ["random", "checkerboard", "blocks"]
 
 
 class SplitAlgorithm(RsvlAlgorithm):
+    requires = ("numpy", "rasterio", "scipy")  # no PyTorch: raster reading, counting, the buffer filter
+
     def name(self):
         return "split"
 
