@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Sequence
 
@@ -271,8 +272,6 @@ def activate(folder: Optional[str]) -> Optional[str]:
     if not folder:
         return None
     folder = os.path.abspath(folder)
-    from .installer import complete_pending
-
     complete_pending(folder)
     _active_folder = folder
     if not os.path.isdir(folder):
@@ -286,3 +285,38 @@ def activate(folder: Optional[str]) -> Optional[str]:
 def activate_from_environment() -> Optional[str]:
     """``RSVL_PACKAGES`` on sys.path (the command line and qgis_process)."""
     return activate(os.environ.get(PACKAGES_ENV))
+
+
+def put_in_place(target: str, folder: str) -> tuple:
+    """Replace ``folder`` by ``target``; (restart needed, why)."""
+    pending = folder + PENDING_SUFFIX
+    if os.path.abspath(target) != os.path.abspath(pending):
+        shutil.rmtree(pending, ignore_errors=True)  # an older install that waited: this one replaces it
+    if not os.path.exists(folder):
+        os.replace(target, folder)
+        return False, ""
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
+    os.rmdir(old)
+    try:
+        os.replace(folder, old)
+    except OSError:
+        # Files of the old folder are in use (a Windows QGIS holds its DLLs open).
+        os.replace(target, pending)
+        return True, "the packages in use cannot be replaced while QGIS runs: restart QGIS to use the new ones"
+    os.replace(target, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return False, ""
+
+
+def complete_pending(folder: str) -> bool:
+    """Put a pending install (``folder.pending``) in place, before anything is imported from
+    ``folder``. True when it was."""
+    pending = os.path.abspath(folder) + PENDING_SUFFIX
+    if not os.path.isdir(pending):
+        return False
+    try:
+        restart, _ = put_in_place(pending, os.path.abspath(folder))
+    except OSError as exc:
+        log.warning("rsvl: could not put the packages installed last time in place (%s); they wait in %s", exc, pending)
+        return False
+    return not restart

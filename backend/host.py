@@ -55,10 +55,16 @@ class _DeepBindTorch(importlib.abc.MetaPathFinder):
     ``RSVL_TORCH_DEEPBIND=0`` switches this off."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "torch":
+        if fullname != "torch" or "torch" in sys.modules:
             return None
-        sys.meta_path.remove(self)  # one import only; find the real spec without us
-        spec = importlib.util.find_spec(fullname)
+        # Find the real spec without us. We stay on the path until torch is imported: a
+        # look-up that imports nothing (rsvl's dependency check) must not use us up.
+        index = sys.meta_path.index(self)
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(index, self)
         if spec is not None and spec.loader is not None:
             spec.loader = _DeepBindLoader(spec.loader)
         return spec

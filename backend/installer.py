@@ -46,6 +46,7 @@ from .dependencies import (
     PROTECTED,
     Requirement,
     check,
+    put_in_place,
     python_executable,
 )
 from .errors import CancelledError, RsvlError
@@ -302,7 +303,7 @@ def install(plan: InstallPlan, log_line: Callable[[str], None] = log.info,
                        "python": f"{sys.version_info.major}.{sys.version_info.minor}", "platform": platform.platform(),
                        "wheelhouse": plan.wheelhouse, "index_url": plan.index_url}, f, indent=1)
         progress(0.95, "putting the packages in place")
-        restart, reason = _put_in_place(target, plan.folder)
+        restart, reason = put_in_place(target, plan.folder)
         result = InstallResult(folder=plan.folder, installed=installed, seconds=time.monotonic() - start,
                                size_bytes=folder_size(plan.folder if not restart else plan.folder + PENDING_SUFFIX),
                                restart_required=restart, reason=reason, pending=restart)
@@ -313,27 +314,6 @@ def install(plan: InstallPlan, log_line: Callable[[str], None] = log.info,
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _put_in_place(target: str, folder: str) -> tuple:
-    """Replace ``folder`` by ``target``; (restart needed, why)."""
-    pending = folder + PENDING_SUFFIX
-    if os.path.abspath(target) != os.path.abspath(pending):
-        shutil.rmtree(pending, ignore_errors=True)  # an older install that waited: this one replaces it
-    if not os.path.exists(folder):
-        os.replace(target, folder)
-        return False, ""
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.old-", dir=os.path.dirname(folder))
-    os.rmdir(old)
-    try:
-        os.replace(folder, old)
-    except OSError:
-        # Files of the old folder are in use (a Windows QGIS holds its DLLs open).
-        os.replace(target, pending)
-        return True, "the packages in use cannot be replaced while QGIS runs: restart QGIS to use the new ones"
-    os.replace(target, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return False, ""
 
 
 def _loaded_elsewhere(plan: InstallPlan) -> tuple:
@@ -350,18 +330,3 @@ def _loaded_elsewhere(plan: InstallPlan) -> tuple:
         return True, (f"{', '.join(stale)} {'is' if len(stale) == 1 else 'are'} already loaded in this QGIS from "
                       "another place: restart QGIS to use the installed version")
     return False, ""
-
-
-def complete_pending(folder: str) -> bool:
-    """Put a pending install (``folder.pending``) in place, before anything is imported from
-    ``folder``. True when it was."""
-    pending = os.path.abspath(folder) + PENDING_SUFFIX
-    if not os.path.isdir(pending):
-        return False
-    try:
-        restart, _ = _put_in_place(pending, os.path.abspath(folder))
-    except OSError as exc:
-        log.warning("rsvl: could not put the packages installed last time in place (%s); they wait in %s", exc, pending)
-        return False
-    return not restart
-

@@ -90,3 +90,24 @@ def test_host_process_never_loads_triton_or_transformers(trained_model, shared_s
     after = state["after_train"]
     assert after["triton"] == "blocked" and after["transformers"] is False and after["open_clip"] is False
     assert (tmp_path / "similarity.tif").exists() and (tmp_path / "model.safetensors").exists()
+
+
+DEEPBIND_SCRIPT = """
+import importlib.util, sys
+from rsvl.backend import dependencies, host
+host.embed()
+dependencies.check()  # looks torch up (find_spec) before anything imports it, as every algorithm does
+assert importlib.util.find_spec("torch") is not None
+import torch
+print(type(torch.__spec__.loader).__name__)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "RTLD_DEEPBIND"), reason="RTLD_DEEPBIND is Linux's")
+def test_dependency_check_before_import_keeps_torch_deep_bound():
+    """A look-up of torch that imports nothing must not use up the deep-bind import (inside QGIS
+    torch would then bind QGIS's BLAS and train other numbers than the command line)."""
+    env = {k: v for k, v in os.environ.items() if k != "RSVL_TORCH_DEEPBIND"}
+    out = subprocess.run([sys.executable, "-c", DEEPBIND_SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "_DeepBindLoader"
