@@ -350,6 +350,17 @@ def make_wheel(folder: Path, name: str, version: str, requires: Sequence[str] = 
     return out
 
 
+@pytest.fixture(scope="module")
+def plugin(qgis_app, qgis_processing, qgis_iface):
+    """The rsvl plugin loaded into pytest-qgis's QGIS, as QGIS loads it (classFactory, initGui)."""
+    import rsvl
+
+    p = rsvl.classFactory(qgis_iface)
+    p.initGui()
+    yield p
+    p.unload()
+
+
 @pytest.fixture(scope="session")
 def helpers():
     """Writers for tests that build their own rasters and vectors."""

@@ -18,16 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 CHAIN = REPO / "tests" / "data" / "rsvl_chain.model3"
 
 
-@pytest.fixture(scope="module")
-def plugin(qgis_app, qgis_processing, qgis_iface):
-    import rsvl
-
-    p = rsvl.classFactory(qgis_iface)
-    p.initGui()
-    yield p
-    p.unload()
-
-
 @pytest.fixture(autouse=True)
 def settings_restored(monkeypatch):
     """rsvl's settings, sys.path and the active packages folder as they were before each test

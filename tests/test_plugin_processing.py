@@ -28,16 +28,6 @@ def run(alg, params, feedback=None):
 
 
 @pytest.fixture(scope="module")
-def plugin(qgis_app, qgis_processing, qgis_iface):
-    import rsvl
-
-    p = rsvl.classFactory(qgis_iface)
-    p.initGui()
-    yield p
-    p.unload()
-
-
-@pytest.fixture(scope="module")
 def scene(helpers, tmp_path_factory):
     """Synthetic HSI + LiDAR scene; the HSI has a nodata hole; polygon labels in WGS 84."""
     root = tmp_path_factory.mktemp("proc")
