@@ -2,7 +2,7 @@
 #   make demo     install if needed, then run the main job on the bundled sample scene
 #   make test     install if needed, then run the test suite (what CI runs)
 #   make install  Debian packages + .venv + Python requirements + qgis_process shim (idempotent)
-#   make lint | bench | bench-accuracy | bench-scaleout | package | clean
+#   make lint | bench | bench-accuracy | bench-scaleout | docs-bench | docs-images | package | clean
 
 SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -20,7 +20,7 @@ DIST ?= $(ROOT)/dist
 export QT_QPA_PLATFORM ?= offscreen
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-all lint bench bench-accuracy bench-scaleout package clean debs
+.PHONY: install demo test test-all lint bench bench-accuracy bench-scaleout docs-bench docs-images package clean debs
 
 install: debs $(STAMP) $(VENV)/bin/qgis_process $(PLUGIN_DIR)/rsvl
 
@@ -69,6 +69,14 @@ test-all: install
 
 lint: install
 	$(VENV)/bin/ruff check $(ROOT)
+
+# docs/benchmarks.md and its plots, generated from bench/*.json (a test checks the page is current).
+docs-bench: install
+	$(PY) $(ROOT)/bench/docs.py
+
+# docs/images/*.png screenshots, from the real desktop QGIS under a virtual X server.
+docs-images: install
+	$(PY) $(ROOT)/docs/make_images.py
 
 bench: install
 	$(PY) $(ROOT)/bench/run.py

@@ -5,4 +5,4 @@ Never imports qgis or PyQt (a test checks it). The public entry points live in
 :mod:`rsvl.backend.api`; ``python -m rsvl.backend --help`` is the command line.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

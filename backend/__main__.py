@@ -2,7 +2,7 @@
 
 import sys
 
-from .dependencies import activate_from_environment
+from .runtime.dependencies import activate_from_environment
 
 activate_from_environment()  # RSVL_PACKAGES: the folder the QGIS installer filled
 

@@ -3,6 +3,9 @@
 Each takes plain values (file paths, numbers, strings), a ``progress(fraction, message)``
 callback and an ``is_cancelled()`` callback, writes its outputs atomically and returns a
 dataclass with what it did. Errors are :class:`rsvl.backend.errors.RsvlError`.
+
+Long module: one entry point per user job, each checking its inputs before reading anything
+(the size follows the number of jobs; the work itself lives in the subpackages).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, LabelError
-from .jobs import IsCancelled, Job, Progress
-from .labels import ClassInfo, open_labels, prompt_classes
-from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
-from .raster import LayerSpec, RasterStack, as_layers, compute_band_stats, missing_file
-from .text import apply_template, default_template
+from .evaluation.metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
+from .io.labels import ClassInfo, open_labels, prompt_classes
+from .io.raster import LayerSpec, RasterStack, as_layers, compute_band_stats, missing_file
+from .runtime.jobs import IsCancelled, Job, Progress
+from .text.encoders import apply_template, default_template
+from .training.config import TrainConfig
 
 log = logging.getLogger("rsvl")
 EVALUATE_TILE = 1024  # pixels per side of the windows evaluate() reads at a time
@@ -51,7 +55,7 @@ MEMBER_SEED_STEP = 1000  # ensemble member k trains from seed + 1000·k
 def _check_raster_outputs(rasters, layers, model_path: str) -> None:
     """Before a map is computed: its raster outputs (``(parameter, path)``) are GeoTIFFs
     that can be written and overwrite neither the model, an input layer nor each other."""
-    from .atomic import check_geotiff, check_outputs
+    from .io.atomic import check_geotiff, check_outputs
 
     inputs = [("MODEL", model_path)] + [(f"INPUT_{layer.modality.upper()}", layer.path) for layer in as_layers(layers)]
     check_outputs([(p, path, 0) for p, path in rasters], inputs=inputs)
@@ -75,112 +79,82 @@ def train(
     layers: Sequence[LayerSpec],
     labels: str,
     output_model: str,
+    config: Optional[TrainConfig] = None,
     *,
-    class_field: Optional[str] = None,
-    class_name_field: Optional[str] = None,
-    prompt_template: Optional[str] = None,
-    text_encoder: str = "minilm",
-    patch_size: int = 11,
-    epochs: Optional[int] = None,
-    batch_size: int = 128,
-    learning_rate: Optional[float] = None,
-    validation_fraction: float = 0.2,
-    patience: int = 15,
-    device: str = "auto",
-    seed: int = 0,
-    loss: str = "supervised",
-    reference: Optional[int] = None,
-    align: bool = True,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
-    augment: bool = False,
-    balanced: bool = False,
-    pretrained: Optional[str] = None,
-    recipe: str = "spectral-spatial",
-    band_groups_file: Optional[str] = None,
-    distributed: bool = False,
-    semi_supervised: bool = False,
-    members: int = 1,
+    **options,
 ) -> TrainResult:
-    """Train a model with ``recipe`` (:mod:`rsvl.backend.recipes`) on ``layers`` from
-    ``labels`` (class raster, or vector file with ``class_field``) and save it to
+    """Train a model with ``recipe`` (:mod:`rsvl.backend.training.recipes`) on ``layers`` from
+    ``labels`` (class raster, or vector file with ``config.class_field``) and save it to
     ``output_model`` (.safetensors). ``epochs`` and ``learning_rate`` default to the
     recipe's. Without a ``prompt_template``, the template follows the inputs
-    (:func:`rsvl.backend.text.default_template`).
+    (:func:`rsvl.backend.text.encoders.default_template`).
     ``distributed``: data-parallel training, one process per rank under torchrun
-    (:mod:`rsvl.backend.ddp`); rank 0 alone writes the model. ``semi_supervised``:
+    (:mod:`rsvl.backend.training.ddp`); rank 0 alone writes the model. ``semi_supervised``:
     unlabelled pixels of the scene train the model too, with pseudo-labels from its
-    weight average (:class:`rsvl.backend.training.TrainSettings`; recipes with a weight
+    weight average (:class:`rsvl.backend.training.loop.TrainSettings`; recipes with a weight
     average only). ``members`` > 1: a deep ensemble of that many models trained from seeds
     ``seed``, ``seed`` + 1000, … on the same labels (and validation split), saved as one model
-    file whose similarities are the members' mean (:class:`rsvl.backend.mmlgnet.Ensemble`);
-    training and classification take ``members`` times as long."""
+    file whose similarities are the members' mean (:class:`rsvl.backend.models.mmlgnet.Ensemble`);
+    training and classification take ``members`` times as long.
+
+    ``config``: the options (:class:`~rsvl.backend.training.config.TrainConfig`); keyword
+    ``options`` override its fields (``train(layers, labels, out, epochs=5)``)."""
     import torch
 
-    from .device import resolve_device
-    from .mmlgnet import Ensemble, MMLGNet, ModelConfig
-    from .modelfile import ModelHeader, save_model
-    from .recipes import DEFAULT_RECIPE, get_recipe
-    from .samples import extract_patches, sample_patches
-    from .text import get_text_encoder
-    from .training import TrainSettings, unlabelled_pool_size
-    from .training import train as train_loop
+    from .data.samples import extract_patches, sample_patches
+    from .models.mmlgnet import Ensemble, MMLGNet, ModelConfig
+    from .models.modelfile import ModelHeader, save_model
+    from .runtime.device import resolve_device
+    from .text.encoders import get_text_encoder
+    from .training.loop import TrainSettings, unlabelled_pool_size
+    from .training.loop import train as train_loop
+    from .training.recipes import DEFAULT_RECIPE, get_recipe
 
-    spec = get_recipe(recipe)
-    recipe = spec.name
-    if band_groups_file and not spec.uses_band_groups_file:
+    cfg = (config or TrainConfig()).replace(**options)
+    cfg.validate()
+    spec = get_recipe(cfg.recipe)
+    cfg.recipe = spec.name
+    if cfg.band_groups_file and not spec.uses_band_groups_file:
         raise InputError("BAND_GROUPS applies to RECIPE band-groups")
     recipe_settings = {k: v for k, v in spec.settings.items() if k not in ("epochs", "learning_rate")}
-    if epochs is not None:  # the user's length, exactly (a recipe's minimum of steps serves its default)
+    if cfg.epochs is not None:  # the user's length, exactly (a recipe's minimum of steps serves its default)
         recipe_settings.pop("min_steps", None)
-    if semi_supervised:
+    if cfg.semi_supervised:
         if not recipe_settings.get("ema"):
             raise InputError(f"SEMI_SUPERVISED needs a recipe with a weight average (its teacher): RECIPE "
-                             f"{DEFAULT_RECIPE}, not {recipe}")
+                             f"{DEFAULT_RECIPE}, not {cfg.recipe}")
         recipe_settings["unlabelled_weight"] = 1.0
-    epochs = int(spec.settings["epochs"]) if epochs is None else epochs
-    learning_rate = float(spec.settings["learning_rate"]) if learning_rate is None else learning_rate
-    for name, value, lo in (("EPOCHS", epochs, 1), ("BATCH_SIZE", batch_size, 2), ("PATIENCE", patience, 1),
-                            ("MEMBERS", members, 1)):
-        if int(value) < lo:
-            raise InputError(f"{name} must be at least {lo} (got {value})")
-    if not 0 <= validation_fraction < 1:
-        raise InputError(f"VALIDATION_FRACTION must be in [0, 1) (got {validation_fraction})")
-    if learning_rate <= 0:
-        raise InputError(f"LEARNING_RATE must be positive (got {learning_rate})")
-    from .mmlgnet import LOSSES
-
-    if loss not in LOSSES:
-        raise InputError(f"LOSS must be one of {', '.join(LOSSES)} (got {loss!r})")
-    if patch_size < 1 or patch_size % 2 == 0:
-        raise InputError(f"PATCH_SIZE must be a positive odd number (got {patch_size})")
-    from .atomic import check_outputs
+    cfg.epochs = int(spec.settings["epochs"]) if cfg.epochs is None else cfg.epochs
+    cfg.learning_rate = float(spec.settings["learning_rate"]) if cfg.learning_rate is None else cfg.learning_rate
+    from .io.atomic import check_outputs
 
     check_outputs([("OUTPUT_MODEL", output_model, 0)])  # writable, before reading anything
     layers = as_layers(layers)
-    if not (prompt_template or "").strip():
-        prompt_template = default_template({layer.modality for layer in layers})
-    apply_template(prompt_template, ["x"])  # validates the template early
+    if not (cfg.prompt_template or "").strip():
+        cfg.prompt_template = default_template({layer.modality for layer in layers})
+    apply_template(cfg.prompt_template, ["x"])  # validates the template early
     job = Job(progress, is_cancelled)
     ranks = None
-    if distributed:
-        from .ddp import check_batch_size, start
+    if cfg.distributed:
+        from .training.ddp import check_batch_size, start
 
-        ranks = start(device)
-        check_batch_size(batch_size, ranks.world_size)
-    dev = ranks.device if ranks else resolve_device(device)
-    with RasterStack(layers, reference=reference, align=align) as stack:
+        ranks = start(cfg.device)
+        check_batch_size(cfg.batch_size, ranks.world_size)
+    dev = ranks.device if ranks else resolve_device(cfg.device)
+    with RasterStack(layers, reference=cfg.reference, align=cfg.align) as stack:
         job.step(0.0, "reading labels")
-        label_source = open_labels(labels, stack.grid, class_field, class_name_field=class_name_field)
+        label_source = open_labels(labels, stack.grid, cfg.class_field, class_name_field=cfg.class_name_field)
         try:
             if not label_source.classes:
                 raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
             stats = compute_band_stats(stack, job=job.span(0.0, 0.1))
-            patches, codes, _pos = extract_patches(stack, label_source, stats, patch_size, job=job.span(0.1, 0.15))
+            patches, codes, _pos = extract_patches(stack, label_source, stats, cfg.patch_size, job=job.span(0.1, 0.15))
             label_classes = label_source.classes
             unlabelled = None
             if recipe_settings.get("unlabelled_weight", 0) > 0:
-                unlabelled = sample_patches(stack, stats, patch_size, unlabelled_pool_size(patches), seed,
+                unlabelled = sample_patches(stack, stats, cfg.patch_size, unlabelled_pool_size(patches), cfg.seed,
                                             job.span(0.15, 0.18))
                 log.info("semi-supervised: %d unlabelled pixels of the scene", len(next(iter(unlabelled.values()))))
         finally:
@@ -196,43 +170,44 @@ def train(
     warn_few_labels(classes, y)
 
     job.step(0.15, "encoding class prompts")
-    encoder = get_text_encoder(text_encoder)
-    prompts = apply_template(prompt_template, [c.name for c in classes])
+    encoder = get_text_encoder(cfg.text_encoder)
+    prompts = apply_template(cfg.prompt_template, [c.name for c in classes])
     text = encoder.encode(prompts)
 
-    from .recipes import RecipeInputs
+    from .training.recipes import RecipeInputs
 
     setup = spec.prepare(RecipeInputs(band_names=band_names, class_names=[c.name for c in classes],
-                                      encode=encoder.encode, band_groups_file=band_groups_file))
+                                      encode=encoder.encode, band_groups_file=cfg.band_groups_file))
     if setup.description:
         log.info("%s", setup.description)
     group_text = setup.group_text
-    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=patch_size, **setup.config)
-    members = int(members)
-    models, outcomes, seeds = [], [], [seed + MEMBER_SEED_STEP * k for k in range(members)]
+    config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=cfg.patch_size, **setup.config)
+    cfg.members = int(cfg.members)
+    models, outcomes, seeds = [], [], [cfg.seed + MEMBER_SEED_STEP * k for k in range(cfg.members)]
     for k, member_seed in enumerate(seeds):
         torch.manual_seed(member_seed)
         model = MMLGNet(config, n_classes=len(classes))
         model.class_embeddings.copy_(text)
-        if pretrained:
-            from .pretrain import load_pretrained
+        if cfg.pretrained:
+            from .training.pretrain import load_pretrained
 
-            load_pretrained(pretrained, model)
+            load_pretrained(cfg.pretrained, model)
             if not k:
-                log.info("encoders start from %s (rsvl:pretrain)", os.path.basename(pretrained))
+                log.info("encoders start from %s (rsvl:pretrain)", os.path.basename(cfg.pretrained))
         if not k:
             size = sum(p.numel() * 4 for p in model.state_dict().values())
-            check_outputs([("OUTPUT_MODEL", output_model, 2 * members * size)])
-        if members > 1:
-            log.info("ensemble member %d of %d (seed %d)", k + 1, members, member_seed)
-        settings = TrainSettings(epochs, batch_size, learning_rate, validation_fraction, patience, member_seed, device,
-                                 loss, augment=augment, balanced=balanced, split_seed=seed, **recipe_settings)
-        span = job.span(0.2 + 0.77 * k / members, 0.2 + 0.77 * (k + 1) / members)
+            check_outputs([("OUTPUT_MODEL", output_model, 2 * cfg.members * size)])
+        if cfg.members > 1:
+            log.info("ensemble member %d of %d (cfg.seed %d)", k + 1, cfg.members, member_seed)
+        settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.validation_fraction, cfg.patience,
+                                 member_seed, cfg.device,
+                                 cfg.loss, augment=cfg.augment, balanced=cfg.balanced, split_seed=cfg.seed, **recipe_settings)
+        span = job.span(0.2 + 0.77 * k / cfg.members, 0.2 + 0.77 * (k + 1) / cfg.members)
         outcomes.append(train_loop(model, patches, y, settings, dev, span, stats=stats, group_text=group_text,
                                    ranks=ranks, unlabelled=unlabelled))
         models.append(model)
     outcome = outcomes[0]
-    if members > 1:
+    if cfg.members > 1:
         model = Ensemble(models)
     seconds = sum(o.seconds for o in outcomes)
     samples_per_s = sum(o.samples_per_s * o.seconds for o in outcomes) / max(seconds, 1e-9)
@@ -240,12 +215,12 @@ def train(
     validation = None
     if outcome.val_index is not None and outcome.val_index.size:
         # an ensemble's: the members' mean similarity (they share the validation split)
-        val_pred = (outcome.val_pred if members == 1 else
+        val_pred = (outcome.val_pred if cfg.members == 1 else
                     np.mean([o.val_similarity for o in outcomes], axis=0).argmax(1))
         matrix = confusion_matrix(y[outcome.val_index], val_pred, range(len(classes)))
         validation = accuracy_from_matrix(matrix, [c.code for c in classes], [c.name for c in classes])
     training = {
-        "labels": os.path.basename(labels), "class_field": class_field, "class_name_field": class_name_field,
+        "labels": os.path.basename(labels), "class_field": cfg.class_field, "class_name_field": cfg.class_name_field,
         "n_samples": int(y.size),
         "n_train": int(y.size if outcome.refit else y.size - (outcome.val_index.size if outcome.val_index is not None else 0)),
         "n_val": int(outcome.val_index.size if outcome.val_index is not None else 0),
@@ -253,33 +228,33 @@ def train(
         "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
         "epochs_run": outcome.epochs_run, "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
         "seconds": round(seconds, 3), "samples_per_s": round(samples_per_s, 1),
-        "device": str(dev), "seed": seed, "loss": loss, "epochs": epochs, "batch_size": batch_size,
-        "learning_rate": learning_rate, "validation_fraction": validation_fraction, "patience": patience,
-        "recipe": recipe, "augment": augment, "balanced": balanced, "semi_supervised": bool(semi_supervised),
+        "device": str(dev), "seed": cfg.seed, "loss": cfg.loss, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate, "validation_fraction": cfg.validation_fraction, "patience": cfg.patience,
+        "recipe": cfg.recipe, "augment": cfg.augment, "balanced": cfg.balanced, "semi_supervised": bool(cfg.semi_supervised),
         "mixup": settings.mixup,
         "unlabelled_pixels": int(len(next(iter(unlabelled.values())))) if unlabelled else 0,
         "pseudo_labelled": None if outcome.pseudo_labelled is None else round(outcome.pseudo_labelled, 4),
         "ema": outcome.ema, "ema_scores": outcome.ema_scores,
-        "members": members, "member_seeds": seeds, "member_ema": [o.ema for o in outcomes],
-        "pretrained": os.path.abspath(pretrained) if pretrained else None,
+        "members": cfg.members, "member_seeds": seeds, "member_ema": [o.ema for o in outcomes],
+        "pretrained": os.path.abspath(cfg.pretrained) if cfg.pretrained else None,
         "history": outcome.history, "validation": validation.to_json() if validation else None,
         "processes": ranks.world_size if ranks else 1,
         "reference_grid": grid.to_json(), "torch": torch.__version__,
     }
     header = ModelHeader(
-        config=config, band_names=band_names, stats=stats, classes=classes, prompt_template=prompt_template,
-        text_encoder=encoder.id, training=training, members=members,
+        config=config, band_names=band_names, stats=stats, classes=classes, prompt_template=cfg.prompt_template,
+        text_encoder=encoder.id, training=training, members=cfg.members,
     )
     job.check()
     if ranks is None or ranks.is_main:
         save_model(output_model, model.cpu(), header)
     if ranks is not None:
-        from .ddp import finish
+        from .training.ddp import finish
 
         finish()
     job.report(1.0, f"model saved to {output_model}")
     log.info("trained %d classes on %d samples in %.1f s%s; model: %s", len(classes), y.size, seconds,
-             f" ({members} ensemble members)" if members > 1 else "", output_model)
+             f" ({cfg.members} ensemble cfg.members)" if cfg.members > 1 else "", output_model)
     return TrainResult(
         model_path=output_model, classes=classes, history=outcome.history, epochs_run=outcome.epochs_run,
         best_epoch=outcome.best_epoch, seconds=seconds, samples_per_s=samples_per_s,
@@ -290,8 +265,8 @@ def train(
 
 def train_fewshot(checkpoint: str, layers: Sequence[LayerSpec], labels: str, output_model: str, **kwargs):
     """Few-shot adaptation of a pretrained checkpoint (FOUNDATION_MODEL): see
-    :mod:`rsvl.backend.fewshot`."""
-    from .fewshot import train_fewshot as run
+    :mod:`rsvl.backend.foundation.fewshot`."""
+    from .foundation.fewshot import train_fewshot as run
 
     return run(checkpoint, as_layers(layers), labels, output_model, **kwargs)
 
@@ -308,8 +283,8 @@ class ClassifyResult:
 
 
 def _open_for_model(model_path: str, layers, reference, align, device, force: bool = False):
-    from .device import resolve_device
-    from .modelfile import load_model
+    from .models.modelfile import load_model
+    from .runtime.device import resolve_device
 
     dev = resolve_device(device)
     model, header = load_model(model_path, dev)
@@ -323,17 +298,17 @@ def _open_for_model(model_path: str, layers, reference, align, device, force: bo
 
 
 def _inference(scheduler: Optional[str], model_path: str, device: str):
-    """The whole-scene engine: :func:`~rsvl.backend.inference.run_inference` in this process,
+    """The whole-scene engine: :func:`~rsvl.backend.mapping.inference.run_inference` in this process,
     or with ``scheduler`` (``local[:N]`` or a Dask scheduler address) its twin that computes
-    the windows on a Dask cluster (:func:`rsvl.backend.cluster.run_on_cluster`; workers load
+    the windows on a Dask cluster (:func:`rsvl.backend.mapping.cluster.run_on_cluster`; workers load
     ``model_path`` on ``device``). Both write the same files."""
-    from .inference import run_inference
+    from .mapping.inference import run_inference
 
     if not (scheduler or "").strip():
         return run_inference
     from functools import partial
 
-    from .cluster import run_on_cluster
+    from .mapping.cluster import run_on_cluster
 
     return partial(run_on_cluster, scheduler=scheduler.strip(), model_path=model_path, worker_device=device)
 
@@ -383,7 +358,8 @@ def classify(
     Inputs are checked against the model (band counts; band order and pixel size, which
     ``force`` accepts with a warning: see :meth:`ModelHeader.check_inputs`). ``scheduler``:
     compute the windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``; same files)."""
-    from .fewshot import classify_fewshot, model_kind
+    from .foundation.fewshot import classify_fewshot
+    from .foundation.fewshot_file import model_kind
 
     if not output:
         raise InputError("OUTPUT is required")
@@ -453,13 +429,13 @@ def query(
 
     ``model_path`` is an rsvl model, or a pretrained vision-language checkpoint
     (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip): then the scene is mapped
-    from text alone (:func:`rsvl.backend.foundation.zeroshot_map`; ``preset``,
+    from text alone (:func:`rsvl.backend.foundation.zeroshot.zeroshot_map`; ``preset``,
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
     ``offset`` apply, and ``tile_size`` 0 means the model's input size). ``scheduler``:
     compute an rsvl model's windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``)."""
-    from .fewshot import model_kind, read_fewshot
-    from .foundation import zeroshot_map
-    from .text import get_text_encoder
+    from .foundation.fewshot_file import model_kind, read_fewshot
+    from .foundation.zeroshot import zeroshot_map
+    from .text.encoders import get_text_encoder
 
     _check_raster_outputs([("OUTPUT_SIMILARITY", output_similarity), ("OUTPUT", output)], layers, model_path)
     kind = model_kind(model_path) if os.path.isfile(model_path) else "rsvl"
@@ -531,9 +507,10 @@ def evaluate(
 
     import rasterio
 
-    from .atomic import check_outputs
-    from .labels import RasterLabels
-    from .raster import Grid, tile_windows
+    from .io.atomic import check_outputs
+    from .io.labels import RasterLabels
+    from .io.raster import Grid
+    from .io.windows import tile_windows
 
     job = Job(progress, is_cancelled)
     if missing_file(classification):
@@ -595,7 +572,7 @@ def evaluate(
 
 def describe_model(model_path: str) -> dict:
     """The model file's JSON header (no weights loaded)."""
-    from .modelfile import read_header
+    from .models.modelfile import read_header
 
     return read_header(model_path).to_json()
 

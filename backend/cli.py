@@ -15,8 +15,9 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import CancelledError, RsvlError
-from .raster import MODALITIES, LayerSpec
-from .recipes import DEFAULT_RECIPE, RECIPE_NAMES
+from .io.raster import MODALITIES, LayerSpec
+from .training.config import TrainConfig
+from .training.config import add_arguments as add_train_arguments
 
 
 def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
@@ -35,7 +36,7 @@ def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
 
 def _add_foundation_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pretrained vision-language checkpoints (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP)")
-    g.add_argument("--preset", default="auto", help="auto, a preset name (see README) or open_clip:ARCH")
+    g.add_argument("--preset", default="auto", help="auto, a preset name (docs/foundation-models.md) or open_clip:ARCH")
     g.add_argument("--template", action="append", default=None,
                    help="prompt template with {} or {c} (repeat; default: the preset's ensemble)")
     g.add_argument("--bands", default=None, help="input bands in model order, codes or 1-based numbers, comma-separated")
@@ -103,50 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an MMLGNet model from labelled pixels or polygons")
     _add_layer_args(p, "training inputs")
     p.add_argument("--labels", required=True, help="class raster (0/nodata = unlabelled) or vector file")
-    p.add_argument("--class-field", help="class field of vector labels (string or integer)")
-    p.add_argument("--class-name-field", help="for an integer class field: the field with the class names")
     p.add_argument("--output", "-o", required=True, help="model file to write (.safetensors)")
     p.add_argument("--report", help="write an HTML training report (curves, validation confusion matrix)")
-    p.add_argument("--prompt-template", default=None,
-                   help="class prompt, {} is the class name (default: follows the inputs, e.g. 'a multispectral "
-                        "satellite image of {}' for MS, 'the hyperspectral patch of {}' with HSI)")
-    p.add_argument("--text-encoder", default="minilm",
-                   help="minilm (built-in), a local HF dir, open_clip:DIR or open_clip:ARCH:CHECKPOINT")
-    p.add_argument("--patch-size", type=int, default=11)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="default: the recipe's (spectral-spatial: 60, the schedule's length; mmlgnet and band-groups: "
-                        "at most 100, early stopping); few-shot heads: 100")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help="default: the recipe's (spectral-spatial: 1e-3, the one-cycle peak; mmlgnet, band-groups: 1e-4)")
-    p.add_argument("--validation-fraction", type=float, default=0.2,
-                   help="share of each class held out for the validation figures (mmlgnet, band-groups: and early "
-                        "stopping; spectral-spatial refits on every label afterwards)")
-    p.add_argument("--patience", type=int, default=15, help="early stopping (mmlgnet, band-groups)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--loss", default="supervised", choices=["supervised", "clip"],
-                   help="supervised: same-class pairs in a batch are positives (default); clip: the paper's loss, "
-                        "where they are negatives")
-    p.add_argument("--augment", action="store_true",
-                   help="spectral gain/offset jitter, flips and 90-degree rotations of the training patches (for "
-                        "other dates and sensors)")
-    p.add_argument("--balanced", action="store_true", help="class-balanced epochs (rare classes seen as often)")
-    p.add_argument("--semi-supervised", action="store_true",
-                   help="unlabelled pixels of the scene train the model too, with pseudo-labels where its weight "
-                        "average is confident (spectral-spatial; for few labels: higher OA, rare classes may shrink)")
-    p.add_argument("--members", type=int, default=1,
-                   help="a deep ensemble: this many models from seeds SEED, SEED+1000, ... in one model file, their "
-                        "similarities averaged (steadier, most of all with few labels; N times the time)")
-    p.add_argument("--pretrained", default=None, help="start the encoders from an rsvl pretrain file")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, choices=RECIPE_NAMES,
-                   help="spectral-spatial (default: CNN branches + a per-pixel branch, one-cycle schedule), mmlgnet "
-                        "(the paper's) or band-groups (BP-LCZ band-group prompting)")
-    p.add_argument("--band-groups", default=None, help="band-groups: a JSON file of groups per modality")
-    p.add_argument("--distributed", action="store_true",
-                   help="data-parallel training, one process per rank: torchrun --nproc_per_node N -m rsvl.backend "
-                        "train … --distributed (gloo on CPUs, nccl on GPUs; --batch-size is the global batch; rank 0 "
-                        "writes the model and report)")
+    add_train_arguments(p)
     p.add_argument("--foundation-model", default=None,
                    help="few-shot: adapt this pretrained checkpoint to the labels (a head on its frozen embeddings) "
                         "instead of training MMLGNet")
@@ -279,148 +239,185 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args) -> int:
+def _train(args, progress):
+    """MMLGNet training, or with --foundation-model a few-shot head on a pretrained checkpoint."""
+    return (_train_fewshot if args.foundation_model else _train_mmlgnet)(args, progress)
+
+
+def _train_fewshot(args, progress):
     from . import api
 
+    res = api.train_fewshot(
+        args.foundation_model, _layers(args), args.labels, args.output, class_field=args.class_field,
+        class_name_field=args.class_name_field, preset=args.preset, templates=args.template,
+        tile_size=args.fewshot_tile_size or None, stride=args.fewshot_stride, resolution=args.fewshot_resolution,
+        bands=args.bands, value_scale=args.value_scale, offset=args.offset, epochs=args.epochs or 100,
+        learning_rate=args.fewshot_learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
+        device=args.device, reference=args.reference, progress=progress,
+    )
+
+    def oa(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
+          f"few-shot head: {res.n_train} training / {res.n_val} validation pixels, best epoch {res.best_epoch} "
+          f"of {res.epochs_run}, {res.seconds:.1f} s\nvalidation OA: zero-shot {oa(res.validation_oa_zero_shot)}, "
+          f"adapted {oa(res.validation_oa)}")
+
+
+def _train_mmlgnet(args, progress):
+    from . import api
+
+    other_rank = args.distributed and os.environ.get("RANK", "0") != "0"
+    if other_rank:  # rank 0 reports for all
+        progress = None
+        logging.getLogger("rsvl").setLevel(logging.WARNING)
+    res = api.train(_layers(args), args.labels, args.output, TrainConfig.from_namespace(args), progress=progress)
+    if other_rank:
+        return 0
+    if args.report:
+        from .evaluation.report import write_training_report
+
+        write_training_report(args.report, res.header, res.validation)
+    val = res.validation.summary() if res.validation else "no validation split"
+    print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
+          f"epochs: {res.epochs_run} (best {res.best_epoch}), {res.seconds:.1f} s, "
+          f"{res.samples_per_s:.0f} samples/s on {res.device}\nvalidation: {val}")
+
+
+def _classify(args, progress):
+    from . import api
+
+    res = api.classify(
+        args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
+        method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
+        reference=args.reference, align=not args.no_align, force=args.force, progress=progress,
+        normalize=args.normalize, scheduler=args.scheduler,
+    )
+    print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
+          + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
+          + f"\n{res.pixels} pixels in {res.seconds:.2f} s ({res.method})")
+
+
+def _query(args, progress):
+    from . import api
+
+    res = api.query(
+        args.model, _layers(args), args.prompt, args.output_similarity, output=args.output,
+        threshold=args.threshold, use_template=not args.raw_prompts, method=args.method,
+        tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
+        force=args.force, progress=progress, preset=args.preset, templates=args.template, stride=args.stride,
+        resolution=args.resolution, multi_label=args.multi_label, bands=args.bands,
+        value_scale=args.value_scale, offset=args.offset, normalize=args.normalize, scheduler=args.scheduler,
+    )
+    print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
+
+
+def _pretrain(args, progress):
+    from .training.pretrain import pretrain
+
+    res = pretrain(_layers(args), args.output, patch_size=args.patch_size, samples=args.samples,
+                   epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                   seed=args.seed, device=args.device, reference=args.reference, progress=progress)
+    print(f"encoders: {res.path} ({', '.join(f'{m} {b} bands' for m, b in res.modalities.items())})\n"
+          f"SimSiam loss: {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}, {res.n_samples} pixels, "
+          f"{res.seconds:.1f} s")
+
+
+def _distill(args, progress):
+    from .training.distill import distill
+
+    def pairs(items):
+        out = []
+        for item in items:
+            if "=" not in item:
+                raise RsvlError(f"layers are given as MODALITY=PATH (got {item!r})")
+            m, path = item.split("=", 1)
+            out.append(LayerSpec(path=path, modality=m.strip().lower()))
+        return out
+
+    res = distill(args.teacher, pairs(args.teacher_layer), pairs(args.student_layer), args.output,
+                  samples=args.samples, epochs=args.epochs, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate, seed=args.seed, device=args.device, progress=progress)
+    print(f"student: {res.model_path}\nheld-out cosine to the teacher: {res.cosine_before:.3f} -> "
+          f"{res.cosine_after:.3f} (epoch {res.best_epoch}), {res.n_samples} pixels, {res.seconds:.1f} s")
+
+
+def _retrieve(args, progress):
+    from .foundation.retrieval import retrieve
+
+    res = retrieve(args.model, _layers(args), args.query, args.output, top_k=args.top_k, preset=args.preset,
+                   templates=args.template, tile_size=args.tile_size or None, stride=args.stride,
+                   bands=args.bands, scale=args.value_scale, offset=args.offset, device=args.device,
+                   reference=args.reference, progress=progress)
+    for rank, score, (r, c, h, w) in res.ranked[:10]:
+        print(f"{rank:3d}  {score:.4f}  rows {r}..{r + h}  cols {c}..{c + w}")
+    print(f"tiles: {res.output}")
+
+
+def _evaluate(args, progress):
+    from . import api
+
+    res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
+                       class_name_field=args.class_name_field,
+                       output_json=args.json, output_csv=args.csv)
+    if args.report:
+        from .evaluation.report import write_accuracy_report
+
+        write_accuracy_report(args.report, res.accuracy, colours=res.colours)
+    print(res.accuracy.summary())
+    for name, acc, n in zip(res.accuracy.class_names, res.accuracy.per_class_accuracy, res.accuracy.support):
+        print(f"  {name:<24} {acc:7.4f}  (n={n})")
+
+
+def _split(args, progress):
+    from .io.labels import split_label_raster
+
+    res = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second,
+                             mode=args.mode, block_size=args.block_size, buffer=args.buffer)
+    print(f"{args.first}: {sum(res.first.values())} pixels\n{args.second}: {sum(res.second.values())} pixels")
+
+
+def _baselines(args, progress):
+    from .evaluation.baselines import format_table, run_baselines
+
+    rows = []
+    if args.compare:
+        with open(args.compare, encoding="utf-8") as f:
+            figures = json.load(f)
+        rows.append(("rsvl (this model)", figures["oa"], figures["aa"], figures["kappa"]))
+    rows += [(b.name, b.accuracy.oa, b.accuracy.aa, b.accuracy.kappa)
+             for b in run_baselines(_layers(args), args.train, args.test, seed=args.seed)]
+    print(format_table(rows))
+
+
+def _info(args, progress):
+    from . import api
+
+    print(json.dumps(api.describe_model(args.model), indent=2))
+
+
+def _demo(args, progress):
+    from .demo import run_demo
+
+    run_demo(args.sample, args.out, epochs=args.epochs, progress=progress)
+
+
+COMMANDS = {  # subcommand -> function(args, progress); build_parser() defines each one's options
+    "train": _train, "classify": _classify, "query": _query, "pretrain": _pretrain, "distill": _distill,
+    "retrieve": _retrieve, "evaluate": _evaluate, "split": _split, "baselines": _baselines, "info": _info,
+    "demo": _demo,
+}
+
+
+def run(args) -> int:
     progress = _progress(args.quiet)
     if getattr(args, "report", None):  # before the work, not after it
-        from .atomic import check_outputs
+        from .io.atomic import check_outputs
 
         check_outputs([("--output", getattr(args, "output", None), 0), ("--report", args.report, 0)])
-    if args.command == "train" and args.foundation_model:
-        res = api.train_fewshot(
-            args.foundation_model, _layers(args), args.labels, args.output, class_field=args.class_field,
-            class_name_field=args.class_name_field, preset=args.preset, templates=args.template,
-            tile_size=args.fewshot_tile_size or None, stride=args.fewshot_stride, resolution=args.fewshot_resolution,
-            bands=args.bands, value_scale=args.value_scale, offset=args.offset, epochs=args.epochs or 100,
-            learning_rate=args.fewshot_learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
-            device=args.device, reference=args.reference, progress=progress,
-        )
-
-        def oa(v):
-            return "n/a" if v is None else f"{v:.4f}"
-
-        print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
-              f"few-shot head: {res.n_train} training / {res.n_val} validation pixels, best epoch {res.best_epoch} "
-              f"of {res.epochs_run}, {res.seconds:.1f} s\nvalidation OA: zero-shot {oa(res.validation_oa_zero_shot)}, "
-              f"adapted {oa(res.validation_oa)}")
-    elif args.command == "train":
-        other_rank = args.distributed and os.environ.get("RANK", "0") != "0"
-        if other_rank:  # rank 0 reports for all
-            progress = None
-            logging.getLogger("rsvl").setLevel(logging.WARNING)
-        res = api.train(
-            _layers(args), args.labels, args.output, class_field=args.class_field,
-            class_name_field=args.class_name_field,
-            prompt_template=args.prompt_template, text_encoder=args.text_encoder, patch_size=args.patch_size,
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-            validation_fraction=args.validation_fraction, patience=args.patience, device=args.device,
-            seed=args.seed, loss=args.loss, reference=args.reference, align=not args.no_align, progress=progress,
-            augment=args.augment, balanced=args.balanced, pretrained=args.pretrained, recipe=args.recipe,
-            band_groups_file=args.band_groups, distributed=args.distributed, semi_supervised=args.semi_supervised,
-            members=args.members,
-        )
-        if other_rank:
-            return 0
-        if args.report:
-            from .report import write_training_report
-
-            write_training_report(args.report, res.header, res.validation)
-        val = res.validation.summary() if res.validation else "no validation split"
-        print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
-              f"epochs: {res.epochs_run} (best {res.best_epoch}), {res.seconds:.1f} s, "
-              f"{res.samples_per_s:.0f} samples/s on {res.device}\nvalidation: {val}")
-    elif args.command == "classify":
-        res = api.classify(
-            args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
-            method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
-            reference=args.reference, align=not args.no_align, force=args.force, progress=progress,
-            normalize=args.normalize, scheduler=args.scheduler,
-        )
-        print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
-              + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
-              + f"\n{res.pixels} pixels in {res.seconds:.2f} s ({res.method})")
-    elif args.command == "query":
-        res = api.query(
-            args.model, _layers(args), args.prompt, args.output_similarity, output=args.output,
-            threshold=args.threshold, use_template=not args.raw_prompts, method=args.method,
-            tile_size=args.tile_size, device=args.device, reference=args.reference, align=not args.no_align,
-            force=args.force, progress=progress, preset=args.preset, templates=args.template, stride=args.stride,
-            resolution=args.resolution, multi_label=args.multi_label, bands=args.bands,
-            value_scale=args.value_scale, offset=args.offset, normalize=args.normalize, scheduler=args.scheduler,
-        )
-        print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
-    elif args.command == "pretrain":
-        from .pretrain import pretrain
-
-        res = pretrain(_layers(args), args.output, patch_size=args.patch_size, samples=args.samples,
-                       epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       seed=args.seed, device=args.device, reference=args.reference, progress=progress)
-        print(f"encoders: {res.path} ({', '.join(f'{m} {b} bands' for m, b in res.modalities.items())})\n"
-              f"SimSiam loss: {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}, {res.n_samples} pixels, "
-              f"{res.seconds:.1f} s")
-    elif args.command == "distill":
-        from .distill import distill
-
-        def pairs(items):
-            out = []
-            for item in items:
-                if "=" not in item:
-                    raise RsvlError(f"layers are given as MODALITY=PATH (got {item!r})")
-                m, path = item.split("=", 1)
-                out.append(LayerSpec(path=path, modality=m.strip().lower()))
-            return out
-
-        res = distill(args.teacher, pairs(args.teacher_layer), pairs(args.student_layer), args.output,
-                      samples=args.samples, epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed, device=args.device, progress=progress)
-        print(f"student: {res.model_path}\nheld-out cosine to the teacher: {res.cosine_before:.3f} -> "
-              f"{res.cosine_after:.3f} (epoch {res.best_epoch}), {res.n_samples} pixels, {res.seconds:.1f} s")
-    elif args.command == "retrieve":
-        from .foundation import retrieve
-
-        res = retrieve(args.model, _layers(args), args.query, args.output, top_k=args.top_k, preset=args.preset,
-                       templates=args.template, tile_size=args.tile_size or None, stride=args.stride,
-                       bands=args.bands, scale=args.value_scale, offset=args.offset, device=args.device,
-                       reference=args.reference, progress=progress)
-        for rank, score, (r, c, h, w) in res.ranked[:10]:
-            print(f"{rank:3d}  {score:.4f}  rows {r}..{r + h}  cols {c}..{c + w}")
-        print(f"tiles: {res.output}")
-    elif args.command == "evaluate":
-        res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
-                           class_name_field=args.class_name_field,
-                           output_json=args.json, output_csv=args.csv)
-        if args.report:
-            from .report import write_accuracy_report
-
-            write_accuracy_report(args.report, res.accuracy, colours=res.colours)
-        print(res.accuracy.summary())
-        for name, acc, n in zip(res.accuracy.class_names, res.accuracy.per_class_accuracy, res.accuracy.support):
-            print(f"  {name:<24} {acc:7.4f}  (n={n})")
-    elif args.command == "split":
-        from .labels import split_label_raster
-
-        res = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second,
-                                 mode=args.mode, block_size=args.block_size, buffer=args.buffer)
-        print(f"{args.first}: {sum(res.first.values())} pixels\n{args.second}: {sum(res.second.values())} pixels")
-    elif args.command == "baselines":
-        from .baselines import format_table, run_baselines
-
-        rows = []
-        if args.compare:
-            with open(args.compare, encoding="utf-8") as f:
-                figures = json.load(f)
-            rows.append(("rsvl (this model)", figures["oa"], figures["aa"], figures["kappa"]))
-        rows += [(b.name, b.accuracy.oa, b.accuracy.aa, b.accuracy.kappa)
-                 for b in run_baselines(_layers(args), args.train, args.test, seed=args.seed)]
-        print(format_table(rows))
-    elif args.command == "info":
-        print(json.dumps(api.describe_model(args.model), indent=2))
-    elif args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(args.sample, args.out, epochs=args.epochs, progress=progress)
-    return 0
+    command = COMMANDS[args.command]
+    return command(args, progress) or 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -449,7 +446,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _missing_packages_message(exc: ModuleNotFoundError, command: str) -> str:
     """The dependency check's message when ``exc`` is about a package rsvl lists, else ''."""
-    from . import dependencies
+    from .runtime import dependencies
 
     top = (exc.name or "").split(".")[0]
     groups = [g for g in dependencies.GROUPS

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from .labels import split_label_raster
-from .raster import LayerSpec
+from .io.labels import split_label_raster
+from .io.raster import LayerSpec
 
 QUERY_PROMPTS = ["forest", "grassland", "artificial surface", "cultivated land", "water"]
 
@@ -46,7 +46,7 @@ def run_demo(sample: str, out: str, epochs: int = 100, progress=None) -> dict:
                  "confusion.csv"):
         print(f"  {name:<21} {os.path.join(out, name)}")
     print(f"  test accuracy: {ev.accuracy.summary()}")
-    from .baselines import format_table, run_baselines
+    from .evaluation.baselines import format_table, run_baselines
 
     baselines = run_baselines(layers, train_labels, test_labels)
     print("  side by side on the same split (per-pixel baselines: all bands at the pixel):")

@@ -125,7 +125,7 @@ def shifted_scene(path: str, out: str, seed: int = 42) -> dict:
     """A copy of ``path`` with each band × gain + offset (another date, simulated)."""
     import rasterio
 
-    from rsvl.backend.augment import shift_scene
+    from rsvl.backend.data.augment import shift_scene
 
     with rasterio.open(path) as ds:
         data, profile, descriptions = ds.read(), ds.profile, ds.descriptions
@@ -215,10 +215,10 @@ def _date_of(path: str) -> str:
 
 def main(argv=None):
     from rsvl.backend import api
-    from rsvl.backend.baselines import run_baselines
-    from rsvl.backend.labels import split_label_raster
-    from rsvl.backend.raster import LayerSpec
-    from rsvl.backend.recipes import RECIPE_NAMES
+    from rsvl.backend.evaluation.baselines import run_baselines
+    from rsvl.backend.io.labels import split_label_raster
+    from rsvl.backend.io.raster import LayerSpec
+    from rsvl.backend.training.recipes import RECIPE_NAMES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ms", default=str(SAMPLE / "s2_l1c_2015-07-11.tif"))
@@ -347,7 +347,7 @@ def summarise(rows, recipe: str):
     table = []
     for (split, method), items in summary.items():
         mean = {k: float(np.mean([r[k] for r in items])) for k in ("oa", "aa", "kappa")}
-        std = {f"{k}_std": float(np.std([r[k] for r in items])) for k in ("oa", "aa")}
+        std = {f"{k}_std": float(np.std([r[k] for r in items])) for k in ("oa", "aa", "kappa")}
         table.append({"split": split, "method": method, **mean, **std, "seeds": len(items)})
     return table, goal_rows(table, recipe, rows)
 
@@ -362,26 +362,38 @@ def resummarise(path: str, recipe: str) -> int:
 
 def write_json(path: str, data) -> None:
     """``data`` as JSON at ``path``, moved into place only once written (rsvl's atomic outputs)."""
-    from rsvl.backend.atomic import atomic_path
+    from rsvl.backend.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=2))
 
 
 def print_tables(table, goal, recipe: str, n_seeds: int) -> None:
-    print(f"| split | method | OA (mean ± std of {n_seeds} seeds) | AA | κ |")
-    print("|---|---|---|---|---|")
+    print(mean_table(table, n_seeds))
+    print("\n" + goal_table(goal, recipe))
+
+
+def mean_table(table, n_seeds: int) -> str:
+    """Every (split, method)'s mean ± standard deviation over the seeds, as Markdown (κ's
+    standard deviation where the summary has it; bench/docs.py shows the same table)."""
+    lines = [f"| split | method | OA (mean ± std of {n_seeds} seeds) | AA | κ |", "|---|---|---|---|---|"]
     for r in table:
-        print(f"| {r['split']} | {r['method']} | {r['oa']:.3f} ± {r['oa_std']:.3f} | {r['aa']:.3f} ± "
-              f"{r['aa_std']:.3f} | {r['kappa']:.3f} |")
-    print(f"\n| row | {recipe} OA / AA | best forest OA / AA | OA margin, per seed | AA margin, per seed "
-          f"| ahead in both |")
-    print("|---|---|---|---|---|---|")
+        kappa = f"{r['kappa']:.3f}" + (f" ± {r['kappa_std']:.3f}" if "kappa_std" in r else "")
+        lines.append(f"| {r['split']} | {r['method']} | {r['oa']:.3f} ± {r['oa_std']:.3f} | {r['aa']:.3f} ± "
+                     f"{r['aa_std']:.3f} | {kappa} |")
+    return "\n".join(lines)
+
+
+def goal_table(goal, recipe: str) -> str:
+    """:func:`goal_rows` as Markdown: ``recipe`` beside the better forest, with the paired margins."""
+    lines = [f"| row | {recipe} OA / AA | best forest OA / AA | OA margin, per seed | AA margin, per seed "
+             f"| ahead in both |", "|---|---|---|---|---|---|"]
     for g in goal:
         margins = [f"{g[k]:+.3f} ± {g[k + '_std']:.3f} ({g[k + '_seeds_ahead']}/{g['seeds']} seeds ahead)"
                    if k in g else "—" for k in ("oa_margin", "aa_margin")]
-        print(f"| {g['row']} | {g['oa']:.3f} / {g['aa']:.3f} | {g['forest_oa']:.3f} / {g['forest_aa']:.3f} | "
-              f"{margins[0]} | {margins[1]} | {'yes' if g['ahead'] else 'no'} |")
+        lines.append(f"| {g['row']} | {g['oa']:.3f} / {g['aa']:.3f} | {g['forest_oa']:.3f} / {g['forest_aa']:.3f} | "
+                     f"{margins[0]} | {margins[1]} | {'yes' if g['ahead'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def goal_rows(table, recipe: str, rows=None):

@@ -6,7 +6,7 @@ bit-identical; writes bench/plugin_path.json.
     .venv/bin/python bench/plugin_path.py [--epochs N]
 
 Inside QGIS, torch's matrix products used to be captured by QGIS's global OpenBLAS
-(slower, other numbers); see backend/host.py. About 3 minutes on 2 cores."""
+(slower, other numbers); see backend/runtime/host.py. About 3 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -61,14 +61,21 @@ def main(argv=None):
         result["cli"]["training_seconds"]
     result["load_average_at_end"] = os.getloadavg()[0]
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print("| path | wall s | training s | epochs | validation OA |\n|---|---|---|---|---|")
+    print(table(result))
+    return 0
+
+
+def table(result: dict) -> str:
+    """The two runs as a Markdown table, and the ratio line (bench/docs.py shows the same)."""
+    lines = ["| path | wall s | training s | epochs | validation OA |", "|---|---|---|---|---|"]
     for name in ("cli", "qgis_process"):
         r = result[name]
-        print(f"| {name} | {r['wall_seconds']} | {r['training_seconds']:.1f} | {r['epochs_run']} | "
-              f"{r['validation_oa']:.4f} |")
-    print(f"qgis_process / cli training time: {result['qgis_process_vs_cli_training_time']:.2f}; "
-          f"bit-identical weights: {result['bit_identical_weights']}")
-    return 0
+        lines.append(f"| {name} | {r['wall_seconds']} | {r['training_seconds']:.1f} | {r['epochs_run']} | "
+                     f"{r['validation_oa']:.4f} |")
+    lines.append("")  # the ratio line is no row of the table
+    lines.append(f"qgis_process / cli training time: {result['qgis_process_vs_cli_training_time']:.2f}; "
+                 f"bit-identical weights: {result['bit_identical_weights']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

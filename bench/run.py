@@ -76,7 +76,7 @@ def machine() -> dict:
 def paper_model(hsi_bands=64, lidar_bands=1, patch=11, embed=384, classes=6, seed=0):
     import torch
 
-    from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
+    from rsvl.backend.models.mmlgnet import MMLGNet, ModelConfig
 
     torch.manual_seed(seed)
     model = MMLGNet(ModelConfig(bands={"hsi": hsi_bands, "lidar": lidar_bands}, embed_dim=embed, patch_size=patch),
@@ -155,8 +155,8 @@ def bench_dense_vs_patch(side=128):
     halo): similarities of every pixel to the class texts, so the outputs are equal."""
     import torch
 
-    from rsvl.backend.dense import DenseEmbedder
-    from rsvl.backend.inference import embed_patches
+    from rsvl.backend.mapping.inference import embed_patches
+    from rsvl.backend.models.dense import DenseEmbedder
 
     model = paper_model()
     halo = model.config.patch_size // 2
@@ -212,8 +212,8 @@ def bench_dense_vs_patch(side=128):
 def bench_training(n=2048, epochs=2):
     import torch
 
-    from rsvl.backend.jobs import Job
-    from rsvl.backend.training import TrainSettings, train
+    from rsvl.backend.runtime.jobs import Job
+    from rsvl.backend.training.loop import TrainSettings, train
 
     model = paper_model()
     rng = np.random.default_rng(0)
@@ -232,7 +232,8 @@ def bench_zeroshot(batch: int = 8) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rsvl.backend.foundation import PRESETS, build_model
+    from rsvl.backend.foundation.checkpoint import build_model
+    from rsvl.backend.foundation.presets import PRESETS
 
     model = build_model(PRESETS["llama3-ms-clip"])
     x = torch.randn(batch, 10, 224, 224)
@@ -255,8 +256,8 @@ CHILD = r"""
 import json, sys, time
 import rasterio, torch
 from rsvl.backend import api
-from rsvl.backend.modelfile import load_model
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.models.modelfile import load_model
+from rsvl.backend.io.raster import LayerSpec
 def hwm_mb():
     for line in open('/proc/self/status'):
         if line.startswith('VmHWM:'):
@@ -315,9 +316,9 @@ def write_scene(folder: Path, side: int, bands: int = 64, layout: dict = None, t
 
 
 def _save_bench_model(folder: Path) -> Path:
-    from rsvl.backend.labels import ClassInfo
-    from rsvl.backend.modelfile import ModelHeader, save_model
-    from rsvl.backend.raster import BandStats
+    from rsvl.backend.io.labels import ClassInfo
+    from rsvl.backend.io.raster import BandStats
+    from rsvl.backend.models.modelfile import ModelHeader, save_model
 
     model = paper_model()
     header = ModelHeader(config=model.config, band_names={"hsi": [f"b{i}" for i in range(64)], "lidar": ["dsm"]},
@@ -417,7 +418,7 @@ def main(argv=None):
     # Reading each input block once holds about two block rows of each input (the row
     # buffer), capped by RSVL_READ_BUFFER_MB (column bands past it): the part of memory that
     # may grow from the small scene to the large one. Everything else stays within 20 %.
-    from rsvl.backend.raster import read_buffer_bytes
+    from rsvl.backend.io.raster import read_buffer_bytes
 
     results["read_buffer_mb"] = read_buffer_bytes() / 2**20
     results["memory_goal_met"] = bool(
@@ -436,7 +437,7 @@ def main(argv=None):
 
 
 def table(r: dict) -> str:
-    """The results as a Markdown table (what README.md shows)."""
+    """The results as a Markdown table (what docs/benchmarks.md shows)."""
     m = r["machine"]
     s, lg = r["small_side"], r["large_side"]
     rows = [

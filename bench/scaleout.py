@@ -53,7 +53,7 @@ _spec.loader.exec_module(base)
 
 def _classify(model_path: Path, hsi: Path, lidar: Path, out: Path, scheduler=None) -> float:
     from rsvl.backend import api
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
 
     start = time.perf_counter()
     api.classify(str(model_path), [LayerSpec(str(hsi), "hsi"), LayerSpec(str(lidar), "lidar")], str(out),
@@ -117,7 +117,7 @@ def _write_training_scene(folder: Path) -> tuple:
 
 def _train(folder: Path, name: str, scene: tuple, processes: int, threads) -> float:
     """Samples/s of one training run (1 process: plain ``train``; more: torchrun + --distributed)."""
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     hsi, lidar, labels = scene
     out = folder / f"{name}.safetensors"
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
 
 def merge_into_latest(latest: Path, results: dict, source: Path) -> None:
     """``dask_2_vs_1_speedup`` and ``ddp_2_vs_1_speedup`` beside bench/run.py's figures."""
-    from rsvl.backend.atomic import atomic_path
+    from rsvl.backend.io.atomic import atomic_path
 
     data = json.loads(latest.read_text()) if latest.exists() else {}
     data.update({k: results[k] for k in base.SCALEOUT_SPEEDUPS})

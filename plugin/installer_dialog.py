@@ -1,5 +1,5 @@
 """Plugins ▸ rsvl ▸ Install dependencies…: what rsvl needs, what this QGIS has, and an
-install into rsvl's own packages folder in a background task (backend/installer.py does
+install into rsvl's own packages folder in a background task (backend/runtime/installer.py does
 the work; this module is the dialog and the QgsTask around it)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..backend import dependencies, installer
+from ..backend.runtime import dependencies, installer
 from . import packages
 
 TORCH_CHOICES = [  # (installer build, label)

@@ -9,7 +9,7 @@ from typing import Iterable, Optional, Tuple
 
 from qgis.core import QgsApplication, QgsSettings
 
-from ..backend import dependencies
+from ..backend.runtime import dependencies
 
 SETTING_FOLDER = "rsvl/packages_folder"
 SETTING_OFFERED = "rsvl/installer_offered"

@@ -8,14 +8,14 @@ from qgis.PyQt import sip
 
 class RsvlPlugin:
     def __init__(self, iface):
-        from ..backend import host
+        from ..backend.runtime import host
         from . import packages
 
         # rsvl's own packages folder (Plugins ▸ rsvl ▸ Install dependencies…) first on sys.path,
         # before anything imports torch: in desktop QGIS and in qgis_process alike.
         packages.activate()
         # Keep triton's LLVM (it crashes a QGIS that loaded Mesa's OpenGL) and transformers
-        # out of QGIS: see backend/host.py. Imports nothing heavy.
+        # out of QGIS: see backend/runtime/host.py. Imports nothing heavy.
         host.embed()
         self.iface = iface
         self.provider = None
@@ -109,6 +109,6 @@ class RsvlPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        from ..backend.textworker import stop_worker
+        from ..backend.text.worker import stop_worker
 
         stop_worker()

@@ -137,7 +137,7 @@ def train_in_background_dialog(iface, registry: TaskRegistry):
 
             def write_report(result):
                 if report:
-                    from ..backend.report import write_training_report
+                    from ..backend.evaluation.report import write_training_report
 
                     write_training_report(report, result.header, result.validation)
 

@@ -232,7 +232,7 @@ FAST = dict(patch_size=5, epochs=40, batch_size=64, learning_rate=3e-3, patience
 def trained_model(shared_scene, tmp_path_factory):
     """HSI + LiDAR model trained once on the shared scene (fast settings)."""
     from rsvl.backend import api
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
 
     out = tmp_path_factory.mktemp("model") / "hsi_lidar.safetensors"
     layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
@@ -245,7 +245,7 @@ def tiny_hf_encoder(tmp_path_factory) -> Path:
     """A tiny random BERT in Hugging Face format with the built-in MiniLM's tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from rsvl.backend.text import builtin_minilm_path
+    from rsvl.backend.text.encoders import builtin_minilm_path
 
     path = tmp_path_factory.mktemp("tiny-bert")
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -386,7 +386,7 @@ def random_model(bands, patch_size, n_classes=5, embed_dim=24, seed=0, pixel_cha
     spectral-spatial model's pixel branch."""
     import torch
 
-    from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
+    from rsvl.backend.models.mmlgnet import MMLGNet, ModelConfig
 
     torch.manual_seed(seed)
     model = MMLGNet(ModelConfig(bands=bands, embed_dim=embed_dim, patch_size=patch_size,

@@ -8,39 +8,24 @@ the same QGIS, rsvl:split, rsvl:train (2 epochs), rsvl:classify and rsvl:query f
 dialogs on the bundled sample. Writes what it saw as JSON to the config's ``result``.
 """
 
-import json
 import os
 import sys
 import time
-import traceback
 
-CONFIG = json.loads(os.environ["RSVL_DESKTOP_CONFIG"])
-RESULT = {"finished": False, "steps": {}}
+# QGIS runs this file with exec() (no __file__): its path follows --code on QGIS's command line.
+_ARGS = open("/proc/self/cmdline", encoding="utf-8").read().split("\0")
+sys.path.insert(0, os.path.dirname(os.path.abspath(_ARGS[_ARGS.index("--code") + 1])))
 
-
-def save():
-    with open(CONFIG["result"], "w", encoding="utf-8") as f:
-        json.dump(RESULT, f, indent=1)
-
-
-def wait(predicate, timeout, what):
-    from qgis.core import QgsApplication
-
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} did not finish in {timeout} s")
-        QgsApplication.processEvents()
-        time.sleep(0.05)
-
-
-def project_layer(path):
-    from qgis.core import QgsProject
-
-    for layer in QgsProject.instance().mapLayers().values():
-        if os.path.normpath(layer.source()) == os.path.normpath(path):
-            return {"name": layer.name(), "renderer": layer.renderer().type() if layer.renderer() else None}
-    return None
+from desktop_common import (  # noqa: E402 (after its folder is on sys.path)
+    CONFIG,
+    RESULT,
+    project_layer,
+    quit_qgis,
+    run_processing_dialog,
+    save,
+    start_later,
+    wait,
+)
 
 
 def close_message_box_later(seen):
@@ -59,26 +44,6 @@ def close_message_box_later(seen):
     QTimer.singleShot(100, poll)
 
 
-def run_processing_dialog(algorithm_id, parameters, timeout):
-    import processing
-    from qgis.PyQt.QtWidgets import QTextEdit
-
-    dialog = processing.createAlgorithmDialog(algorithm_id, parameters)
-    done = {}
-    dialog.algorithmFinished.connect(lambda ok, results: done.update(ok=ok, results=dict(results)))
-    dialog.show()
-    dialog.runAlgorithm()
-    log = dialog.findChild(QTextEdit, "txtLog")
-    try:
-        wait(lambda: done or (log is not None and "Execution failed" in log.toPlainText()), timeout, algorithm_id)
-    finally:
-        text = log.toPlainText() if log is not None else ""
-        dialog.close()
-        dialog.deleteLater()
-    return {"ok": done.get("ok", False), "results": {k: str(v) for k, v in done.get("results", {}).items()},
-            "log": text[-3000:]}
-
-
 def folder_size(folder):
     total = 0
     for root, _dirs, files in os.walk(folder):
@@ -91,7 +56,7 @@ def main():
 
     import processing
     import qgis.utils
-    from qgis.core import QgsApplication, QgsProcessingFeedback
+    from qgis.core import QgsProcessingFeedback
 
     steps = RESULT["steps"]
     RESULT["plugin_loaded"] = "rsvl" in qgis.utils.plugins
@@ -165,25 +130,7 @@ def main():
     RESULT["torch_from"] = getattr(sys.modules.get("torch"), "__file__", None)
     RESULT["finished"] = True
     save()
-    from qgis.core import QgsProject
-
-    QgsProject.instance().clear()
-    QgsProject.instance().setDirty(False)
-    QgsApplication.processEvents()
-    qgis.utils.iface.actionExit().trigger()
+    quit_qgis()
 
 
-def start():
-    from qgis.core import QgsApplication
-
-    try:
-        main()
-    except Exception:
-        RESULT["error"] = traceback.format_exc()
-        save()
-        QgsApplication.exit(3)
-
-
-from qgis.PyQt.QtCore import QTimer  # noqa: E402 (QGIS runs this file as a script)
-
-QTimer.singleShot(1500, start)
+start_later(main, 1500)

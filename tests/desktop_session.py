@@ -4,33 +4,26 @@
 Steps: rsvl:classify and rsvl:query from their Processing dialogs (Processing background
 tasks, results loaded into the project), rsvl ▸ Train in background… (the plugin's dialog,
 Run → a QGIS task), and a query with the new model. Writes what it saw as JSON to
-``RSVL_DESKTOP_RESULT`` and exits QGIS; if QGIS dies on the way the JSON stays incomplete.
+the config's ``result`` and exits QGIS; if QGIS dies on the way the JSON stays incomplete.
 """
 
-import json
 import os
 import sys
-import time
-import traceback
 
-CONFIG = json.loads(os.environ["RSVL_DESKTOP_CONFIG"])
-RESULT = {"finished": False, "steps": {}}
+# QGIS runs this file with exec() (no __file__): its path follows --code on QGIS's command line.
+_ARGS = open("/proc/self/cmdline", encoding="utf-8").read().split("\0")
+sys.path.insert(0, os.path.dirname(os.path.abspath(_ARGS[_ARGS.index("--code") + 1])))
 
-
-def save():
-    with open(CONFIG["result"], "w", encoding="utf-8") as f:
-        json.dump(RESULT, f, indent=1)
-
-
-def wait(predicate, timeout, what):
-    from qgis.core import QgsApplication
-
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} did not finish in {timeout} s")
-        QgsApplication.processEvents()
-        time.sleep(0.05)
+from desktop_common import (  # noqa: E402 (after its folder is on sys.path)
+    CONFIG,
+    RESULT,
+    project_layer,
+    quit_qgis,
+    run_processing_dialog,
+    save,
+    start_later,
+    wait,
+)
 
 
 def modules_state():
@@ -38,38 +31,6 @@ def modules_state():
     for name in ("triton", "torch._dynamo", "transformers", "open_clip", "torch"):
         state[name] = "blocked" if sys.modules.get(name, 0) is None else name in sys.modules
     return state
-
-
-def project_layer(path):
-    from qgis.core import QgsProject
-
-    for layer in QgsProject.instance().mapLayers().values():
-        if os.path.normpath(layer.source()) == os.path.normpath(path):
-            return {"name": layer.name(), "renderer": layer.renderer().type() if layer.renderer() else None}
-    return None
-
-
-def run_processing_dialog(algorithm_id, parameters, timeout):
-    import processing
-    from qgis.PyQt.QtWidgets import QTextEdit
-
-    dialog = processing.createAlgorithmDialog(algorithm_id, parameters)
-    done = {}
-    dialog.algorithmFinished.connect(lambda ok, results: done.update(ok=ok, results=dict(results)))
-    dialog.show()
-    dialog.runAlgorithm()
-    log = dialog.findChild(QTextEdit, "txtLog")
-    try:
-        wait(lambda: done or (log is not None and "Execution failed" in log.toPlainText()), timeout, algorithm_id)
-    finally:
-        text = log.toPlainText() if log is not None else ""
-        # Delete the dialog (and the processing context it holds, with its temporary layers)
-        # while QGIS is alive, as the Toolbox does; left for interpreter shutdown, any
-        # Processing dialog (native algorithms too) crashes QGIS on exit.
-        dialog.close()
-        dialog.deleteLater()
-    return {"ok": done.get("ok", False), "results": {k: str(v) for k, v in done.get("results", {}).items()},
-            "log": text[-3000:]}
 
 
 def main():
@@ -118,25 +79,7 @@ def main():
     RESULT["qgis_alive"] = True
     RESULT["finished"] = True
     save()
-    # Quit as a user does (File ▸ Exit), after closing the project without saving it.
-    from qgis.core import QgsProject
-
-    QgsProject.instance().clear()
-    QgsProject.instance().setDirty(False)
-    qgis.utils.iface.actionExit().trigger()
+    quit_qgis()
 
 
-def start():
-    from qgis.core import QgsApplication
-
-    try:
-        main()
-    except Exception:
-        RESULT["error"] = traceback.format_exc()
-        save()
-        QgsApplication.exit(3)
-
-
-from qgis.PyQt.QtCore import QTimer  # noqa: E402 (QGIS runs this file as a script)
-
-QTimer.singleShot(1000, start)
+start_later(main, 1000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rsvl.backend.augment import SpectralJitter, balanced_order, flip_rotate, mix_pixels, shift_scene, spectral_jitter
-from rsvl.backend.raster import BandStats
+from rsvl.backend.data.augment import SpectralJitter, balanced_order, flip_rotate, mix_pixels, shift_scene, spectral_jitter
+from rsvl.backend.io.raster import BandStats
 
 
 def test_spectral_jitter_is_a_bounded_per_band_gain_and_offset_in_physical_units():
@@ -67,8 +67,8 @@ def test_training_with_augmentation_and_balanced_epochs_is_seeded(shared_scene, 
     from safetensors.torch import load_file
 
     from rsvl.backend import api
-    from rsvl.backend.modelfile import read_header
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
+    from rsvl.backend.models.modelfile import read_header
 
     layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
     fast = dict(patch_size=5, epochs=8, batch_size=64, learning_rate=3e-3, seed=3, device="cpu")

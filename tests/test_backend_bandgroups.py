@@ -12,9 +12,9 @@ import torch
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.mmlgnet import MMLGNet, ModelConfig
-from rsvl.backend.raster import LayerSpec
-from rsvl.backend.recipes.band_groups import band_groups, default_groups, group_prompts
+from rsvl.backend.io.raster import LayerSpec
+from rsvl.backend.models.mmlgnet import MMLGNet, ModelConfig
+from rsvl.backend.training.recipes.band_groups import band_groups, default_groups, group_prompts
 
 
 def test_sentinel2_sar_elevation_and_hsi_groups():
@@ -44,8 +44,8 @@ def test_groups_from_a_json_file(tmp_path):
 
 
 def test_dense_engine_equals_per_patch_on_a_grouped_model():
-    from rsvl.backend.dense import DenseEmbedder
-    from rsvl.backend.samples import patches_at
+    from rsvl.backend.data.samples import patches_at
+    from rsvl.backend.models.dense import DenseEmbedder
 
     torch.manual_seed(0)
     config = ModelConfig(bands={"ms": 6, "lidar": 1}, embed_dim=16, patch_size=5,
@@ -71,7 +71,7 @@ def test_band_group_recipe_trains_saves_and_classifies(scene_factory, tmp_path):
     layers = [LayerSpec(str(scene.paths["ms"]), "ms"), LayerSpec(str(scene.paths["lidar"]), "lidar")]
     res = api.train(layers, str(scene.labels), str(tmp_path / "g.safetensors"), recipe="band-groups", patch_size=5,
                     epochs=25, batch_size=64, learning_rate=3e-3, seed=0, device="cpu")
-    from rsvl.backend.modelfile import load_model
+    from rsvl.backend.models.modelfile import load_model
 
     model, header = load_model(res.model_path)
     assert header.config.groups and header.training["recipe"] == "band-groups"

@@ -9,7 +9,7 @@ import numpy as np
 import rasterio
 
 from rsvl.backend import api
-from rsvl.backend.raster import gdal_cache_limit
+from rsvl.backend.io.raster import gdal_cache_limit
 
 
 def test_two_runs_in_parallel_threads_equal_sequential_runs(trained_model, shared_scene, tmp_path):

@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (``train --distributed``, backend/ddp.py): the
+"""Data-parallel training under torchrun (``train --distributed``, backend/training/ddp.py): the
 ranks' batches make up the single-process batches; the gathered loss gives the
 single-process gradients; a 2-process gloo run writes one valid model whose validation
 accuracy matches single-process training; clear errors outside torchrun."""
@@ -20,7 +20,7 @@ OA_TOLERANCE = 0.05  # validation OA of the 2-process model vs the single-proces
 def test_ranks_deal_out_the_single_process_batches():
     """Rank r's local batch i (BATCH_SIZE / N samples) and the other ranks' make up batch i
     of the epoch order, the last one padded with repeats of the first samples."""
-    from rsvl.backend.ddp import Ranks, rank_order
+    from rsvl.backend.training.ddp import Ranks, rank_order
 
     order = np.random.default_rng(0).permutation(23)
     batch, world = 8, 2
@@ -34,8 +34,8 @@ def test_ranks_deal_out_the_single_process_batches():
 
 
 def test_batch_size_must_split_over_the_processes():
-    from rsvl.backend.ddp import check_batch_size
     from rsvl.backend.errors import InputError
+    from rsvl.backend.training.ddp import check_batch_size
 
     check_batch_size(64, 2)
     with pytest.raises(InputError, match="BATCH_SIZE 63 must split evenly .* 2 processes \\(e.g. 64\\)"):
@@ -47,7 +47,7 @@ def test_batch_size_must_split_over_the_processes():
 def test_distributed_outside_torchrun_is_a_clear_error(scene, tmp_path, monkeypatch, helpers):
     from rsvl.backend import api
     from rsvl.backend.errors import InputError
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
@@ -65,9 +65,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, sys.argv[2])
 from conftest import random_model
-from rsvl.backend import ddp
-from rsvl.backend.mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
-from rsvl.backend.training import _batch_embedder
+from rsvl.backend.training import ddp
+from rsvl.backend.models.mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
+from rsvl.backend.training.loop import _batch_embedder
 
 ranks = ddp.start("cpu")
 out = {}
@@ -112,8 +112,8 @@ def test_two_ranks_give_the_single_process_gradients(tmp_path, random_model):
     partner's label in the global batch."""
     import torch
 
-    from rsvl.backend import ddp
-    from rsvl.backend.mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
+    from rsvl.backend.models.mmlgnet import supervised_contrastive_loss, symmetric_contrastive_loss
+    from rsvl.backend.training import ddp
 
     script = tmp_path / "grads.py"
     script.write_text(GRADIENT_SCRIPT)
@@ -164,7 +164,7 @@ def test_torchrun_two_gloo_processes_write_one_model_as_good_as_one_process(trai
     that classifies the scene, and validation OA within OA_TOLERANCE of the single-process
     model trained with the same seed and settings (trained_model)."""
     from rsvl.backend import api
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     _path, single, layers = trained_model
     f = helpers.fast

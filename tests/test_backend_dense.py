@@ -8,7 +8,7 @@ import pytest
 import rasterio
 import torch
 
-from rsvl.backend.mmlgnet import block_plan
+from rsvl.backend.models.mmlgnet import block_plan
 
 
 @pytest.mark.parametrize("patch_size,pixel", [(3, ()), (5, ()), (7, ()), (11, ()), (13, ()), (1, (8,)), (5, (8, 6)),
@@ -32,7 +32,7 @@ def test_dense_equals_per_patch(patch_size, pixel, random_model):
     logits_p = model.logits(per_patch.flatten(1).t())
     assert (logits_d - logits_p).abs().max() <= 1e-4
     assert torch.equal(logits_d.argmax(1), logits_p.argmax(1))
-    from rsvl.backend.dense import DenseEmbedder
+    from rsvl.backend.models.dense import DenseEmbedder
 
     engine = DenseEmbedder(model, compute_tile=8).embed(window)[0]
     assert (engine - per_patch).abs().max() <= 1e-5
@@ -42,7 +42,7 @@ def test_pixel_branch_reads_each_pixels_own_bands(random_model):
     """With the CNN branches' share of the fusion set to zero, a spectral-spatial model is a
     per-pixel function: changing one pixel changes that pixel's embedding alone, in the
     reference dense path and in the dense engine (the halo crop is aligned)."""
-    from rsvl.backend.dense import DenseEmbedder
+    from rsvl.backend.models.dense import DenseEmbedder
 
     model = random_model({"hsi": 6, "lidar": 1}, 7, pixel_channels=(8, 8))
     with torch.no_grad():
@@ -66,9 +66,9 @@ def test_block_plan_matches_paper_depth():
 
 def test_dense_and_patch_rasters_match_with_edges_and_nodata(tmp_path, helpers, random_model):
     """Whole pipeline: raster edges, nodata holes and several windows."""
-    from rsvl.backend.inference import run_inference
-    from rsvl.backend.labels import ClassInfo
-    from rsvl.backend.raster import BandStats, LayerSpec, RasterStack
+    from rsvl.backend.io.labels import ClassInfo
+    from rsvl.backend.io.raster import BandStats, LayerSpec, RasterStack
+    from rsvl.backend.mapping.inference import run_inference
 
     rng = np.random.default_rng(0)
     t = rasterio.transform.from_origin(0, 0, 1, 1)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rsvl.backend import dependencies
-from rsvl.backend.dependencies import PackageState, Requirement
+from rsvl.backend.runtime import dependencies
+from rsvl.backend.runtime.dependencies import PackageState, Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 

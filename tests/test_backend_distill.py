@@ -6,8 +6,8 @@ from __future__ import annotations
 import rasterio
 
 from rsvl.backend import api
-from rsvl.backend.distill import distill, rgb_layers
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
+from rsvl.backend.training.distill import distill, rgb_layers
 
 
 def test_the_student_moves_towards_the_teacher_and_classifies(scene_factory, tmp_path):
@@ -33,7 +33,7 @@ def test_the_student_moves_towards_the_teacher_and_classifies(scene_factory, tmp
         str(teacher), teacher_layers, str(tmp_path / "teacher.tif"), device="cpu").classes]
     held = scene.held_out()
     assert (pred[held] == scene.truth[held]).mean() > 0.6  # classes named by the teacher, from RGB alone
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     training = read_header(res.model_path).training
     assert training["distilled_from"].endswith("teacher.safetensors") and read_header(res.model_path).method == \

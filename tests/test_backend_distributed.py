@@ -1,4 +1,4 @@
-"""classify and query on a Dask cluster (backend/cluster.py) write the same files as in
+"""classify and query on a Dask cluster (backend/mapping/cluster.py) write the same files as in
 process: array-equal pixels, the same profile, colour table, class names and band
 descriptions; the model is loaded once per worker process; a worker killed mid-run
 changes nothing; a cancel releases the tasks and leaves no file; bad schedulers and
@@ -63,12 +63,12 @@ def model_file(scene, random_model, tmp_path_factory):
     import torch
     from rasterio.windows import Window
 
-    from rsvl.backend.dense import DenseEmbedder
-    from rsvl.backend.labels import ClassInfo
-    from rsvl.backend.modelfile import ModelHeader, save_model
-    from rsvl.backend.raster import LayerSpec, RasterStack, compute_band_stats
-    from rsvl.backend.samples import read_window_normalised
-    from rsvl.backend.text import get_text_encoder
+    from rsvl.backend.data.samples import read_window_normalised
+    from rsvl.backend.io.labels import ClassInfo
+    from rsvl.backend.io.raster import LayerSpec, RasterStack, compute_band_stats
+    from rsvl.backend.models.dense import DenseEmbedder
+    from rsvl.backend.models.modelfile import ModelHeader, save_model
+    from rsvl.backend.text.encoders import get_text_encoder
 
     encoder = get_text_encoder("minilm")
     model = random_model({"hsi": 24, "lidar": 1}, 5, n_classes=4, embed_dim=encoder.dim, seed=3)
@@ -110,7 +110,7 @@ def process_cluster():
 
 
 def layers(scene, lidar="lidar"):
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
 
     return [LayerSpec(str(scene.paths["hsi"]), "hsi"), LayerSpec(str(scene.paths[lidar]), "lidar")]
 
@@ -138,8 +138,8 @@ def assert_same_raster(a, b):
 
 
 def test_scheduler_specs():
-    from rsvl.backend.cluster import parse_scheduler
     from rsvl.backend.errors import InputError
+    from rsvl.backend.mapping.cluster import parse_scheduler
 
     assert parse_scheduler("local") == ("local", os.cpu_count())
     assert parse_scheduler(" local:3 ") == ("local", 3)
@@ -194,7 +194,7 @@ def test_cluster_query_with_warped_input_is_identical_to_in_process(scene, model
 
 def test_worker_processes_load_the_model_once_and_give_the_same_file(scene, model_file, process_cluster, tmp_path):
     from rsvl.backend import api
-    from rsvl.backend.cluster import model_loads
+    from rsvl.backend.mapping.cluster import model_loads
 
     cluster, client = process_cluster
     api.classify(model_file, layers(scene), str(tmp_path / "here.tif"), tile_size=TILE, device="cpu")
@@ -255,8 +255,9 @@ def test_cancel_releases_the_tasks_and_leaves_no_file(scene, model_file, thread_
 
 
 def test_an_unreachable_scheduler_is_an_input_error(scene, model_file, tmp_path, monkeypatch):
-    from rsvl.backend import api, cluster
+    from rsvl.backend import api
     from rsvl.backend.errors import InputError
+    from rsvl.backend.mapping import cluster
 
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1)
     with socket.socket() as s:
@@ -275,10 +276,10 @@ def test_workers_refuse_another_model_file_or_other_inputs(scene, model_file, tm
 
     from rasterio.windows import Window
 
-    from rsvl.backend import cluster
     from rsvl.backend.errors import InputError, ModelFileError
-    from rsvl.backend.modelfile import read_header
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
+    from rsvl.backend.mapping import cluster
+    from rsvl.backend.models.modelfile import read_header
 
     header = read_header(model_file)
     with RasterStack(layers(scene)) as stack:

@@ -13,15 +13,15 @@ import torch
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
 
 FAST = dict(patch_size=5, batch_size=64, learning_rate=3e-3, device="cpu")
 
 
 def test_ensemble_similarity_is_the_mean_of_its_members_on_every_path(random_model):
-    from rsvl.backend.dense import EnsembleEmbedder, dense_embedder
-    from rsvl.backend.inference import embed_patches
-    from rsvl.backend.mmlgnet import Ensemble
+    from rsvl.backend.mapping.inference import embed_patches
+    from rsvl.backend.models.dense import EnsembleEmbedder, dense_embedder
+    from rsvl.backend.models.mmlgnet import Ensemble
 
     bands = {"hsi": 6, "lidar": 1}
     members = [random_model(bands, 7, seed=s, pixel_channels=(8,)) for s in (1, 2, 3)]
@@ -59,8 +59,8 @@ def ensemble_run(tmp_path_factory, helpers):
 
 
 def test_members_train_one_model_file_classified_as_the_members_mean(ensemble_run):
-    from rsvl.backend.mmlgnet import Ensemble
-    from rsvl.backend.modelfile import load_model, read_header, save_model
+    from rsvl.backend.models.mmlgnet import Ensemble
+    from rsvl.backend.models.modelfile import load_model, read_header, save_model
 
     scene, layers, root, res = ensemble_run
     header = read_header(res.model_path)
@@ -112,7 +112,7 @@ def test_members_train_one_model_file_classified_as_the_members_mean(ensemble_ru
 
 
 def test_members_is_checked_and_a_distillation_teacher_must_be_one_model(ensemble_run, tmp_path):
-    from rsvl.backend.distill import distill
+    from rsvl.backend.training.distill import distill
 
     scene, layers, root, res = ensemble_run
     with pytest.raises(InputError, match="MEMBERS must be at least 1"):

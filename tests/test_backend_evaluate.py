@@ -66,9 +66,9 @@ def test_unclassified_pixels_count_as_errors(tmp_path, helpers):
 def test_baselines_are_computed_on_the_same_split(scene, tmp_path, cli):
     import rasterio
 
-    from rsvl.backend.baselines import run_baselines
-    from rsvl.backend.labels import split_label_raster
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.evaluation.baselines import run_baselines
+    from rsvl.backend.io.labels import split_label_raster
+    from rsvl.backend.io.raster import LayerSpec
 
     train, test = tmp_path / "train.tif", tmp_path / "test.tif"
     split_label_raster(str(scene.labels), 0.3, 0, str(train), str(test))
@@ -98,10 +98,10 @@ def test_forest_baselines_with_texture_features_and_another_date(shared_scene, t
     layers (another date), standardised with the training scene's statistics or their own."""
     import rasterio
 
-    from rsvl.backend.augment import shift_scene
-    from rsvl.backend.baselines import run_baselines
-    from rsvl.backend.labels import split_label_raster
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.data.augment import shift_scene
+    from rsvl.backend.evaluation.baselines import run_baselines
+    from rsvl.backend.io.labels import split_label_raster
+    from rsvl.backend.io.raster import LayerSpec
 
     layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
     truth = helpers.write_labels(tmp_path / "truth.tif", shared_scene.truth, shared_scene.transform)

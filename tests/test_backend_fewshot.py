@@ -14,9 +14,11 @@ import torch
 from rasterio.transform import from_origin
 
 from rsvl.backend import api
-from rsvl.backend import foundation as F
 from rsvl.backend.errors import ModelFileError
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.foundation.checkpoint import build_model
+from rsvl.backend.foundation.presets import get_preset
+from rsvl.backend.foundation.zeroshot import zeroshot_map
+from rsvl.backend.io.raster import LayerSpec
 
 TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -31,7 +33,7 @@ def setup(tmp_path_factory):
     (root / "arch" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
     preset = f"open_clip:local-dir:{root / 'arch'}"
     torch.manual_seed(0)
-    torch.save(F.build_model(F.get_preset(preset)).state_dict(), root / "clip.pt")
+    torch.save(build_model(get_preset(preset)).state_dict(), root / "clip.pt")
     h, w = 64, 96
     truth = np.ones((h, w), np.uint8)
     truth[:, 32:64] = 2
@@ -49,7 +51,7 @@ def setup(tmp_path_factory):
     with rasterio.open(root / "labels.tif", "w", count=1, dtype="uint8", nodata=0, **common) as dst:
         dst.write(labels, 1)
         dst.write_colormap(1, {1: (0, 0, 255), 2: (0, 100, 0), 3: (160, 120, 60)})
-    from rsvl.backend.labels import ClassInfo, set_category_names
+    from rsvl.backend.io.labels import ClassInfo, set_category_names
 
     set_category_names(str(root / "labels.tif"), [ClassInfo(c, n, (0, 0, 0)) for c, n in NAMES.items()])
     return root, preset, truth
@@ -70,7 +72,7 @@ def test_zero_epochs_reproduce_the_zero_shot_map(setup):
     layers = [LayerSpec(str(root / "rgb.tif"), "ms")]
     api.classify(res.model_path, layers, str(root / "fewshot0.tif"), similarity=str(root / "fewshot0_sim.tif"),
                  device="cpu")
-    F.zeroshot_map(str(root / "clip.pt"), layers, names, output_similarity=str(root / "zs_sim.tif"),
+    zeroshot_map(str(root / "clip.pt"), layers, names, output_similarity=str(root / "zs_sim.tif"),
                    output=str(root / "zs.tif"), preset=preset, tile_size=32, stride=16, device="cpu")
     with rasterio.open(root / "fewshot0_sim.tif") as a, rasterio.open(root / "zs_sim.tif") as b:
         np.testing.assert_allclose(a.read(), b.read(), atol=1e-5)

@@ -11,8 +11,10 @@ import sys
 import pytest
 import torch
 
-from rsvl.backend import dependencies, text, textworker
 from rsvl.backend.errors import TextEncoderError
+from rsvl.backend.runtime import dependencies
+from rsvl.backend.text import encoders as text
+from rsvl.backend.text import worker as textworker
 
 
 @pytest.fixture
@@ -56,10 +58,10 @@ def test_python_executable_matches_this_version():
 
 HOST_SCRIPT = """
 import json, sys
-from rsvl.backend import host
+from rsvl.backend.runtime import host
 host.embed()
 from rsvl.backend import api
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
 cfg = json.loads(sys.argv[1])
 layers = [LayerSpec(p, m) for m, p in cfg["layers"]]
 state = {}
@@ -94,7 +96,7 @@ def test_host_process_never_loads_triton_or_transformers(trained_model, shared_s
 
 DEEPBIND_SCRIPT = """
 import importlib.util, sys
-from rsvl.backend import dependencies, host
+from rsvl.backend.runtime import dependencies, host
 host.embed()
 dependencies.check()  # looks torch up (find_spec) before anything imports it, as every algorithm does
 assert importlib.util.find_spec("torch") is not None

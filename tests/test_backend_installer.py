@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rsvl.backend import dependencies, installer
-from rsvl.backend.dependencies import Requirement
 from rsvl.backend.errors import CancelledError
+from rsvl.backend.runtime import dependencies, installer
+from rsvl.backend.runtime.dependencies import Requirement
 
 NUMPY = importlib.metadata.version("numpy")
 

@@ -11,8 +11,8 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from rsvl.backend.labels import open_labels
-from rsvl.backend.raster import Grid
+from rsvl.backend.io.labels import open_labels
+from rsvl.backend.io.raster import Grid
 
 UTM = CRS.from_epsg(32633)
 X0, Y0 = 465000.0, 5080000.0

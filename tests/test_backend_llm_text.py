@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsvl.backend import text as T
+from rsvl.backend.text import encoders as T
 
 WORDS = ["forest", "water", "a", "of", "the", "dense", "river", "with", "long", "text", "about", "Instruct:",
          "describe", "land", "cover", "Query:", "grassland", "city"]
@@ -84,8 +84,8 @@ def test_embeddings_are_cached_on_disk_and_not_reused_for_a_changed_model(tiny_l
 
 def test_training_with_an_llm_text_encoder(tiny_llama, fresh, shared_scene, tmp_path):
     from rsvl.backend import api
-    from rsvl.backend.modelfile import read_header
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
+    from rsvl.backend.models.modelfile import read_header
 
     layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
     res = api.train(layers, str(shared_scene.labels), str(tmp_path / "m.safetensors"), patch_size=5, epochs=15,
@@ -97,7 +97,7 @@ def test_training_with_an_llm_text_encoder(tiny_llama, fresh, shared_scene, tmp_
 
 def test_the_llm_runs_in_the_text_worker_as_in_process(tiny_llama, fresh):
     """QGIS runs text encoders in a child process: an LLM gives the same embeddings there."""
-    from rsvl.backend import textworker
+    from rsvl.backend.text import worker as textworker
 
     spec = f"llm:{tiny_llama}|Instruct: describe land cover Query: "
     try:

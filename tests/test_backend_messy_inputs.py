@@ -13,7 +13,7 @@ import rasterio
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError, LabelError
-from rsvl.backend.raster import Grid, LayerSpec
+from rsvl.backend.io.raster import Grid, LayerSpec
 
 
 def _polygons(path, scene, field_type, values, names=None):
@@ -52,7 +52,7 @@ def _grid(scene):
 def test_whole_numbers_in_decimal_or_text_class_fields_are_codes(scene, tmp_path):
     from osgeo import ogr
 
-    from rsvl.backend.labels import open_labels
+    from rsvl.backend.io.labels import open_labels
 
     grid = _grid(scene)
     real = _polygons(tmp_path / "real.gpkg", scene, ogr.OFTReal, [1.0, 2.0, 0.0, 10.0],
@@ -81,7 +81,7 @@ def test_whole_numbers_in_decimal_or_text_class_fields_are_codes(scene, tmp_path
 
 
 def test_label_rasters_that_are_not_class_rasters_are_refused(scene, tmp_path):
-    from rsvl.backend.labels import open_labels
+    from rsvl.backend.io.labels import open_labels
 
     grid = _grid(scene)
     with rasterio.open(scene.labels) as ds:
@@ -104,7 +104,7 @@ def test_label_rasters_that_are_not_class_rasters_are_refused(scene, tmp_path):
 
 
 def _split(path, tmp_path, first="a.tif", second="b.tif"):
-    from rsvl.backend.labels import split_label_raster
+    from rsvl.backend.io.labels import split_label_raster
 
     return split_label_raster(path, 0.5, 0, str(tmp_path / first), str(tmp_path / second))
 
@@ -124,7 +124,7 @@ def test_split_writes_geotiffs_from_any_format_and_refuses_colliding_outputs(sce
     assert not [n for n in os.listdir(tmp_path) if ".part" in n]
     with pytest.raises(InputError, match="OUTPUT_SECOND .* is also OUTPUT_FIRST"):
         _split(str(scene.labels), tmp_path, "same.tif", "same.tif")
-    from rsvl.backend.labels import split_label_raster
+    from rsvl.backend.io.labels import split_label_raster
 
     before = open(scene.labels, "rb").read()
     with pytest.raises(InputError, match="OUTPUT_FIRST .* is also the input INPUT"):
@@ -133,7 +133,7 @@ def test_split_writes_geotiffs_from_any_format_and_refuses_colliding_outputs(sce
 
 
 def test_outputs_never_overwrite_an_input_another_output_or_a_folder(trained_model, tmp_path):
-    from rsvl.backend.atomic import atomic_path
+    from rsvl.backend.io.atomic import atomic_path
 
     model_path, _result, layers = trained_model
     lidar = layers[1].path
@@ -191,7 +191,7 @@ def test_a_band_without_valid_pixels_gives_an_empty_map_with_the_reason(trained_
 
 def test_unreadable_labels_and_bad_nodata_options_are_named(scene, tmp_path, capsys):
     from rsvl.backend.cli import main
-    from rsvl.backend.labels import open_labels
+    from rsvl.backend.io.labels import open_labels
 
     junk = tmp_path / "labels.tif"
     junk.write_text("not a raster")
@@ -206,7 +206,7 @@ def test_unreadable_labels_and_bad_nodata_options_are_named(scene, tmp_path, cap
 
 
 def test_raster_outputs_are_geotiffs_by_name_too(trained_model, scene, tmp_path):
-    from rsvl.backend.labels import split_label_raster
+    from rsvl.backend.io.labels import split_label_raster
 
     model_path, _result, layers = trained_model
     with pytest.raises(InputError, match=r"OUTPUT '.*c\.img': rsvl writes GeoTIFF rasters; give the file a \.tif"):
@@ -233,7 +233,7 @@ def test_gdal_virtual_paths_are_inputs_like_files(trained_model, scene, tmp_path
     """/vsizip/ (and /vsicurl/, /vsis3/, GPKG:…) paths are GDAL's to open, not missing files."""
     import zipfile
 
-    from rsvl.backend.raster import missing_file
+    from rsvl.backend.io.raster import missing_file
 
     model_path, _result, layers = trained_model
     archive = tmp_path / "scene.zip"
@@ -258,7 +258,7 @@ def test_vector_labels_are_opened_without_gdal_noise(scene, tmp_path, caplog):
 
     from osgeo import ogr
 
-    from rsvl.backend.labels import open_labels
+    from rsvl.backend.io.labels import open_labels
 
     path = _polygons(tmp_path / "v.gpkg", scene, ogr.OFTInteger, [1, 2])
     with caplog.at_level(logging.DEBUG):
@@ -288,7 +288,7 @@ def test_a_cut_off_input_is_named_not_a_gdal_traceback(trained_model, tmp_path):
 def test_points_off_the_grid_are_named_like_polygons(scene, tmp_path):
     from osgeo import ogr, osr
 
-    from rsvl.backend.labels import open_labels
+    from rsvl.backend.io.labels import open_labels
 
     srs = osr.SpatialReference()
     srs.ImportFromWkt(scene.crs.to_wkt())

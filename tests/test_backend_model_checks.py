@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from rsvl.backend import api
 from rsvl.backend.errors import ModelMismatchError
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
 
 
 def _copy(src_path, dst_path, helpers, reverse=False, pixel=None):
@@ -80,7 +80,7 @@ def test_damaged_and_newer_model_files_get_clear_errors(trained_model, tmp_path)
     import json
 
     from rsvl.backend.errors import ModelFileError
-    from rsvl.backend.modelfile import FORMAT_VERSION
+    from rsvl.backend.models.modelfile import FORMAT_VERSION
 
     model_path, _result, layers = trained_model
     raw = open(model_path, "rb").read()
@@ -118,7 +118,7 @@ def test_normalize_scene_undoes_a_date_like_gain_and_offset(trained_model, share
     default is trained to shrug off such shifts on this easy scene)."""
     import numpy as np
 
-    from rsvl.backend.augment import shift_scene
+    from rsvl.backend.data.augment import shift_scene
 
     _path, _result, layers = trained_model
     model_path = tmp_path / "mmlgnet.safetensors"
@@ -150,7 +150,7 @@ def test_a_truncated_model_is_named_truncated_whatever_its_header_length(tmp_pat
     import json
     import struct
 
-    from rsvl.backend.modelfile import _sniff
+    from rsvl.backend.models.modelfile import _sniff
 
     for low in (0x80, 0x50, ord("{")):
         text = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})

@@ -10,7 +10,7 @@ from rasterio.transform import from_origin
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.raster import LayerSpec, RasterStack
+from rsvl.backend.io.raster import LayerSpec, RasterStack
 
 
 def _shifted_lidar(shared_scene, tmp_path, helpers, dx_pixels):

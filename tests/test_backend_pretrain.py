@@ -8,8 +8,8 @@ import torch
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.pretrain import pretrain, simsiam_loss
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
+from rsvl.backend.training.pretrain import pretrain, simsiam_loss
 
 
 def test_stop_gradient_stops_gradients():
@@ -27,7 +27,7 @@ def test_stop_gradient_stops_gradients():
 def test_pretrain_then_fine_tune_starts_from_the_file(shared_scene, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from rsvl.backend import training
+    from rsvl.backend.training import loop as training
 
     layers = [LayerSpec(str(shared_scene.paths["hsi"]), "hsi"), LayerSpec(str(shared_scene.paths["lidar"]), "lidar")]
     res = pretrain(layers, str(tmp_path / "enc.safetensors"), patch_size=5, samples=800, epochs=6, batch_size=64,

@@ -15,8 +15,9 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from rsvl.backend import raster
-from rsvl.backend.raster import LayerSpec, RasterStack, gdal_cache_limit, tile_windows
+from rsvl.backend.io import raster
+from rsvl.backend.io.raster import LayerSpec, RasterStack, gdal_cache_limit
+from rsvl.backend.io.windows import tile_windows
 
 UTM = CRS.from_epsg(32633)
 

@@ -13,8 +13,8 @@ import rasterio
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.raster import LayerSpec
-from rsvl.backend.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
+from rsvl.backend.io.raster import LayerSpec
+from rsvl.backend.training.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
 
 FAST = dict(patch_size=5, batch_size=64, seed=0, device="cpu")
 
@@ -28,7 +28,7 @@ def test_registry_names_defaults_and_errors():
     with pytest.raises(InputError, match="RECIPE must be one of spectral-spatial, mmlgnet, band-groups"):
         get_recipe("random-forest")
     # The plugin lists recipes when QGIS loads it: the registry must not import torch.
-    code = "import sys, rsvl.backend.recipes as r; print(sorted(r.RECIPES), 'torch' in sys.modules)"
+    code = "import sys, rsvl.backend.training.recipes as r; print(sorted(r.RECIPES), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")
 
@@ -43,7 +43,7 @@ def multi(tmp_path_factory, helpers):
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_every_recipe_trains_well_above_chance_and_classifies_densely(recipe, multi):
-    from rsvl.backend.modelfile import load_model, read_header
+    from rsvl.backend.models.modelfile import load_model, read_header
 
     scene, layers, root = multi
     epochs = 8 if recipe == "spectral-spatial" else 20
@@ -64,7 +64,7 @@ def test_every_recipe_trains_well_above_chance_and_classifies_densely(recipe, mu
 
 
 def test_spectral_spatial_refits_on_every_label_and_keeps_the_validation_figures(multi):
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     scene, layers, root = multi
     res = api.train(layers, str(scene.labels), str(root / "ss.safetensors"), epochs=6, validation_fraction=0.3,
@@ -93,8 +93,8 @@ def test_the_validation_split_chooses_the_weight_average_and_the_refit_keeps_it(
     0.995's by more than a standard error, tested on its own below), and the refit trains
     only the chosen one. Which one wins depends on the run, so the choice is forced to the
     non-default one here to see the refit keep it."""
-    from rsvl.backend import training
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
+    from rsvl.backend.training import loop as training
 
     scene, layers, root = multi
     calls, ruled = [], []
@@ -129,7 +129,7 @@ def test_the_validation_split_chooses_the_weight_average_and_the_refit_keeps_it(
 
 
 def test_another_average_needs_a_standard_error_of_lead():
-    from rsvl.backend.training import choose_average
+    from rsvl.backend.training.loop import choose_average
 
     # 200 validation samples at OA 0.90: one standard error is 0.0212.
     assert choose_average([0.995, 0.98], {0.995: (0.90, -0.3), 0.98: (0.92, -0.2)}, 200) == 0.995
@@ -144,7 +144,7 @@ def test_another_average_needs_a_standard_error_of_lead():
 def test_the_default_length_has_a_minimum_of_steps(multi, monkeypatch):
     """With few labels an epoch is one step; the recipe's default 60 epochs would be 60 steps,
     so the default schedule runs at least 400 (explicit EPOCHS are taken as they are, above)."""
-    from rsvl.backend import training
+    from rsvl.backend.training import loop as training
 
     scene, layers, root = multi
     seen = {}
@@ -175,9 +175,9 @@ def test_model_format_version_follows_the_architecture(random_model, tmp_path):
 
     from safetensors import safe_open
 
-    from rsvl.backend.labels import ClassInfo
-    from rsvl.backend.modelfile import ModelHeader, load_model, save_model
-    from rsvl.backend.raster import BandStats
+    from rsvl.backend.io.labels import ClassInfo
+    from rsvl.backend.io.raster import BandStats
+    from rsvl.backend.models.modelfile import ModelHeader, load_model, save_model
 
     for pixel, expected in (((), 1), ((8,), 2)):
         model = random_model({"ms": 4}, 5, n_classes=2, pixel_channels=pixel)

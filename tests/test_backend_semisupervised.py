@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.raster import BandStats, LayerSpec
-from rsvl.backend.training import TrainSettings, _Stepper
+from rsvl.backend.io.raster import BandStats, LayerSpec
+from rsvl.backend.training.loop import TrainSettings, _Stepper
 
 BANDS = {"hsi": 6, "lidar": 1}
 
@@ -100,7 +100,7 @@ def few_labels(tmp_path_factory, helpers):
 
 
 def test_semi_supervised_training_uses_the_scene_and_maps_it(few_labels):
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     scene, layers, labels, root = few_labels
     # The recipe's default length (at least 400 steps): the weight average, the teacher, needs

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from rsvl.backend.data.splits import split_codes
 from rsvl.backend.errors import LabelError
-from rsvl.backend.splits import split_codes
 
 
 def _codes(size=80, seed=0):

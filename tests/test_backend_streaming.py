@@ -12,7 +12,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from rsvl.backend.dense import DenseEmbedder
+from rsvl.backend.models.dense import DenseEmbedder
 
 
 def _per_patch(model, window, h, w, p):
@@ -66,8 +66,8 @@ def test_dense_engine_refuses_a_model_in_training_mode(random_model):
 
 
 def _small_scene(tmp_path, helpers, size=(40, 33)):
-    from rsvl.backend.labels import ClassInfo
-    from rsvl.backend.raster import BandStats, LayerSpec
+    from rsvl.backend.io.labels import ClassInfo
+    from rsvl.backend.io.raster import BandStats, LayerSpec
 
     rng = np.random.default_rng(0)
     t = from_origin(500000, 5000000, 1, 1)
@@ -85,8 +85,8 @@ def _small_scene(tmp_path, helpers, size=(40, 33)):
 def test_a_failing_window_leaves_no_output(tmp_path, helpers, monkeypatch, stage, random_model):
     """An error in the reader or the writer thread surfaces in the caller, and the
     temporary outputs of the interrupted run are removed."""
-    from rsvl.backend import inference
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
+    from rsvl.backend.mapping import inference
 
     layers, stats, classes = _small_scene(tmp_path, helpers)
     model = random_model({"hsi": 6, "lidar": 1}, 5)
@@ -110,8 +110,8 @@ def test_a_failing_window_leaves_no_output(tmp_path, helpers, monkeypatch, stage
 
 
 def test_streamed_outputs_do_not_depend_on_the_tile_size(tmp_path, helpers, random_model):
-    from rsvl.backend.inference import run_inference
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
+    from rsvl.backend.mapping.inference import run_inference
 
     layers, stats, classes = _small_scene(tmp_path, helpers)
     model = random_model({"hsi": 6, "lidar": 1}, 5)
@@ -132,7 +132,7 @@ def test_streamed_outputs_do_not_depend_on_the_tile_size(tmp_path, helpers, rand
 def test_gdal_cache_limit_lowers_and_restores():
     from osgeo import gdal
 
-    from rsvl.backend.raster import gdal_cache_limit
+    from rsvl.backend.io.raster import gdal_cache_limit
 
     before = gdal.GetCacheMax()
     gdal.SetCacheMax(512 * 2**20)
@@ -158,8 +158,8 @@ def test_direct_io_reads_the_same_pixels(tmp_path, compress, monkeypatch):
     from osgeo import gdal
     from rasterio.windows import Window
 
-    from rsvl.backend import raster
-    from rsvl.backend.raster import LayerSpec, RasterStack
+    from rsvl.backend.io import raster
+    from rsvl.backend.io.raster import LayerSpec, RasterStack
 
     rng = np.random.default_rng(5)
     data = rng.integers(-100, 4000, (9, 70, 61), dtype=np.int16)
@@ -217,9 +217,10 @@ def test_gpu_out_of_memory_retries_smaller_with_a_warning(tmp_path, helpers, mon
 
     import torch
 
-    from rsvl.backend import dense, inference
     from rsvl.backend.errors import InputError
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
+    from rsvl.backend.mapping import inference
+    from rsvl.backend.models import dense
 
     layers, stats, classes = _small_scene(tmp_path, helpers)
     model = random_model({"hsi": 6, "lidar": 1}, 5)
@@ -270,8 +271,8 @@ def test_device_auto_without_cuda_logs_the_cpu_fallback(caplog):
 
     import torch
 
-    from rsvl.backend.device import resolve_device
     from rsvl.backend.errors import InputError
+    from rsvl.backend.runtime.device import resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible: auto takes it")

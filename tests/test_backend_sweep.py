@@ -11,7 +11,7 @@ from rasterio.transform import Affine
 
 from rsvl.backend import api
 from rsvl.backend.errors import InputError
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
 
 FAST = dict(patch_size=5, epochs=2, batch_size=64, device="cpu")
 CUSTOM_UTM = CRS.from_wkt(
@@ -145,7 +145,7 @@ def test_non_ascii_class_names_and_a_class_with_one_sample(setup):
     assert sorted(c.name for c in result.classes) == ["bâti", "eau", "forêt", "prairie"]
     out = root / "accents.tif"
     api.classify(str(model), layers, str(out), device="cpu")
-    from rsvl.backend.labels import _category_names
+    from rsvl.backend.io.labels import _category_names
 
     assert {"bâti", "eau", "forêt", "prairie"} <= set(_category_names(str(out)))
 

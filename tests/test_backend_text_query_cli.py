@@ -12,13 +12,14 @@ import rasterio
 
 from rsvl.backend import api
 from rsvl.backend.errors import TextEncoderError
-from rsvl.backend.metrics import accuracy_from_matrix, confusion_matrix
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.evaluation.metrics import accuracy_from_matrix, confusion_matrix
+from rsvl.backend.io.raster import LayerSpec
 
 
 def test_backend_imports_no_qgis_or_qt():
     code = (
-        "import sys, rsvl.backend, rsvl.backend.api, rsvl.backend.cli, rsvl.backend.inference, rsvl.backend.text\n"
+        "import sys, rsvl.backend, rsvl.backend.api, rsvl.backend.cli, rsvl.backend.mapping.inference\n"
+        "import rsvl.backend.text.encoders\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qgis', 'PyQt5', 'PyQt6', 'sip'))\n"
         "print(bad)"
     )
@@ -27,7 +28,7 @@ def test_backend_imports_no_qgis_or_qt():
 
 
 def test_builtin_minilm_is_real_and_cached():
-    from rsvl.backend import text
+    from rsvl.backend.text import encoders as text
 
     enc = text.get_text_encoder("minilm")
     assert enc.id == "builtin:all-MiniLM-L6-v2" and enc.dim == 384
@@ -39,7 +40,7 @@ def test_builtin_minilm_is_real_and_cached():
 
 
 def test_local_hf_and_open_clip_encoders(tiny_hf_encoder, tiny_open_clip):
-    from rsvl.backend import text
+    from rsvl.backend.text import encoders as text
 
     hf = text.get_text_encoder(str(tiny_hf_encoder))
     assert hf.id == f"hf:{tiny_hf_encoder}" and hf.dim == 32
@@ -52,7 +53,7 @@ def test_local_hf_and_open_clip_encoders(tiny_hf_encoder, tiny_open_clip):
 
 
 def test_text_encoder_errors(tmp_path):
-    from rsvl.backend import text
+    from rsvl.backend.text import encoders as text
 
     with pytest.raises(TextEncoderError, match="not a local model"):
         text.get_text_encoder("sentence-transformers/all-MiniLM-L6-v2")
@@ -76,8 +77,8 @@ def _per_patch_similarity(model_path, layers, texts, pixels) -> np.ndarray:
     per-patch path and the text encoder named in the header."""
     import torch
 
-    from rsvl.backend.modelfile import load_model
-    from rsvl.backend.text import get_text_encoder
+    from rsvl.backend.models.modelfile import load_model
+    from rsvl.backend.text.encoders import get_text_encoder
 
     model, header = load_model(str(model_path))
     half = header.config.patch_size // 2
@@ -212,7 +213,7 @@ def _evaluated_on(cli_out, acc: dict, pred: np.ndarray, reference: np.ndarray) -
 def test_cli_classify_and_evaluate_on_held_out_pixels(cli, trained_model, shared_scene, tmp_path, helpers):
     """classify and evaluate from the shell with a trained model, on the pixels it was not
     trained on; the reports carry the figures of this run."""
-    from rsvl.backend.report import write_training_report
+    from rsvl.backend.evaluation.report import write_training_report
 
     model_path, result, layers = trained_model
     held_out = shared_scene.held_out()
@@ -274,7 +275,7 @@ def test_cli_split_train_classify_evaluate(cli, scene, tmp_path, helpers):
 
 
 def test_default_prompt_template_follows_the_inputs(scene, tmp_path, helpers):
-    from rsvl.backend.text import default_template
+    from rsvl.backend.text.encoders import default_template
 
     assert default_template({"ms", "lidar"}) == "a multispectral satellite image of {}"
     assert default_template({"hsi", "ms"}) == "the hyperspectral patch of {}"  # the MMLGNet paper's
@@ -291,7 +292,7 @@ def test_default_prompt_template_follows_the_inputs(scene, tmp_path, helpers):
 
 
 def test_map_colours_people_read_naturally():
-    from rsvl.backend.palette import assign_colours, default_colour, lexicon_colour
+    from rsvl.backend.io.palette import assign_colours, default_colour, lexicon_colour
 
     water, forest, crops = lexicon_colour("water"), lexicon_colour("forest"), lexicon_colour("crops")
     assert lexicon_colour("Broadleaf forests") == forest and lexicon_colour("built-up area") == lexicon_colour("urban")
@@ -306,6 +307,6 @@ def test_map_colours_people_read_naturally():
 
 
 def test_loading_the_text_encoder_prints_no_progress_bar():
-    code = "from rsvl.backend.text import get_text_encoder; print(get_text_encoder('minilm').encode(['x']).shape)"
+    code = "from rsvl.backend.text.encoders import get_text_encoder; print(get_text_encoder('minilm').encode(['x']).shape)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "384" in run.stdout and "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr

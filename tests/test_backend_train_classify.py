@@ -12,7 +12,7 @@ import rasterio
 
 from rsvl.backend import api
 from rsvl.backend.errors import AlignmentError, CancelledError, LabelError, ModelMismatchError
-from rsvl.backend.raster import LayerSpec
+from rsvl.backend.io.raster import LayerSpec
 
 
 def _accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -46,7 +46,7 @@ def test_train_and_classify_hsi_lidar(trained_model, shared_scene, tmp_path):
         assert cmap[2][:3] == (0, 100, 0)  # forest keeps the label raster's colour
         assert ds.profile["tiled"] and ds.profile["compress"] == "deflate"
     assert _accuracy(pred, shared_scene.truth) > 0.9
-    from rsvl.backend.labels import _category_names
+    from rsvl.backend.io.labels import _category_names
 
     assert _category_names(str(out))[1:5] == ["water", "forest", "buildings", "grassland"]
     with rasterio.open(conf) as ds:
@@ -55,7 +55,7 @@ def test_train_and_classify_hsi_lidar(trained_model, shared_scene, tmp_path):
         cosine = ds.read().astype(np.float64)  # (4, H, W), one band per class
     # The confidence is the softmax probability of the chosen class at the model's
     # temperature, recomputed here from the per-class cosine similarities.
-    from rsvl.backend.modelfile import load_model
+    from rsvl.backend.models.modelfile import load_model
 
     model, _header = load_model(str(model_path))
     logits = float(model.scale().detach()) * cosine
@@ -76,7 +76,7 @@ def test_train_and_classify_hsi_lidar(trained_model, shared_scene, tmp_path):
 
 
 def test_model_file_roundtrip_and_metadata(trained_model):
-    from rsvl.backend.modelfile import load_model, read_header
+    from rsvl.backend.models.modelfile import load_model, read_header
 
     model_path, result, _layers = trained_model
     header = read_header(str(model_path))
@@ -118,7 +118,7 @@ def test_a_pickle_renamed_to_safetensors_is_refused_unopened(writer, trained_mod
     import torch
 
     from rsvl.backend.errors import ModelFileError
-    from rsvl.backend.modelfile import load_model
+    from rsvl.backend.models.modelfile import load_model
 
     model_path, _result, layers = trained_model
     marker = tmp_path / "payload-ran"
@@ -228,7 +228,7 @@ def test_misaligned_layers_are_warped_or_refused(scene, tmp_path, helpers):
     # The heights the model saw are the original 10 m heights, give or take the 20 m
     # averaging and the 0.5 m noise, two pixels away from class borders (classes differ by
     # 9 to 18 m, but for water and grassland).
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
 
     with RasterStack(layers) as stack, rasterio.open(scene.paths["lidar"]) as src:
         data, valid = stack.read(rasterio.windows.Window(0, 0, stack.width, stack.height))
@@ -246,7 +246,7 @@ def test_warped_layers_take_the_values_of_the_reference_grid(scene, tmp_path, he
     from affine import Affine
     from rasterio.windows import Window
 
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
 
     t = scene.transform  # 10 m, 48 x 48
 
@@ -392,7 +392,7 @@ def test_evaluate_against_raster_and_vector(trained_model, shared_scene, tmp_pat
 
 
 def test_band_stats_are_streamed_exactly(scene):
-    from rsvl.backend.raster import RasterStack, compute_band_stats
+    from rsvl.backend.io.raster import RasterStack, compute_band_stats
 
     with RasterStack([LayerSpec(str(scene.paths["hsi"]), "hsi")]) as stack:
         stats = compute_band_stats(stack, tile=16)
@@ -408,7 +408,7 @@ def test_envi_input_is_read(scene, tmp_path):
 
     envi = tmp_path / "hsi.img"
     gdal.Translate(str(envi), str(scene.paths["hsi"]), format="ENVI")
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
 
     with RasterStack([LayerSpec(str(envi), "hsi"), LayerSpec(str(scene.paths["lidar"]), "lidar")]) as stack:
         assert stack.band_counts() == {"hsi": 24, "lidar": 1}
@@ -422,7 +422,7 @@ def test_alpha_band_and_gdal_masks_mark_nodata(scene, tmp_path, helpers):
     from osgeo import gdal, ogr
     from rasterio.enums import ColorInterp
 
-    from rsvl.backend.raster import RasterStack
+    from rsvl.backend.io.raster import RasterStack
 
     with rasterio.open(scene.paths["ms"]) as ds:
         data = ds.read()

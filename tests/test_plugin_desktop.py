@@ -45,8 +45,8 @@ def test_desktop_qgis_with_mesa_trains_queries_and_classifies(tmp_path, triton):
     for tool in ("qgis", "xvfb-run"):
         assert shutil.which(tool), f"{tool} is missing: run `make install`"
     from rsvl.backend import api
-    from rsvl.backend.labels import split_label_raster
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.labels import split_label_raster
+    from rsvl.backend.io.raster import LayerSpec
 
     labels = tmp_path / "train.tif"
     split_label_raster(str(SAMPLE / "lulc.tif"), 0.2, 0, str(labels), str(tmp_path / "test.tif"))

@@ -77,18 +77,51 @@ def test_qgis_process_shim_enables_the_plugin_by_itself(tmp_path):
     assert out.returncode == 0 and "\nrsvl\n" in out.stdout
 
 
-def test_metadata_has_every_required_field():
-    meta = configparser.ConfigParser()
-    meta.read(REPO / "metadata.txt")
+def test_metadata_fields_have_the_values_qgis_and_the_plugin_site_expect():
+    """metadata.txt as QGIS's plugin manager and plugins.qgis.org read it: every required
+    field, with a value of the right form (not merely present)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from qgis.core import Qgis
+
+    from rsvl.backend import __version__
+
+    meta = configparser.ConfigParser(interpolation=None)  # strict: a duplicated key is an error
+    meta.optionxform = str  # keys are case-sensitive (qgisMinimumVersion)
+    assert meta.read(REPO / "metadata.txt", encoding="utf-8")
     general = meta["general"]
     for key in ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository",
                 "tracker", "tags", "icon", "hasProcessingProvider", "experimental"):
-        assert general.get(key), key
-    assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
-    assert (REPO / general["icon"]).is_file()
-    from rsvl.backend import __version__
-
-    assert general["version"] == __version__
+        assert general.get(key, "").strip(), key
+    assert general["name"] == "rsvl"
+    # QGIS 3.22 or newer, and this QGIS satisfies it (no qgisMaximumVersion: the 3.x default).
+    assert general["qgisMinimumVersion"] == "3.22" and "qgisMaximumVersion" not in general
+    major, minor = (int(x) for x in general["qgisMinimumVersion"].split("."))
+    assert Qgis.QGIS_VERSION_INT >= major * 10000 + minor * 100
+    assert re.fullmatch(r"\d+\.\d+\.\d+", general["version"]) and general["version"] == __version__
+    # the changelog field opens with this version's entry
+    assert general["changelog"].startswith(f"{__version__} "), general["changelog"][:40]
+    description, about = general["description"], general["about"]
+    assert "\n" not in description and 20 <= len(description) <= 200 and description.endswith(".")
+    assert len(about) > len(description) and "Processing" in about and "<" not in about + description
+    assert general["author"] == "rsvl developers"
+    assert re.fullmatch(r"[^@\s]+@[^@\s]+\.[a-z]{2,}", general["email"]), general["email"]
+    assert general["repository"] == "https://github.com/rsvl/rsvl"
+    assert general["tracker"] == general["repository"] + "/issues"
+    assert general.get("homepage", general["repository"]).startswith("https://")
+    tags = [t.strip() for t in general["tags"].split(",")]
+    assert all(tags) and len(tags) == len(set(tags)) and all(t == t.lower() for t in tags), tags
+    assert {"remote sensing", "classification", "processing"} <= set(tags)
+    assert general["category"] in ("Raster", "Vector", "Database", "Web")
+    icon = REPO / general["icon"]
+    assert general["icon"] == "resources/icon.svg" and icon.is_file()
+    assert ET.parse(icon).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    assert general["hasProcessingProvider"] == "yes"
+    # booleans as QGIS's plugin manager parses them (True/False, any case)
+    flags = {k: general[k] for k in ("experimental", "deprecated", "server") if k in general}
+    assert all(v.lower() in ("true", "false") for v in flags.values()), flags
+    assert flags.get("deprecated", "False").lower() == "false" and flags.get("server", "False").lower() == "false"
 
 
 def test_make_package_builds_an_installable_zip(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHIM = REPO / ".venv" / "bin" / "qgis_process"
-FAST = ["PATCH_SIZE=5", "EPOCHS=3", "BATCH_SIZE=64", "LEARNING_RATE=0.003", "PATIENCE=3", "DEVICE=1"]
+FAST = ["PATCH_SIZE=5", "EPOCHS=3", "BATCH_SIZE=64", "LEARNING_RATE=0.003", "PATIENCE=3", "DEVICE=cpu"]
 
 
 def qgis_process(*args, home: Path, cwd: Path):

@@ -41,7 +41,8 @@ def test_zip_follows_the_plugin_repository_rules(package):
         assert {n.split("/")[0] for n in names} == {"rsvl"}  # one top folder, a Python identifier
         for required in ("rsvl/__init__.py", "rsvl/metadata.txt", "rsvl/LICENSE", "rsvl/requirements/runtime.txt",
                          "rsvl/requirements/scaleout.txt", "rsvl/requirements/baselines.txt",
-                         "rsvl/backend/dependencies.py", "rsvl/backend/installer.py", "rsvl/plugin/installer_dialog.py"):
+                         "rsvl/backend/runtime/dependencies.py", "rsvl/backend/runtime/installer.py",
+                         "rsvl/plugin/installer_dialog.py"):
             assert required in names, required
         for left_out in ("rsvl/tests/", "rsvl/bench/", "rsvl/docs/", "rsvl/.ci/", "rsvl/Makefile",
                          "rsvl/requirements/dev.txt", "rsvl/pyproject.toml"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsSettings
 
-from rsvl.backend import dependencies
+from rsvl.backend.runtime import dependencies
 
 REPO = Path(__file__).resolve().parent.parent
 CHAIN = REPO / "tests" / "data" / "rsvl_chain.model3"

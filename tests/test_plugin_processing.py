@@ -4,6 +4,7 @@ cancel, parameter errors, the background QgsTask and the menu action."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-FAST = {"PATCH_SIZE": 5, "EPOCHS": 25, "LEARNING_RATE": 3e-3, "BATCH_SIZE": 64, "PATIENCE": 10, "DEVICE": 1}
+FAST = {"PATCH_SIZE": 5, "EPOCHS": 25, "LEARNING_RATE": 3e-3, "BATCH_SIZE": 64, "PATIENCE": 10, "DEVICE": "cpu"}
 
 
 def run(alg, params, feedback=None):
@@ -49,14 +50,76 @@ def trained(plugin, scene, tmp_path_factory):
     return run("rsvl:train", params), out
 
 
-def test_algorithms_are_registered_with_help(plugin):
+_INPUTS = ["INPUT_HSI", "INPUT_LIDAR", "INPUT_SAR", "INPUT_MS", "NODATA_HSI", "NODATA_LIDAR", "NODATA_SAR",
+           "NODATA_MS", "REFERENCE_GRID"]
+_CHECKPOINT = ["PRESET", "OPEN_CLIP_ARCH", "TEMPLATES", "TILE_SIZE", "STRIDE", "BANDS", "VALUE_SCALE", "OFFSET"]
+# Each algorithm's parameters and outputs, by exact name (qgis_process, saved models and
+# scripts call them so: a rename breaks them).
+PARAMETERS = {
+    "train": _INPUTS + ["TRAINING", "CLASS_FIELD", "CLASS_NAME_FIELD", "PROMPT_TEMPLATE", "TEXT_ENCODER", "PATCH_SIZE",
+                        "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "VALIDATION_FRACTION", "PATIENCE", "MEMBERS", "LOSS",
+                        "DEVICE", "SEED", "AUGMENT", "BALANCED", "SEMI_SUPERVISED", "OUTPUT_MODEL", "OUTPUT_REPORT",
+                        "RECIPE", "BAND_GROUPS", "PRETRAINED", "FOUNDATION_MODEL", *_CHECKPOINT, "RESOLUTION"],
+    "classify": ["MODEL", *_INPUTS, "OUTPUT", "OUTPUT_CONFIDENCE", "TILE_SIZE", "BATCH_SIZE", "FORCE", "DEVICE",
+                 "NORMALIZE", "DASK_SCHEDULER"],
+    "query": ["MODEL", *_INPUTS, "INPUT_RGB", "PROMPTS", "USE_TEMPLATE", "THRESHOLD", "OUTPUT_SIMILARITY", "OUTPUT",
+              "FORCE", "DEVICE", "NORMALIZE", *_CHECKPOINT, "RESOLUTION", "MULTI_LABEL", "DASK_SCHEDULER"],
+    "retrieve": ["MODEL", "INPUT_MS", "INPUT_RGB", "QUERY", "TOP_K", "OUTPUT", "DEVICE", *_CHECKPOINT],
+    "evaluate": ["INPUT", "REFERENCE", "CLASS_FIELD", "CLASS_NAME_FIELD", "OUTPUT_CSV", "OUTPUT_JSON", "OUTPUT_REPORT"],
+    "split": ["INPUT", "FRACTION", "MODE", "BLOCK_SIZE", "BUFFER", "SEED", "OUTPUT_FIRST", "OUTPUT_SECOND"],
+    "pretrain": [*_INPUTS, "PATCH_SIZE", "SAMPLES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DEVICE", "OUTPUT"],
+}
+OUTPUTS = {
+    "train": {"OUTPUT_MODEL": "outputFile", "OUTPUT_REPORT": "outputHtml", "VALIDATION_OA": "outputNumber",
+              "VALIDATION_AA": "outputNumber", "VALIDATION_KAPPA": "outputNumber", "EPOCHS_RUN": "outputNumber"},
+    "classify": {"OUTPUT": "outputRaster", "OUTPUT_CONFIDENCE": "outputRaster"},
+    "query": {"OUTPUT_SIMILARITY": "outputRaster", "OUTPUT": "outputRaster"},
+    "retrieve": {"OUTPUT": "outputVector"},
+    "evaluate": {"OUTPUT_CSV": "outputFile", "OUTPUT_JSON": "outputFile", "OUTPUT_REPORT": "outputHtml",
+                 "OA": "outputNumber", "AA": "outputNumber", "KAPPA": "outputNumber", "MIOU": "outputNumber",
+                 "COVERAGE": "outputNumber"},
+    "split": {"OUTPUT_FIRST": "outputRaster", "OUTPUT_SECOND": "outputRaster"},
+    "pretrain": {"OUTPUT": "outputFile", "FINAL_LOSS": "outputNumber"},
+}
+# The outputs each help panel names (a whole name: OUTPUT is not the OUTPUT in OUTPUT_MODEL).
+HELP_OUTPUTS = {
+    "train": {"OUTPUT_MODEL", "VALIDATION_OA"}, "classify": {"OUTPUT", "OUTPUT_CONFIDENCE"},
+    "query": {"OUTPUT_SIMILARITY", "OUTPUT"}, "retrieve": {"OUTPUT"},
+    "evaluate": {"OUTPUT_CSV", "OUTPUT_JSON", "OUTPUT_REPORT", "OA", "AA", "KAPPA", "MIOU", "COVERAGE"},
+    "split": {"OUTPUT_FIRST", "OUTPUT_SECOND"}, "pretrain": {"OUTPUT"},
+}
+
+
+def _names_in(text):
+    """The whole upper-case names in ``text`` (``OUTPUT_MODEL`` is one name, not ``OUTPUT``)."""
+    return set(re.findall(r"(?<![A-Za-z0-9_])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*(?![A-Za-z0-9_*])", text))
+
+
+def test_algorithms_are_registered_with_their_exact_parameters_outputs_and_help(plugin):
     registry = QgsApplication.processingRegistry()
-    for name in ("train", "classify", "query", "retrieve", "evaluate", "split", "pretrain"):
+    for name in PARAMETERS:
         alg = registry.algorithmById(f"rsvl:{name}")
         assert alg is not None and alg.name() == name
+        params = [p.name() for p in alg.parameterDefinitions()]
+        assert len(params) == len(set(params)) and set(params) == set(PARAMETERS[name]), \
+            (name, sorted(set(params) - set(PARAMETERS[name])), sorted(set(PARAMETERS[name]) - set(params)))
+        outputs = {o.name(): o.type() for o in alg.outputDefinitions()}
+        assert outputs == OUTPUTS[name], (name, outputs)
+        destinations = {p.name() for p in alg.parameterDefinitions() if p.isDestination()}
+        assert destinations == {k for k, v in outputs.items() if v != "outputNumber"}, name
         help_text = alg.shortHelpString()
-        for param in alg.parameterDefinitions():
-            assert param.name() in help_text or param.name().startswith("INPUT_"), (name, param.name())
+        # short: what it does, inputs, outputs, one tip and the docs link; no benchmark figures
+        assert len(help_text) < 1200 and alg.helpUrl() in help_text, name
+        assert all(f"<b>{part}</b>" in help_text for part in ("Inputs", "Outputs", "Tip")), name
+        assert not re.search(r"\bOA [0-9]|0\.[0-9]{3}", help_text), name
+        assert _names_in(help_text) & set(outputs) == HELP_OUTPUTS[name], (name, _names_in(help_text))
+        # The multi-word names the help gives are this algorithm's parameters or outputs (one
+        # renamed without its help would be left here).
+        multi = {n for n in _names_in(help_text) if "_" in n}
+        assert multi <= set(params) | set(outputs), (name, multi - set(params) - set(outputs))
+        for param in alg.parameterDefinitions():  # a tooltip, but for deprecated hidden ones
+            hidden = param.flags() & param.FlagHidden
+            assert param.help() or hidden, (name, param.name())
         assert not alg.flags() & alg.FlagNoThreading  # runs in Processing's background thread
 
 
@@ -105,7 +168,7 @@ def test_classify_styled_on_input_grid_with_nodata(trained, scene, tmp_path):
     result, out = trained
     res = run("rsvl:classify", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi_holes"])],
                                 "INPUT_LIDAR": [str(scene.paths["lidar"])], "OUTPUT": str(tmp_path / "classes.tif"),
-                                "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif"), "DEVICE": 1})
+                                "OUTPUT_CONFIDENCE": str(tmp_path / "conf.tif"), "DEVICE": "cpu"})
     assert res["OUTPUT"] == str(tmp_path / "classes.tif") and os.path.exists(res["OUTPUT_CONFIDENCE"])
     with rasterio.open(res["OUTPUT"]) as ds, rasterio.open(scene.paths["hsi"]) as ref:
         assert ds.crs == ref.crs and ds.transform == ref.transform
@@ -113,7 +176,7 @@ def test_classify_styled_on_input_grid_with_nodata(trained, scene, tmp_path):
         cmap = ds.colormap(1)
     assert (pred[30:34, 5:12] == 0).all() and (pred[:30] > 0).all()
     # Classes were sorted by name (vector labels): buildings, forest, grassland, water.
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     classes = read_header(result["OUTPUT_MODEL"]).classes
     assert [c.name for c in classes] == ["buildings", "forest", "grassland", "water"]
@@ -141,7 +204,7 @@ def test_classify_and_query_on_a_dask_scheduler_give_the_in_process_files(traine
 
     result, _ = trained
     inputs = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi_holes"])],
-              "INPUT_LIDAR": [str(scene.paths["lidar"])], "DEVICE": 1, "BATCH_SIZE": 32}
+              "INPUT_LIDAR": [str(scene.paths["lidar"])], "DEVICE": "cpu", "TILE_SIZE": 32}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         address = cluster.scheduler_address
         for alg, extra in (("rsvl:classify", {}), ("rsvl:query", {"PROMPTS": "open water\nconifer forest"})):
@@ -167,7 +230,7 @@ def test_query_band_descriptions_are_the_prompts(trained, scene, tmp_path):
     res = run("rsvl:query", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
                              "INPUT_LIDAR": [str(scene.paths["lidar"])], "PROMPTS": "open water\nconifer forest\n\n",
                              "OUTPUT_SIMILARITY": str(tmp_path / "sim.tif"), "OUTPUT": str(tmp_path / "best.tif"),
-                             "DEVICE": 1})
+                             "DEVICE": "cpu"})
     with rasterio.open(res["OUTPUT_SIMILARITY"]) as ds:
         assert ds.descriptions == ("open water", "conifer forest")
     layer = QgsRasterLayer(res["OUTPUT"], "best", "gdal")
@@ -178,12 +241,12 @@ def test_query_band_descriptions_are_the_prompts(trained, scene, tmp_path):
 def test_evaluate_outputs_figures_and_report(trained, scene, tmp_path, helpers):
     result, _ = trained
     run("rsvl:classify", {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
-                          "INPUT_LIDAR": [str(scene.paths["lidar"])], "OUTPUT": str(tmp_path / "c.tif"), "DEVICE": 1})
+                          "INPUT_LIDAR": [str(scene.paths["lidar"])], "OUTPUT": str(tmp_path / "c.tif"), "DEVICE": "cpu"})
     # Reference: the true classes on the pixels the training polygons do not cover (held out).
     from rasterio.windows import Window
 
-    from rsvl.backend.labels import open_labels
-    from rsvl.backend.raster import Grid
+    from rsvl.backend.io.labels import open_labels
+    from rsvl.backend.io.raster import Grid
 
     with rasterio.open(scene.paths["hsi"]) as ds:
         grid = Grid.of(ds)
@@ -196,7 +259,7 @@ def test_evaluate_outputs_figures_and_report(trained, scene, tmp_path, helpers):
                                 "OUTPUT_REPORT": str(tmp_path / "a.html")})
     with rasterio.open(tmp_path / "c.tif") as ds:
         predicted = ds.read(1)
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     name_of = {c.code: c.name for c in read_header(result["OUTPUT_MODEL"]).classes}
     truth_names = np.array(["", *helpers.class_names])[held_out[held_out > 0]]
@@ -281,7 +344,7 @@ def _wait(state, timeout=120):
 
 def test_background_task_classifies_and_loads_a_styled_layer(plugin, trained, scene, tmp_path, qgis_iface):
     from rsvl.backend import api
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
     from rsvl.plugin.tasks import BackendJobTask
 
     result, _ = trained
@@ -303,7 +366,7 @@ def test_background_task_classifies_and_loads_a_styled_layer(plugin, trained, sc
 
 def test_background_training_can_be_cancelled(plugin, scene, tmp_path, qgis_iface):
     from rsvl.backend import api
-    from rsvl.backend.raster import LayerSpec
+    from rsvl.backend.io.raster import LayerSpec
     from rsvl.plugin.tasks import BackendJobTask
 
     kwargs = dict(layers=[LayerSpec(str(scene.paths["hsi"]), "hsi")], labels=str(scene.labels),
@@ -407,7 +470,7 @@ def test_run_in_a_background_task_loads_styled_outputs(plugin, trained, scene, t
     outputs = {"OUTPUT": str(tmp_path / "best.tif"), "OUTPUT_SIMILARITY": str(tmp_path / "similarity.tif")}
     params = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
               "INPUT_LIDAR": [str(scene.paths["lidar"])], "PROMPTS": "forest\ngreenhouses\nflooded fields\nmoon crater",
-              "DEVICE": 1, **{k: QgsProcessingOutputLayerDefinition(v, project) for k, v in outputs.items()}}
+              "DEVICE": "cpu", **{k: QgsProcessingOutputLayerDefinition(v, project) for k, v in outputs.items()}}
     alg = QgsApplication.processingRegistry().createAlgorithmById("rsvl:query")
     task = QgsProcessingAlgRunnerTask(alg, params, context, feedback)
     done = {}
@@ -428,8 +491,8 @@ def test_run_in_a_background_task_loads_styled_outputs(plugin, trained, scene, t
     details.postProcessor().postProcessLayer(layer, context, feedback)
     assert layer.renderer().type() == "paletted"
     colours = {c.label: c.color.getRgb()[:3] for c in layer.renderer().classes()}
-    from rsvl.backend.modelfile import read_header
-    from rsvl.backend.palette import default_colour, lexicon_colour
+    from rsvl.backend.io.palette import default_colour, lexicon_colour
+    from rsvl.backend.models.modelfile import read_header
 
     forest = next(c for c in read_header(result["OUTPUT_MODEL"]).classes if c.name == "forest")
     assert colours["forest"] == tuple(forest.colour)  # the model's class colour
@@ -440,7 +503,7 @@ def test_run_in_a_background_task_loads_styled_outputs(plugin, trained, scene, t
 
 def test_split_algorithm_writes_styled_spatial_split(plugin, scene, tmp_path):
     first, second = str(tmp_path / "train.tif"), str(tmp_path / "test.tif")
-    res = run("rsvl:split", {"INPUT": str(scene.labels), "FRACTION": 0.3, "MODE": 2, "BLOCK_SIZE": 8, "BUFFER": 2,
+    res = run("rsvl:split", {"INPUT": str(scene.labels), "FRACTION": 0.3, "MODE": "blocks", "BLOCK_SIZE": 8, "BUFFER": 2,
                              "OUTPUT_FIRST": first, "OUTPUT_SECOND": second})
     assert res == {"OUTPUT_FIRST": first, "OUTPUT_SECOND": second}
     with rasterio.open(first) as a, rasterio.open(second) as b, rasterio.open(scene.labels) as ref:
@@ -466,7 +529,7 @@ def test_nodata_override_and_reference_grid_parameters(trained, scene, tmp_path,
         lidar = ds.read()
     coarse_t = scene.transform * scene.transform.scale(2, 2)
     coarse = str(helpers.write_raster(tmp_path / "lidar_coarse.tif", lidar[:, ::2, ::2], coarse_t))
-    base = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [undeclared], "INPUT_LIDAR": [coarse], "DEVICE": 1,
+    base = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [undeclared], "INPUT_LIDAR": [coarse], "DEVICE": "cpu",
             "FORCE": True}
     plain = run("rsvl:classify", {**base, "OUTPUT": str(tmp_path / "plain.tif")})
     fixed = run("rsvl:classify", {**base, "NODATA_HSI": -1, "OUTPUT": str(tmp_path / "fixed.tif")})
@@ -490,7 +553,8 @@ def test_few_shot_training_from_processing(plugin, tmp_path):
     import torch
     from rasterio.transform import from_origin
 
-    from rsvl.backend import foundation as F
+    from rsvl.backend.foundation.checkpoint import build_model
+    from rsvl.backend.foundation.presets import get_preset
 
     (tmp_path / "arch").mkdir()
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16,
@@ -499,7 +563,7 @@ def test_few_shot_training_from_processing(plugin, tmp_path):
     (tmp_path / "arch" / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     preset = f"open_clip:local-dir:{tmp_path / 'arch'}"
     torch.manual_seed(0)
-    torch.save(F.build_model(F.get_preset(preset)).state_dict(), tmp_path / "clip.pt")
+    torch.save(build_model(get_preset(preset)).state_dict(), tmp_path / "clip.pt")
     truth = np.ones((48, 64), np.uint8)
     truth[:, 32:] = 2
     rng = np.random.default_rng(0)
@@ -511,9 +575,9 @@ def test_few_shot_training_from_processing(plugin, tmp_path):
         dst.write(np.where(rng.random((48, 64)) < 0.3, truth, 0).astype(np.uint8), 1)
     res = run("rsvl:train", {"INPUT_MS": [str(tmp_path / "rgb.tif")], "TRAINING": str(tmp_path / "labels.tif"),
                              "FOUNDATION_MODEL": str(tmp_path / "clip.pt"), "PRESET": preset, "TILE_SIZE": 32,
-                             "STRIDE": 16, "EPOCHS": 60, "DEVICE": 1, "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
+                             "STRIDE": 16, "EPOCHS": 60, "DEVICE": "cpu", "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
     assert res["VALIDATION_OA"] >= 0.9
-    out = run("rsvl:classify", {"MODEL": res["OUTPUT_MODEL"], "INPUT_MS": [str(tmp_path / "rgb.tif")], "DEVICE": 1,
+    out = run("rsvl:classify", {"MODEL": res["OUTPUT_MODEL"], "INPUT_MS": [str(tmp_path / "rgb.tif")], "DEVICE": "cpu",
                                 "OUTPUT": str(tmp_path / "classes.tif")})
     with rasterio.open(out["OUTPUT"]) as ds:
         pred = ds.read(1)
@@ -523,11 +587,11 @@ def test_few_shot_training_from_processing(plugin, tmp_path):
 def test_pretrain_then_train_with_pretrained_from_processing(plugin, scene, tmp_path):
     layers = {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])]}
     pre = run("rsvl:pretrain", {**layers, "PATCH_SIZE": 5, "SAMPLES": 600, "EPOCHS": 3, "BATCH_SIZE": 64,
-                                "DEVICE": 1, "OUTPUT": str(tmp_path / "enc.safetensors")})
+                                "DEVICE": "cpu", "OUTPUT": str(tmp_path / "enc.safetensors")})
     assert os.path.exists(pre["OUTPUT"]) and pre["FINAL_LOSS"] < 0
     res = run("rsvl:train", {**layers, "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST,
                              "PRETRAINED": pre["OUTPUT"], "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     assert read_header(res["OUTPUT_MODEL"]).training["pretrained"] == pre["OUTPUT"]
     assert res["VALIDATION_OA"] > 0.7
@@ -535,9 +599,9 @@ def test_pretrain_then_train_with_pretrained_from_processing(plugin, scene, tmp_
 
 def test_band_group_recipe_from_processing(plugin, scene, tmp_path):
     res = run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])],
-                             "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "RECIPE": 2,
+                             "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "RECIPE": "band-groups",
                              "OUTPUT_MODEL": str(tmp_path / "g.safetensors")})
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     header = read_header(res["OUTPUT_MODEL"])
     assert header.training["recipe"] == "band-groups" and len(header.config.groups["hsi"]) == 4
@@ -548,7 +612,7 @@ def test_semi_supervised_training_from_processing(plugin, scene, tmp_path):
     res = run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "INPUT_LIDAR": [str(scene.paths["lidar"])],
                              "TRAINING": str(scene.polygons), "CLASS_FIELD": "cover", **FAST, "SEMI_SUPERVISED": True,
                              "OUTPUT_MODEL": str(tmp_path / "s.safetensors")})
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     training = read_header(res["OUTPUT_MODEL"]).training
     assert training["semi_supervised"] is True and training["recipe"] == "spectral-spatial"
@@ -556,7 +620,7 @@ def test_semi_supervised_training_from_processing(plugin, scene, tmp_path):
     assert res["VALIDATION_OA"] > 0.7
     with pytest.raises(QgsProcessingException, match="SEMI_SUPERVISED needs a recipe with a weight average"):
         run("rsvl:train", {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.polygons),
-                           "CLASS_FIELD": "cover", **FAST, "SEMI_SUPERVISED": True, "RECIPE": 1,
+                           "CLASS_FIELD": "cover", **FAST, "SEMI_SUPERVISED": True, "RECIPE": "mmlgnet",
                            "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
 
 
@@ -591,7 +655,7 @@ def test_backend_warnings_reach_the_log_as_warnings(plugin, scene, tmp_path, hel
 
 
 def test_members_trains_an_ensemble_that_classify_reads(plugin, scene, tmp_path):
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     params = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.labels), **FAST, "EPOCHS": 2,
               "MEMBERS": 2, "OUTPUT_MODEL": str(tmp_path / "ens.safetensors"),
@@ -611,7 +675,7 @@ def test_raster_outputs_are_geotiffs_and_never_an_input(trained, scene, tmp_path
     alg = QgsApplication.processingRegistry().algorithmById("rsvl:classify")
     assert alg.provider().supportedOutputRasterLayerExtensions() == ["tif"]
     params = {"MODEL": result["OUTPUT_MODEL"], "INPUT_HSI": [str(scene.paths["hsi"])],
-              "INPUT_LIDAR": [str(scene.paths["lidar"])], "DEVICE": 1}
+              "INPUT_LIDAR": [str(scene.paths["lidar"])], "DEVICE": "cpu"}
     with pytest.raises(QgsProcessingException):  # QGIS's own check, or rsvl's
         run("rsvl:classify", {**params, "OUTPUT": str(tmp_path / "c.img")})
     assert not (tmp_path / "c.img").exists()

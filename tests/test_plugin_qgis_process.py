@@ -26,7 +26,7 @@ def qgis_process(*args, home: Path, cwd: Path):
 @pytest.fixture(scope="module")
 def chain(helpers, tmp_path_factory):
     """The chain trained on 15 % of the pixels and evaluated on the other 85 %."""
-    from rsvl.backend.labels import split_label_raster
+    from rsvl.backend.io.labels import split_label_raster
 
     root = tmp_path_factory.mktemp("chain")
     scene = helpers.make_scene(root / "scene", modalities=("hsi", "lidar"))
@@ -70,7 +70,7 @@ def test_help_and_run_classify_from_the_shell(chain, tmp_path):
     scene, out, _res, root = chain
     res = qgis_process("help", "rsvl:classify", home=root, cwd=tmp_path)
     assert res.returncode == 0
-    for param in ("MODEL", "INPUT_HSI", "INPUT_LIDAR", "OUTPUT", "OUTPUT_CONFIDENCE", "BATCH_SIZE", "DEVICE"):
+    for param in ("MODEL", "INPUT_HSI", "INPUT_LIDAR", "OUTPUT", "OUTPUT_CONFIDENCE", "TILE_SIZE", "DEVICE"):
         assert f"{param}:" in res.stdout
     res = qgis_process("run", "rsvl:classify", "--", f"MODEL={out / 'model.safetensors'}",
                        f"INPUT_HSI={scene.paths['hsi']}", f"INPUT_LIDAR={scene.paths['lidar']}", "OUTPUT=shell.tif",
@@ -93,7 +93,8 @@ def test_query_and_retrieve_with_a_pretrained_checkpoint_from_the_shell(tmp_path
     from osgeo import ogr
     from rasterio.transform import from_origin
 
-    from rsvl.backend import foundation as F
+    from rsvl.backend.foundation.checkpoint import build_model
+    from rsvl.backend.foundation.presets import get_preset
 
     arch = tmp_path / "arch"
     arch.mkdir()
@@ -103,14 +104,14 @@ def test_query_and_retrieve_with_a_pretrained_checkpoint_from_the_shell(tmp_path
     (arch / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
     preset = f"open_clip:local-dir:{arch}"
     torch.manual_seed(0)
-    torch.save({"state_dict": F.build_model(F.get_preset(preset)).state_dict()}, tmp_path / "tiny clip.pt")
+    torch.save({"state_dict": build_model(get_preset(preset)).state_dict()}, tmp_path / "tiny clip.pt")
     rng = np.random.default_rng(0)
     with rasterio.open(tmp_path / "s2.tif", "w", driver="GTiff", width=96, height=64, count=13, dtype="uint16",
                        crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10), nodata=0) as dst:
         dst.write(rng.integers(1, 5000, (13, 64, 96)).astype(np.uint16))
     res = qgis_process("run", "rsvl:query", "--", f"MODEL={tmp_path / 'tiny clip.pt'}", f"PRESET={preset}",
                        f"INPUT_MS={tmp_path / 's2.tif'}", "PROMPTS=water\nforest\ncity",
-                       "OUTPUT_SIMILARITY=sim.tif", "OUTPUT=best.tif", "RESOLUTION=1", "DEVICE=1",
+                       "OUTPUT_SIMILARITY=sim.tif", "OUTPUT=best.tif", "RESOLUTION=token", "DEVICE=cpu",
                        home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     with rasterio.open(tmp_path / "sim.tif") as ds:
@@ -120,7 +121,7 @@ def test_query_and_retrieve_with_a_pretrained_checkpoint_from_the_shell(tmp_path
         assert set(np.unique(ds.read(1))) <= {1, 2, 3}
     res = qgis_process("run", "rsvl:retrieve", "--", f"MODEL={tmp_path / 'tiny clip.pt'}", f"PRESET={preset}",
                        f"INPUT_MS={tmp_path / 's2.tif'}", "QUERY=greenhouses", "TOP_K=3", "OUTPUT=tiles.gpkg",
-                       "DEVICE=1", home=tmp_path, cwd=tmp_path)
+                       "DEVICE=cpu", home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ds = ogr.Open(str(tmp_path / "tiles.gpkg"))  # kept: its layer dies with it
     assert [f.GetField("rank") for f in ds.GetLayer(0)] == [1, 2, 3]
@@ -131,16 +132,16 @@ def test_pretrain_from_the_shell(helpers, tmp_path):
     scene = helpers.make_scene(tmp_path / "scene", size=32, modalities=("hsi", "lidar"))
     res = qgis_process("run", "rsvl:pretrain", "--", f"INPUT_HSI={scene.paths['hsi']}",
                        f"INPUT_LIDAR={scene.paths['lidar']}", "PATCH_SIZE=5", "SAMPLES=300", "EPOCHS=2",
-                       "BATCH_SIZE=64", "DEVICE=1", "OUTPUT=enc.safetensors", home=tmp_path, cwd=tmp_path)
+                       "BATCH_SIZE=64", "DEVICE=cpu", "OUTPUT=enc.safetensors", home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (tmp_path / "enc.safetensors").exists() and "FINAL_LOSS" in res.stdout
     # … then rsvl:train with a RECIPE (1: mmlgnet) fine-tunes from it
     res = qgis_process("run", "rsvl:train", "--", f"INPUT_HSI={scene.paths['hsi']}",
                        f"INPUT_LIDAR={scene.paths['lidar']}", f"TRAINING={scene.labels}", "PATCH_SIZE=5", "EPOCHS=3",
-                       "BATCH_SIZE=64", "DEVICE=1", "RECIPE=1", "PRETRAINED=enc.safetensors",
+                       "BATCH_SIZE=64", "DEVICE=cpu", "RECIPE=mmlgnet", "PRETRAINED=enc.safetensors",
                        "OUTPUT_MODEL=m.safetensors", home=tmp_path, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    from rsvl.backend.modelfile import read_header
+    from rsvl.backend.models.modelfile import read_header
 
     training = read_header(str(tmp_path / "m.safetensors")).training
     assert training["recipe"] == "mmlgnet" and training["pretrained"] == str(tmp_path / "enc.safetensors")

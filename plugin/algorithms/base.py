@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -28,6 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..icons import ICON_PATH
+from .parameters import legacy_parameters, parameter_texts, static_enum
 
 MODALITY_PARAMS: Dict[str, str] = {
     "hsi": "INPUT_HSI",
@@ -42,6 +44,7 @@ MODALITY_TITLES = {
     "ms": "Multispectral (MS) raster(s)",
 }
 DEVICES = ["auto", "cpu", "cuda"]
+DOCS_URL = "https://github.com/rsvl/rsvl/blob/main/docs/qgis.md"
 # REFERENCE_GRID choices: the grid every layer is warped onto (backend: index of a layer).
 REFERENCE_CHOICES = ["auto (first HSI layer, else MS, SAR, LiDAR)", "first HSI layer", "first LiDAR layer",
                      "first SAR layer", "first MS layer"]
@@ -151,6 +154,20 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     # -- parameters ------------------------------------------------------------------------
+    def parameter_help(self) -> str:
+        """Each parameter's description, as ``<b>NAME</b>: text<br>`` (tooltips in the dialog;
+        docs/qgis.md has them all)."""
+        return ""
+
+    def addParameter(self, definition, createOutput=True):  # noqa: N802,N803 (QGIS API names)
+        if not definition.help():
+            if not hasattr(self, "_parameter_texts"):
+                self._parameter_texts = parameter_texts(self.parameter_help())
+            text = self._parameter_texts.get(definition.name())
+            if text:
+                definition.setHelp(text)
+        return super().addParameter(definition, createOutput)
+
     def add_modality_inputs(self):
         for modality, key in MODALITY_PARAMS.items():
             self.addParameter(QgsProcessingParameterMultipleLayers(
@@ -167,11 +184,11 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(p)
 
     def add_device(self):
-        self.addParameter(QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0))
+        self.addParameter(static_enum("DEVICE", "Device", DEVICES, "auto"))
 
     def layer_specs(self, parameters, context) -> List:
         """Backend LayerSpecs from the modality parameters (main thread)."""
-        from ...backend.raster import LayerSpec
+        from ...backend.io.raster import LayerSpec
 
         specs = []
         for modality, key in MODALITY_PARAMS.items():
@@ -214,9 +231,22 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
             f"REFERENCE_GRID is the {REFERENCE_CHOICES[choice]}, but {MODALITY_PARAMS[modality]} is empty: give "
             "that layer or choose another reference grid")
 
+    def add_labels(self, key: str, description: str):
+        """A labels layer (class raster, or points/polygons): marked optional only so that the
+        dialog proposes no layer (a required layer parameter preselects the first layer of the
+        project, e.g. a DEM as training labels); :meth:`check_labels` requires it."""
+        self.addParameter(QgsProcessingParameterMapLayer(
+            key, description, types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster], optional=True))
+
     def check_labels(self, parameters, key: str, context) -> Tuple[bool, str]:
         """(ok, message) for a labels parameter (raster, or vector + CLASS_FIELD)."""
         layer = self.parameterAsLayer(parameters, key, context)
+        if layer is None:
+            given = parameters.get(key)
+            if given in (None, "") or (isinstance(given, str) and not given.strip()):
+                what = self.parameterDefinition(key).description() if self.parameterDefinition(key) else key
+                return False, (f"{key} is not set: choose the layer with the {what.split(' (')[0].lower()} (a class "
+                               "raster, or points/polygons with a class field)")
         if isinstance(layer, QgsVectorLayer):
             field = self.parameterAsString(parameters, "CLASS_FIELD", context)
             if not field:
@@ -255,16 +285,23 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(p)
 
     def add_normalize(self):
-        p = QgsProcessingParameterEnum("NORMALIZE", "Input standardisation", options=NORMALIZE_CHOICES,
-                                       defaultValue=0)
+        p = static_enum("NORMALIZE", "Input standardisation", NORMALIZE_CHOICES, "model")
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(p)
 
     def normalize(self, parameters, context) -> str:
-        return NORMALIZE_CHOICES[self.parameterAsEnum(parameters, "NORMALIZE", context)]
+        return self.enum(parameters, "NORMALIZE", context)
 
     def device(self, parameters, context) -> str:
-        return DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]
+        return self.enum(parameters, "DEVICE", context)
+
+    def enum(self, parameters, key: str, context) -> str:
+        """The chosen option of a static-string enum parameter (an option index, as files
+        saved before rsvl 0.4 hold, is taken as that option)."""
+        return self.parameterAsEnumString(legacy_parameters(self, parameters), key, context)
+
+    def helpUrl(self):  # noqa: N802 (QGIS API name)
+        return f"{DOCS_URL}#{self.name()}"
 
     # -- packages ---------------------------------------------------------------------------
     # Distributions (as in requirements/runtime.txt) the algorithm needs; None: all required ones.
@@ -281,7 +318,7 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         ok, message = self.check_packages()
         if not ok:
             return False, message
-        return super().checkParameterValues(parameters, context)
+        return super().checkParameterValues(legacy_parameters(self, parameters), context)
 
     # -- running ---------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
@@ -289,12 +326,15 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         ok, message = self.check_packages()
         if not ok:
             raise QgsProcessingException(message)
-        self._request = self.backend_request(parameters, context, feedback)
+        self._request = self.backend_request(legacy_parameters(self, parameters, feedback), context, feedback)
         # Resolving an output layer registers it for loading in *this* context. A dialog runs
         # processAlgorithm in a thread with a fresh context whose list replaces this one when
         # the run ends, so the registrations are carried over there (see processAlgorithm).
         self._layers_to_load = dict(context.layersToLoadOnCompletion())
         return True
+
+    # Parameters renamed since 0.3 that saved models and scripts may still give: old -> new.
+    renamed: Dict[str, str] = {}
 
     def backend_request(self, parameters, context, feedback) -> Tuple[Callable, dict]:
         raise NotImplementedError
@@ -339,88 +379,3 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
         raise QgsProcessingException(str(exc)) from exc
     finally:
         logger.removeHandler(handler)
-
-
-FOUNDATION_FILTER = ("rsvl model or pretrained checkpoint (*.safetensors *.rsvl *.pt *.pth *.bin *.ckpt);;"
-                     "All files (*.*)")
-PRESET_HELP = (
-    "<b>PRESET</b> (pretrained checkpoints): auto (recognised from the file), llama3-ms-clip, remoteclip-rn50, "
-    "remoteclip-vit-b-32, remoteclip-vit-l-14, georsclip-vit-b-32, georsclip-vit-l-14, georsclip-vit-h-14, "
-    "skyclip-vit-b-32, skyclip-vit-l-14, or open_clip:ARCH for any other open_clip checkpoint.<br>"
-    "<b>TEMPLATES</b>: prompt templates, one per line, each with {} or {c} where the prompt goes (default: the "
-    "preset's ensemble; each prompt's templates are encoded, normalised, averaged and re-normalised).<br>"
-    "<b>TILE_SIZE</b>, <b>STRIDE</b>: windows of TILE_SIZE pixels (0 = the model's input, 224) every STRIDE "
-    "pixels (0 = half the tile); each is resized to the model input.<br>"
-    "<b>BANDS</b>: the input bands in the model's order, as band codes or 1-based numbers (default: from band "
-    "descriptions, else a 13-band L1C or 12-band L2A stack by count, else an RGB raster for RGB models).<br>"
-    "<b>VALUE_SCALE</b>: raster value × this = digital number (reflectance × 10000); auto: integers as they are, "
-    "floats in reflectance range × 10000. <b>OFFSET</b>: subtracted from digital numbers (1000 for L2A of "
-    "processing baseline 04.00 and later).<br>"
-    "<b>INPUT_RGB</b>: for RGB checkpoints, a 3-band RGB raster (8-bit values taken as 0-255) instead of "
-    "INPUT_MS.<br>"
-)
-
-
-def add_foundation_parameters(alg, tiling_default_stride: str = "half the tile") -> None:
-    """The advanced parameters of pretrained checkpoints, shared by rsvl:query and rsvl:retrieve."""
-    params = [
-        QgsProcessingParameterString("PRESET", "Pretrained checkpoint preset", defaultValue="auto"),
-        QgsProcessingParameterString("TEMPLATES", "Prompt templates (one per line, {} or {c}; empty: the preset's)",
-                                     multiLine=True, optional=True),
-        QgsProcessingParameterNumber("TILE_SIZE", "Window size in pixels (0: the model's input size)",
-                                     type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=0),
-        QgsProcessingParameterNumber("STRIDE", f"Window step in pixels (0: {tiling_default_stride})",
-                                     type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=0),
-        QgsProcessingParameterString("BANDS", "Input bands in model order (codes or numbers, comma-separated)",
-                                     optional=True),
-        QgsProcessingParameterString("VALUE_SCALE", "Value scale to digital numbers (auto or a number)",
-                                     defaultValue="auto"),
-        QgsProcessingParameterNumber("OFFSET", "Offset subtracted from digital numbers",
-                                     type=QgsProcessingParameterNumber.Double, defaultValue=0.0),
-    ]
-    for p in params:
-        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        alg.addParameter(p)
-
-
-def foundation_kwargs(alg, parameters, context) -> dict:
-    templates = [t.strip() for t in (alg.parameterAsString(parameters, "TEMPLATES", context) or "").splitlines()
-                 if t.strip()]
-    return dict(
-        preset=alg.parameterAsString(parameters, "PRESET", context) or "auto",
-        templates=templates or None,
-        tile_size=alg.parameterAsInt(parameters, "TILE_SIZE", context),
-        stride=alg.parameterAsInt(parameters, "STRIDE", context) or None,
-        bands=alg.parameterAsString(parameters, "BANDS", context) or None,
-        value_scale=alg.parameterAsString(parameters, "VALUE_SCALE", context) or "auto",
-        offset=alg.parameterAsDouble(parameters, "OFFSET", context),
-    )
-
-
-def check_model(path: str):
-    """(ok, message) for a MODEL parameter, reading only the model's JSON header."""
-    import os
-
-    from ...backend.errors import RsvlError
-    from ...backend.fewshot import model_kind, read_fewshot
-    from ...backend.modelfile import read_header
-
-    try:
-        if path and os.path.isfile(path) and model_kind(path) == "fewshot":
-            read_fewshot(path)  # a head on a pretrained checkpoint (rsvl:train with FOUNDATION_MODEL)
-        else:
-            read_header(path)
-    except RsvlError as exc:
-        return False, str(exc)
-    return True, ""
-
-
-def check_model_or_checkpoint(path: str):
-    """(ok, message) for a MODEL that may also be a pretrained checkpoint (read on running)."""
-    import os
-
-    from ...backend.foundation import is_rsvl_model
-
-    if path and os.path.isfile(path) and not is_rsvl_model(path):
-        return True, ""
-    return check_model(path)

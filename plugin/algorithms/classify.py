@@ -11,15 +11,8 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import (
-    DEVICE_HELP,
-    FORCE_HELP,
-    INPUTS_HELP,
-    MODEL_FILTER,
-    NORMALIZE_HELP,
-    RsvlAlgorithm,
-    check_model,
-)
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, NORMALIZE_HELP, RsvlAlgorithm
+from .parameters import check_model, short_help
 
 DASK_SCHEDULER_HELP = (
     "<b>DASK_SCHEDULER</b> (advanced): address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786, whose "
@@ -58,7 +51,9 @@ class ClassifyAlgorithm(RsvlAlgorithm):
     def displayName(self):  # noqa: N802 (QGIS API name)
         return "Classify scene"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    renamed = {"BATCH_SIZE": "TILE_SIZE"}
+
+    def parameter_help(self) -> str:
         return (
             "Classifies every pixel of the inputs with a model made by rsvl:train. The class map is a tiled, "
             "compressed GeoTIFF on the reference grid with the model's class codes, its colour table and class "
@@ -69,10 +64,20 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             "difference named.<br>"
             "<b>OUTPUT</b>: the class raster.<br>"
             "<b>OUTPUT_CONFIDENCE</b>: optional float32 raster, softmax probability of the chosen class.<br>"
-            "<b>BATCH_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
+            "<b>TILE_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
             "window side in pixels — larger is faster, uses more memory.<br>" + FORCE_HELP + DEVICE_HELP
             + NORMALIZE_HELP + DASK_SCHEDULER_HELP
         )
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            'Classifies every pixel of the inputs with a model from rsvl:train into a styled class map '
+            '(colour table and class names embedded).',
+            inputs=('MODEL and the same INPUT_* modalities it was trained on (other grids are warped onto the '
+                    'reference grid).'),
+            outputs=('OUTPUT (class raster, nodata where any input is nodata), optional OUTPUT_CONFIDENCE.'),
+            tip=("for another date or sensor, NORMALIZE=scene standardises with this scene's own statistics."),
+            url=self.helpUrl())
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file", fileFilter=MODEL_FILTER))
@@ -80,11 +85,17 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "OUTPUT_CONFIDENCE", "Confidence", optional=True, createByDefault=False))
-        p = QgsProcessingParameterNumber("BATCH_SIZE", "Window size (pixels per side)",
+        p = QgsProcessingParameterNumber("TILE_SIZE", "Window size (pixels per side)",
                                          type=QgsProcessingParameterNumber.Integer, defaultValue=256, minValue=16,
                                          maxValue=8192)
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(p)
+        # BATCH_SIZE was this window side's name before rsvl 0.4: kept, hidden, for saved models and scripts.
+        old = QgsProcessingParameterNumber("BATCH_SIZE", "Window size (deprecated: TILE_SIZE)",
+                                           type=QgsProcessingParameterNumber.Integer, optional=True, minValue=16,
+                                           maxValue=8192)
+        old.setFlags(old.flags() | QgsProcessingParameterDefinition.FlagHidden)
+        self.addParameter(old)
         self.add_force()
         self.add_device()
         self.add_normalize()
@@ -110,7 +121,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             model_path=self.parameterAsFile(parameters, "MODEL", context),
             **self.inputs(parameters, context), output=self._output,
             confidence=self.parameterAsOutputLayer(parameters, "OUTPUT_CONFIDENCE", context) or None,
-            tile_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+            tile_size=self.parameterAsInt(parameters, "TILE_SIZE", context),
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
             normalize=self.normalize(parameters, context),

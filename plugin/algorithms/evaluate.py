@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterRasterLayer,
 )
 
 from .base import RsvlAlgorithm, raster_path
+from .parameters import short_help
 
 
 class EvaluateAlgorithm(RsvlAlgorithm):
@@ -22,7 +21,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
     def displayName(self):  # noqa: N802 (QGIS API name)
         return "Evaluate classification"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def parameter_help(self) -> str:
         return (
             "Compares a class raster (e.g. from rsvl:classify) with reference labels on the class raster's grid "
             "and reports overall accuracy (OA), average accuracy (AA, mean per-class recall), Cohen's kappa, "
@@ -44,11 +43,20 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "Outputs OA, AA, KAPPA, MIOU and COVERAGE for chaining."
         )
 
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            "Compares a class raster with reference labels: overall and average accuracy, Cohen's kappa, mean"
+            ' IoU, per-class figures and the confusion matrix.',
+            inputs=('INPUT (a class raster, e.g. from rsvl:classify) and REFERENCE labels (class raster, or '
+                    'points/polygons with CLASS_FIELD).'),
+            outputs=('OUTPUT_CSV (confusion matrix), optional OUTPUT_JSON and OUTPUT_REPORT (HTML), and OA, AA, KAPPA,'
+                     ' MIOU, COVERAGE.'),
+            tip=('evaluate on labels the model never saw (rsvl:split).'),
+            url=self.helpUrl())
+
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
-        self.addParameter(QgsProcessingParameterMapLayer(
-            "REFERENCE", "Reference labels (class raster, or points/polygons)",
-            types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
+        self.add_labels("REFERENCE", "Reference labels (class raster, or points/polygons)")
         self.add_class_fields("vector reference")
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_CSV", "Confusion matrix", fileFilter="CSV files (*.csv)", optional=True, createByDefault=True))
@@ -72,7 +80,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
 
         ref_path, class_field, class_name_field = self.labels_source(parameters, "REFERENCE", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
-        from ...backend.atomic import check_outputs
+        from ...backend.io.atomic import check_outputs
 
         check_outputs([("OUTPUT_REPORT", self._report, 0)])  # before the work, not after it
         kwargs = dict(
@@ -84,7 +92,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         return api.evaluate, kwargs
 
     def finish(self, result, parameters, context, feedback):
-        from ...backend.report import write_accuracy_report
+        from ...backend.evaluation.report import write_accuracy_report
 
         acc = result.accuracy
         feedback.pushInfo(acc.summary())

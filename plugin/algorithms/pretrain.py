@@ -10,6 +10,7 @@ from qgis.core import (
 )
 
 from .base import DEVICE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm
+from .parameters import short_help
 
 
 class PretrainAlgorithm(RsvlAlgorithm):
@@ -19,7 +20,7 @@ class PretrainAlgorithm(RsvlAlgorithm):
     def displayName(self):  # noqa: N802 (QGIS API name)
         return "Pretrain encoders without labels (multimodal Siamese)"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def parameter_help(self) -> str:
         return (
             "Learns the per-modality encoders from unlabelled co-registered layers, before any label exists: the "
             "same place seen by two modalities (e.g. HSI and LiDAR, MS and SAR) should give the same "
@@ -32,6 +33,15 @@ class PretrainAlgorithm(RsvlAlgorithm):
             + DEVICE_HELP +
             "<b>OUTPUT</b>: the encoder file (.safetensors). Outputs FINAL_LOSS (SimSiam's loss, -1 at best)."
         )
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            'Learns the per-modality encoders from unlabelled co-registered layers (multimodal Siamese, self-'
+            'supervised), before any label exists.',
+            inputs=('the INPUT_* layers (two modalities or more).'),
+            outputs=("OUTPUT: an encoder file for rsvl:train's PRETRAINED."),
+            tip=('pretrain on the whole scene, then train with few labels.'),
+            url=self.helpUrl())
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.add_modality_inputs()
@@ -62,7 +72,7 @@ class PretrainAlgorithm(RsvlAlgorithm):
         return True, ""
 
     def backend_request(self, parameters, context, feedback):
-        from ...backend.pretrain import pretrain
+        from ...backend.training.pretrain import pretrain
 
         inputs = self.inputs(parameters, context)
         kwargs = dict(

@@ -7,7 +7,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -16,20 +15,17 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import (
-    DEVICE_HELP,
-    FORCE_HELP,
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, NORMALIZE_HELP, RsvlAlgorithm, raster_path
+from .classify import DASK_SCHEDULER_HELP, add_dask_scheduler, check_dask_scheduler, dask_scheduler
+from .parameters import (
     FOUNDATION_FILTER,
-    INPUTS_HELP,
-    NORMALIZE_HELP,
     PRESET_HELP,
-    RsvlAlgorithm,
     add_foundation_parameters,
     check_model_or_checkpoint,
     foundation_kwargs,
-    raster_path,
+    short_help,
+    static_enum,
 )
-from .classify import DASK_SCHEDULER_HELP, add_dask_scheduler, check_dask_scheduler, dask_scheduler
 
 RESOLUTIONS = ["tile", "token"]
 
@@ -45,7 +41,7 @@ class QueryAlgorithm(RsvlAlgorithm):
     def displayName(self):  # noqa: N802 (QGIS API name)
         return "Query with text prompts (open vocabulary)"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def parameter_help(self) -> str:
         return (
             "Scores every pixel against free-text prompts with a model whose embedding is aligned to text (any "
             "rsvl:train model): the prompts are encoded by the model's own text encoder, wrapped in its prompt "
@@ -58,11 +54,11 @@ class QueryAlgorithm(RsvlAlgorithm):
             "<b>USE_TEMPLATE</b>: wrap each prompt in the model's prompt template (as its classes were).<br>"
             "<b>OUTPUT_SIMILARITY</b>: float32 raster, one band per prompt (band description = the prompt), "
             "cosine similarity in [-1, 1], nodata where inputs are nodata.<br>"
-            "<b>Best prompt</b> (OUTPUT): optional map of the most similar prompt (codes 1..N in prompt order), "
+            "<b>OUTPUT</b> (best prompt): optional map of the most similar prompt (codes 1..N in prompt order), "
             "styled: a prompt that names one of the model's classes takes that class's colour, others the colour "
             "people expect of the words (water blue, forest dark green, built-up red …), else a colour-blind-"
             "friendly qualitative palette.<br>"
-            "<b>Similarity threshold for the best-prompt map</b> (THRESHOLD): pixels whose best similarity is "
+            "<b>THRESHOLD</b> (similarity threshold for the best-prompt map): pixels whose best similarity is "
             "below it are left empty in the best-prompt map (leave empty for none).<br>" + FORCE_HELP + DEVICE_HELP
             + NORMALIZE_HELP
             + PRESET_HELP +
@@ -71,6 +67,18 @@ class QueryAlgorithm(RsvlAlgorithm):
             "exceeds the mean of the other prompts' scores (Llama3-MS-CLIP's multi-label rule).<br>"
             + DASK_SCHEDULER_HELP + "(rsvl models only; pretrained checkpoints run in this process.)<br>"
         )
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            'Scores every pixel against free-text prompts ("flooded fields", "greenhouses") with an rsvl '
+            'model or a pretrained vision-language checkpoint (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, '
+            'SkyCLIP, open_clip).',
+            inputs=('MODEL, the INPUT_* layers, PROMPTS (one per line).'),
+            outputs=('OUTPUT_SIMILARITY (one band per prompt) and optional OUTPUT (the best prompt per pixel, '
+                     'THRESHOLD leaves weak pixels empty).'),
+            tip=('prompts that name what the model was trained on score best; a pretrained checkpoint needs no '
+                 'training at all.'),
+            url=self.helpUrl())
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile("MODEL", "Model file or pretrained checkpoint",
@@ -92,8 +100,7 @@ class QueryAlgorithm(RsvlAlgorithm):
         self.add_device()
         self.add_normalize()
         add_foundation_parameters(self)
-        for p in (QgsProcessingParameterEnum("RESOLUTION", "Score resolution (pretrained checkpoints)",
-                                             options=RESOLUTIONS, defaultValue=0),
+        for p in (static_enum("RESOLUTION", "Score resolution (pretrained checkpoints)", RESOLUTIONS, "tile"),
                   QgsProcessingParameterBoolean("MULTI_LABEL", "Multi-label output: one 0/1 band per prompt",
                                                 defaultValue=False)):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -118,8 +125,8 @@ class QueryAlgorithm(RsvlAlgorithm):
 
     def backend_request(self, parameters, context, feedback):
         from ...backend import api
-        from ...backend.foundation import is_rsvl_model
-        from ...backend.raster import LayerSpec
+        from ...backend.foundation.checkpoint import is_rsvl_model
+        from ...backend.io.raster import LayerSpec
 
         threshold = parameters.get("THRESHOLD")
         model_path = self.parameterAsFile(parameters, "MODEL", context)
@@ -137,7 +144,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             model_path=model_path,
             **inputs,
             **foundation,
-            resolution=RESOLUTIONS[self.parameterAsEnum(parameters, "RESOLUTION", context)],
+            resolution=self.enum(parameters, "RESOLUTION", context),
             multi_label=self.parameterAsBool(parameters, "MULTI_LABEL", context),
             prompts=split_prompts(self.parameterAsString(parameters, "PROMPTS", context)),
             output_similarity=self.parameterAsOutputLayer(parameters, "OUTPUT_SIMILARITY", context),

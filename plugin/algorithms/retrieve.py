@@ -12,15 +12,8 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from .base import (
-    DEVICE_HELP,
-    FOUNDATION_FILTER,
-    PRESET_HELP,
-    RsvlAlgorithm,
-    add_foundation_parameters,
-    foundation_kwargs,
-    raster_path,
-)
+from .base import DEVICE_HELP, RsvlAlgorithm, raster_path
+from .parameters import FOUNDATION_FILTER, PRESET_HELP, add_foundation_parameters, foundation_kwargs, short_help
 
 
 class RetrieveAlgorithm(RsvlAlgorithm):
@@ -30,7 +23,7 @@ class RetrieveAlgorithm(RsvlAlgorithm):
     def displayName(self):  # noqa: N802 (QGIS API name)
         return "Retrieve tiles by text (pretrained checkpoint)"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def parameter_help(self) -> str:
         return (
             "Finds the parts of a scene that best match a text, with a pretrained vision-language checkpoint "
             "(Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip), no labels needed: the scene is cut into "
@@ -45,6 +38,15 @@ class RetrieveAlgorithm(RsvlAlgorithm):
             "row, col and size (pixels), styled by score.<br>" + PRESET_HELP.replace(
                 "(0 = half the tile)", "(0 = the tile size: tiles do not overlap)") + DEVICE_HELP
         )
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            'Finds the tiles of a scene that best match a text with a pretrained vision-language checkpoint, '
+            'no labels needed.',
+            inputs=('MODEL (a checkpoint file), INPUT_MS (or an RGB raster), QUERY.'),
+            outputs=('OUTPUT: the TOP_K tiles as polygons styled by score.'),
+            tip=("try a few phrasings of the query; the preset's prompt templates are applied to it."),
+            url=self.helpUrl())
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterFile("MODEL", "Pretrained checkpoint", fileFilter=FOUNDATION_FILTER))
@@ -73,8 +75,8 @@ class RetrieveAlgorithm(RsvlAlgorithm):
         return True, ""
 
     def backend_request(self, parameters, context, feedback):
-        from ...backend.foundation import retrieve
-        from ...backend.raster import LayerSpec
+        from ...backend.foundation.retrieval import retrieve
+        from ...backend.io.raster import LayerSpec
 
         layers = []
         for key in ("INPUT_MS", "INPUT_RGB"):

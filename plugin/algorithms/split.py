@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -12,6 +11,7 @@ from qgis.core import (
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
 from .base import RsvlAlgorithm, raster_path
+from .parameters import short_help, static_enum
 
 MODES = ["random", "checkerboard", "blocks"]
 
@@ -25,7 +25,7 @@ class SplitAlgorithm(RsvlAlgorithm):
     def displayName(self):  # noqa: N802 (QGIS API name)
         return "Split labels into training and test"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def parameter_help(self) -> str:
         return (
             "Splits a class raster into training and test class rasters on the same grid, with the same colours "
             "and class names, seeded and reproducible. A random pixel split puts test pixels next to training "
@@ -44,12 +44,23 @@ class SplitAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_FIRST</b>, <b>OUTPUT_SECOND</b>: the training and the test class rasters."
         )
 
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            'Splits a class raster into training and test class rasters on the same grid, with the same '
+            'colours and class names, seeded.',
+            inputs=('INPUT (a class raster), FRACTION of each class for training, MODE (random, checkerboard or '
+                    'blocks).'),
+            outputs=('OUTPUT_FIRST (training labels) and OUTPUT_SECOND (test labels), class rasters.'),
+            tip=('MODE=checkerboard or blocks (with a BUFFER) keeps test pixels away from training ones, so the '
+                 'figures are not flattered by neighbouring pixels.'),
+            url=self.helpUrl())
+
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
         self.addParameter(QgsProcessingParameterNumber("FRACTION", "Training fraction",
                                                        type=QgsProcessingParameterNumber.Double, defaultValue=0.1,
                                                        minValue=0.0001, maxValue=0.9999))
-        self.addParameter(QgsProcessingParameterEnum("MODE", "Split", options=MODES, defaultValue=1))
+        self.addParameter(static_enum("MODE", "Split", MODES, "checkerboard"))
         self.addParameter(QgsProcessingParameterNumber("BLOCK_SIZE", "Block size (pixels)",
                                                        type=QgsProcessingParameterNumber.Integer, defaultValue=20,
                                                        minValue=1))
@@ -64,7 +75,7 @@ class SplitAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_SECOND", "Test labels"))
 
     def backend_request(self, parameters, context, feedback):
-        from ...backend.labels import split_label_raster
+        from ...backend.io.labels import split_label_raster
 
         self._paths = (self.parameterAsOutputLayer(parameters, "OUTPUT_FIRST", context),
                        self.parameterAsOutputLayer(parameters, "OUTPUT_SECOND", context))
@@ -73,7 +84,7 @@ class SplitAlgorithm(RsvlAlgorithm):
             fraction=self.parameterAsDouble(parameters, "FRACTION", context),
             seed=self.parameterAsInt(parameters, "SEED", context),
             first_path=self._paths[0], second_path=self._paths[1],
-            mode=MODES[self.parameterAsEnum(parameters, "MODE", context)],
+            mode=self.enum(parameters, "MODE", context),
             block_size=self.parameterAsInt(parameters, "BLOCK_SIZE", context),
             buffer=self.parameterAsInt(parameters, "BUFFER", context),
         )

@@ -4,32 +4,30 @@ points/polygons (vector layer with a class field) on co-registered layers."""
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
 
-from ...backend.recipes import DEFAULT_RECIPE, RECIPE_NAMES  # no torch: the registry is plain data
-from .base import (
-    DEVICE_HELP,
+from ...backend.training.config import LOSSES, TrainConfig  # no torch: plain data
+from ...backend.training.config import fields as train_fields
+from ...backend.training.recipes import DEFAULT_RECIPE, RECIPE_NAMES
+from .base import DEVICE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm
+from .parameters import (
     FOUNDATION_FILTER,
-    INPUTS_HELP,
-    MODEL_FILTER,
     PRESET_HELP,
-    RsvlAlgorithm,
     add_foundation_parameters,
     foundation_kwargs,
+    legacy_parameters,
+    short_help,
+    static_enum,
 )
 
 RECIPES = RECIPE_NAMES
-LOSSES = ["supervised", "clip"]  # rsvl.backend.mmlgnet.LOSSES (not imported: it imports torch)
 
 
 def default_model_path() -> str:
@@ -56,9 +54,9 @@ class TrainAlgorithm(RsvlAlgorithm):
         return "train"
 
     def displayName(self):  # noqa: N802 (QGIS API name)
-        return "Train classifier (MMLGNet)"
+        return "Train classifier"
 
-    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+    def parameter_help(self) -> str:
         return (
             "Trains a text-aligned multi-sensor classifier (MMLGNet: one CNN per modality on a patch around each "
             "pixel, fused and aligned with a frozen text encoder by a symmetric contrastive loss; a pixel's class "
@@ -88,9 +86,8 @@ class TrainAlgorithm(RsvlAlgorithm):
             "<b>SEED</b>: fixed seed, same model on the CPU for the same inputs.<br>"
             "<b>AUGMENT</b> (advanced): each training patch's bands get a random gain (±5 %, plus ±5 % for the "
             "whole patch) and offset (±3 % of the band mean), as another date or sensor would change them, and a "
-            "random flip and 90° rotation. <b>BALANCED</b>: each epoch draws every class equally often. Both are "
-            "off by default: on the sample (10 % split, 3 seeds) AUGMENT + BALANCED gave OA 0.896 / AA 0.651 against "
-            "0.905 / 0.617 without; see the README.<br>"
+            "random flip and 90° rotation. <b>BALANCED</b>: each epoch draws every class equally often (rare classes "
+            "gain, overall accuracy may drop). Both are off by default.<br>"
             "<b>SEMI_SUPERVISED</b> (advanced, recipe spectral-spatial): unlabelled pixels of the input scene train "
             "the model too. Its weight average labels them where it is at least 95 % sure, and the model learns "
             "those labels on spectrally jittered, flipped and rotated copies (FixMatch with a mean teacher). "
@@ -98,7 +95,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             "proportions, so rare classes may shrink. Training takes about twice as long.<br>"
             "<b>MEMBERS</b> (advanced): train that many models from different seeds and save them as one model "
             "file (a deep ensemble): a pixel's similarity to each class is their mean. Steadier maps, most of all "
-            "with few labels (5 per class on the sample: OA 0.640 → 0.677 with 3 members); training and "
+            "with few labels; training and "
             "classification take that many times as long.<br>"
             "<b>OUTPUT_MODEL</b>: the model file (.safetensors weights + JSON header with classes, colours, "
             "band names, normalisation, text encoder). By default a new file in ~/rsvl/models/ named after the "
@@ -124,14 +121,26 @@ class TrainAlgorithm(RsvlAlgorithm):
             "zero-shot map), trained with Adam (step 0.01) on the labels; the weights of the best validation epoch "
             "are kept. INPUT_MS (or an RGB raster as INPUT_MS) is the input. The model file names the checkpoint, "
             "which must stay where it is; rsvl:classify and rsvl:query use it like any model.<br>"
-            + PRESET_HELP
+            + PRESET_HELP + "<b>RESOLUTION</b> (few-shot): tile (a window's embedding) or token (per 16-pixel "
+            "patch token of a ViT, finer).<br>"
         )
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API name)
+        return short_help(
+            'Trains a classifier from labelled pixels (a class raster) or points/polygons on co-registered '
+            'HSI, LiDAR, SAR and MS layers: one encoder per modality, fused and aligned with a text encoder, '
+            "so each class is the prompt most similar to a pixel's embedding.",
+            inputs=('the INPUT_* layers, TRAINING labels (CLASS_FIELD for vector labels); RECIPE chooses the method '
+                    "(spectral-spatial by default; mmlgnet is the paper's; band-groups is BP-LCZ's band-group "
+                    'prompting).'),
+            outputs=('OUTPUT_MODEL (a .safetensors model file for rsvl:classify and rsvl:query), an optional HTML '
+                     'report, and VALIDATION_OA/AA/KAPPA.'),
+            tip=('split your labels with rsvl:split first and score the map with rsvl:evaluate on the other half.'),
+            url=self.helpUrl())
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API name)
         self.add_modality_inputs()
-        self.addParameter(QgsProcessingParameterMapLayer(
-            "TRAINING", "Training labels (class raster, or points/polygons)",
-            types=[QgsProcessing.TypeVectorAnyGeometry, QgsProcessing.TypeRaster]))
+        self.add_labels("TRAINING", "Training labels (class raster, or points/polygons)")
         self.add_class_fields("vector labels")
         self.addParameter(QgsProcessingParameterString(
             "PROMPT_TEMPLATE", "Class prompt template ({} = class name; empty: follows the inputs)", optional=True))
@@ -154,7 +163,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             if advanced:
                 p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
-        loss = QgsProcessingParameterEnum("LOSS", "Contrastive loss", options=LOSSES, defaultValue=0)
+        loss = static_enum("LOSS", "Contrastive loss", LOSSES, LOSSES[0])
         loss.setFlags(loss.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(loss)
         self.add_device()
@@ -174,8 +183,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", "Training report", fileFilter="HTML files (*.html)", optional=True,
             createByDefault=False))
-        recipe = QgsProcessingParameterEnum("RECIPE", "Recipe", options=RECIPES,
-                                            defaultValue=RECIPES.index(DEFAULT_RECIPE))
+        recipe = static_enum("RECIPE", "Recipe", RECIPES, DEFAULT_RECIPE)
         recipe.setFlags(recipe.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(recipe)
         groups = QgsProcessingParameterFile("BAND_GROUPS", "Band groups (JSON, recipe band-groups)",
@@ -191,8 +199,7 @@ class TrainAlgorithm(RsvlAlgorithm):
         foundation.setFlags(foundation.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(foundation)
         add_foundation_parameters(self)
-        resolution = QgsProcessingParameterEnum("RESOLUTION", "Few-shot: window or token embeddings",
-                                                options=["tile", "token"], defaultValue=0)
+        resolution = static_enum("RESOLUTION", "Few-shot: window or token embeddings", ["tile", "token"], "tile")
         resolution.setFlags(resolution.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(resolution)
         self.addOutput(QgsProcessingOutputNumber("VALIDATION_OA", "Validation overall accuracy"))
@@ -211,9 +218,13 @@ class TrainAlgorithm(RsvlAlgorithm):
         ok, message = self.check_labels(parameters, "TRAINING", context)
         if not ok:
             return ok, message
-        patch = self.parameterAsInt(parameters, "PATCH_SIZE", context)
-        if patch % 2 == 0:
-            return False, f"PATCH_SIZE must be odd (got {patch})"
+        if not self.parameterAsFile(parameters, "FOUNDATION_MODEL", context):
+            from ...backend.errors import InputError
+
+            try:
+                TrainConfig(**self.train_options(legacy_parameters(self, parameters), context)).validate()
+            except InputError as exc:
+                return False, str(exc)
         template = self.parameterAsString(parameters, "PROMPT_TEMPLATE", context)
         if template.strip() and "{}" not in template:
             return False, "PROMPT_TEMPLATE must contain {} where the class name goes"
@@ -224,7 +235,7 @@ class TrainAlgorithm(RsvlAlgorithm):
 
         labels, class_field, class_name_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
-        from ...backend.atomic import check_outputs
+        from ...backend.io.atomic import check_outputs
 
         check_outputs([("OUTPUT_REPORT", self._report, 0)])  # before the work, not after it
         foundation = self.parameterAsFile(parameters, "FOUNDATION_MODEL", context)
@@ -235,40 +246,47 @@ class TrainAlgorithm(RsvlAlgorithm):
                 checkpoint=foundation, **self.inputs(parameters, context), labels=labels, class_field=class_field,
                 class_name_field=class_name_field,
                 output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context), **f,
-                resolution=["tile", "token"][self.parameterAsEnum(parameters, "RESOLUTION", context)],
+                resolution=self.enum(parameters, "RESOLUTION", context),
                 epochs=_optional(self, parameters, "EPOCHS", context, int, 100),
                 validation_fraction=self.parameterAsDouble(parameters, "VALIDATION_FRACTION", context),
                 seed=self.parameterAsInt(parameters, "SEED", context), device=self.device(parameters, context),
             )
             return api.train_fewshot, kwargs
-        kwargs = dict(
-            **self.inputs(parameters, context), labels=labels, class_field=class_field,
-            class_name_field=class_name_field,
-            output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context),
-            prompt_template=self.parameterAsString(parameters, "PROMPT_TEMPLATE", context).strip() or None,
-            text_encoder=self.parameterAsString(parameters, "TEXT_ENCODER", context) or "minilm",
-            patch_size=self.parameterAsInt(parameters, "PATCH_SIZE", context),
-            epochs=_optional(self, parameters, "EPOCHS", context, int),
-            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
-            learning_rate=_optional(self, parameters, "LEARNING_RATE", context, float),
-            validation_fraction=self.parameterAsDouble(parameters, "VALIDATION_FRACTION", context),
-            patience=self.parameterAsInt(parameters, "PATIENCE", context),
-            device=self.device(parameters, context),
-            seed=self.parameterAsInt(parameters, "SEED", context),
-            loss=LOSSES[self.parameterAsEnum(parameters, "LOSS", context)],
-            pretrained=self.parameterAsFile(parameters, "PRETRAINED", context) or None,
-            recipe=RECIPES[self.parameterAsEnum(parameters, "RECIPE", context)],
-            band_groups_file=self.parameterAsFile(parameters, "BAND_GROUPS", context) or None,
-            augment=self.parameterAsBool(parameters, "AUGMENT", context),
-            balanced=self.parameterAsBool(parameters, "BALANCED", context),
-            semi_supervised=self.parameterAsBool(parameters, "SEMI_SUPERVISED", context),
-            members=self.parameterAsInt(parameters, "MEMBERS", context),
-        )
+        inputs = self.inputs(parameters, context)
+        config = TrainConfig(class_field=class_field, class_name_field=class_name_field, reference=inputs["reference"],
+                             **self.train_options(parameters, context))
+        kwargs = dict(layers=inputs["layers"], labels=labels, config=config,
+                      output_model=self.parameterAsFileOutput(parameters, "OUTPUT_MODEL", context))
         return api.train, kwargs
 
+    def train_options(self, parameters, context) -> dict:
+        """Every TrainConfig field that names a Processing parameter, read by the field's type
+        (a new training option is a TrainConfig field plus its parameter definition above)."""
+        values = {}
+        for f in train_fields():
+            key = f.metadata["param"]
+            if not key:
+                continue
+            default = f.default
+            if key == "DEVICE":
+                values[f.name] = self.device(parameters, context)
+            elif f.metadata["choices"]:
+                values[f.name] = self.enum(parameters, key, context)
+            elif f.type == "bool":
+                values[f.name] = self.parameterAsBool(parameters, key, context)
+            elif f.type in ("int", "Optional[int]"):
+                values[f.name] = _optional(self, parameters, key, context, int, default)
+            elif f.type in ("float", "Optional[float]"):
+                values[f.name] = _optional(self, parameters, key, context, float, default)
+            elif isinstance(self.parameterDefinition(key), QgsProcessingParameterFile):
+                values[f.name] = self.parameterAsFile(parameters, key, context) or None
+            else:
+                values[f.name] = (self.parameterAsString(parameters, key, context) or "").strip() or default
+        return values
+
     def finish(self, result, parameters, context, feedback):
-        from ...backend.fewshot import FewShotResult
-        from ...backend.report import write_training_report
+        from ...backend.evaluation.report import write_training_report
+        from ...backend.foundation.fewshot import FewShotResult
 
         nan = float("nan")
         if isinstance(result, FewShotResult):

@@ -1,0 +1,2 @@
+"""Training samples drawn from rasters: patches and normalisation (samples), train/test splits (splits) and
+augmentation (augment)."""

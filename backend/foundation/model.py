@@ -1,0 +1,107 @@
+"""The image/text towers of a pretrained checkpoint: :class:`FoundationModel` builds the open_clip architecture
+offline, swaps in a ``len(bands)``-channel patch embedding where needed and loads strictly; prompt templates
+are checked and filled here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import InputError, ModelFileError
+from .checkpoint import build_model, detect_preset, preset_state, read_checkpoint
+from .presets import Preset, get_preset
+
+log = logging.getLogger("rsvl")
+
+
+class FoundationModel:
+    """An open_clip model and its preset, in eval mode on ``device``. ``preset`` is a
+    name (``auto``: from the checkpoint's keys and shapes) or a :class:`Preset`."""
+
+    def __init__(self, path: str, preset="auto", device="cpu"):
+        import open_clip
+        from open_clip.factory import resize_pos_embed
+
+        state = read_checkpoint(path)
+        if isinstance(preset, Preset):
+            self.preset = preset
+        else:
+            self.preset = get_preset(detect_preset(state) if (preset or "auto") == "auto" else preset)
+            if (preset or "auto") == "auto":
+                log.info("PRESET=auto: %s is %s", os.path.basename(path), self.preset.name)
+        p = self.preset
+        state = preset_state(state, p, path)
+        model = build_model(p)
+        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        resize_pos_embed(state, model)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            raise ModelFileError(f"MODEL {path!r} does not fit PRESET {p.name} ({p.arch}, {p.channels} bands): "
+                                 f"{' '.join(lines[1:3])[:400]}") from exc
+        visual = model.visual
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.tokenizer = open_clip.get_tokenizer(p.arch if p.arch.startswith("local-dir:")
+                                                 else p.arch.replace("-quickgelu", ""))
+        size = getattr(visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        patch = getattr(visual, "patch_size", None)
+        self.token_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None
+        self.path = path
+
+    # -- text ----------------------------------------------------------------------------
+    def text_embeddings(self, prompts: Sequence[str], templates: Optional[Sequence[str]] = None):
+        """(K, D) L2-normalised prompt embeddings: each template filled with the prompt
+        (``{}`` or ``{c}``), encoded and normalised, averaged, re-normalised (open_clip's
+        ``build_zero_shot_classifier``, the template ensemble of the CLIP papers)."""
+        from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+        templates = list(templates or self.preset.templates)
+        check_templates(templates)
+        fillers = [lambda c, t=t: fill_template(t, c) for t in templates]
+        with torch.no_grad():
+            weights = build_zero_shot_classifier(self.model, self.tokenizer, list(prompts), fillers,
+                                                 device=self.device)
+        return weights.t().float().contiguous()
+
+    # -- images --------------------------------------------------------------------------
+    def encode(self, x, tokens: bool = False):
+        """L2-normalised embeddings of a batch (N, C, S, S) of preprocessed windows: (N, D),
+        or with ``tokens`` (N, g, g, D) per patch token (projected with ``visual.proj``)."""
+        visual = self.model.visual
+        with torch.no_grad():
+            if not tokens:
+                return self.model.encode_image(x, normalize=True).float()
+            if self.token_size is None or getattr(visual, "proj", None) is None:
+                raise InputError(f"RESOLUTION=token needs a ViT image tower; {self.preset.arch} has none: use "
+                                 "RESOLUTION=tile")
+            visual.output_tokens = True
+            try:
+                _pooled, toks = visual(x)
+            finally:
+                visual.output_tokens = False
+            toks = (toks @ visual.proj).float()
+            g = int(round(math.sqrt(toks.shape[1])))
+            toks = torch.nn.functional.normalize(toks, dim=-1)
+            return toks.reshape(toks.shape[0], g, g, -1)
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    if not templates:
+        raise InputError("TEMPLATES is empty: give one template per line, each with {} or {c} for the prompt")
+    bad = [t for t in templates if "{}" not in t and "{c}" not in t]
+    if bad:
+        raise InputError(f"every template needs {{}} or {{c}} where the prompt goes; not: {bad[0]!r}")
+
+
+def fill_template(template: str, prompt: str) -> str:
+    """Fill ``{c}`` (Llama3-MS-CLIP's named placeholder) or ``{}`` with the prompt; other
+    braces are left as they are."""
+    return template.replace("{c}", prompt).replace("{}", prompt)
