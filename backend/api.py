@@ -523,7 +523,7 @@ def evaluate(
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"INPUT classification {classification!r} cannot be read as a raster ({exc}): give the "
                          "class raster rsvl:classify wrote (a vector map is a REFERENCE, not an INPUT)") from exc
-    predicted = RasterLabels(classification, grid)
+    predicted = RasterLabels(classification, grid, legend=True)
     try:
         job.step(0.05, "reading reference labels")
         ref = open_labels(reference, grid, class_field, classes=predicted.classes, class_name_field=class_name_field)
@@ -541,7 +541,7 @@ def evaluate(
                 # Unclassified pixels (code 0: nodata, or below a query's threshold) are pairs too.
                 keys, counts = np.unique(r[labelled] * 2**20 + p[labelled], return_counts=True)
                 pairs.update(dict(zip(keys.tolist(), counts.tolist())))
-            ref_classes, matching = ref.classes, ref.matching
+            ref_classes, matching, legend_only = ref.classes, ref.matching, predicted.legend_only
         finally:
             ref.close()
     finally:
@@ -552,7 +552,9 @@ def evaluate(
     by_code.update({c.code: c for c in predicted.classes})
     if n_unclassified:  # an "unclassified" column: abstentions count against OA, AA and kappa
         by_code[0] = ClassInfo(0, "unclassified", (255, 255, 255))
-    codes = sorted(by_code)
+    # a legend class that no pixel of the map holds has a row only where the reference has it
+    seen = {key >> 20 for key in pairs}
+    codes = sorted(c for c in by_code if c not in legend_only or c in seen)
     index = {c: i for i, c in enumerate(codes)}
     matrix = np.zeros((len(codes), len(codes)), dtype=np.int64)
     for key, count in pairs.items():

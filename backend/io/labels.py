@@ -95,9 +95,11 @@ def _category_names(path: str) -> List[str]:
 
 class RasterLabels:
     """A class raster on ``grid`` (nearest-neighbour when it must be warped), read window
-    by window; ``classes`` lists the codes present with their names and colours."""
+    by window; ``classes`` lists the codes present with their names and colours, and with
+    ``legend`` also the codes the raster's legend names (category names) that no pixel
+    holds: a class map's classes are its legend's, predicted or not."""
 
-    def __init__(self, path: str, grid: Grid, tile: int = 2048):
+    def __init__(self, path: str, grid: Grid, tile: int = 2048, legend: bool = False):
         if missing_file(path):
             raise LabelError(f"label raster {path!r} does not exist")
         self.path, self.grid = path, grid
@@ -145,7 +147,9 @@ class RasterLabels:
             self.close()
             raise
         names = _category_names(path)
-        codes = sorted(present)
+        # legend classes no pixel holds
+        self.legend_only = {c for c, name in enumerate(names) if legend and c > 0 and name.strip()} - present
+        codes = sorted(present | self.legend_only)
         _check_code_range(codes, f"label raster {path!r}")
         class_names = [names[c] if c < len(names) and names[c] else f"class {c}" for c in codes]
         table = [colormap.get(c) for c in codes]

@@ -1,0 +1,59 @@
+"""Issue 34, as a new user meets it: evaluate, info, checkpoint messages, few-shot figures,
+retrieve's modalities, Ctrl-C and the messages of Processing and the CLI. Each test takes the
+user's route (Processing, qgis_process or the CLI) and checks what the user would read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from qgis.core import QgsProcessingFeedback
+from rasterio.transform import from_origin
+
+from rsvl.backend.io.labels import ClassInfo, set_category_names
+
+LEGEND = [ClassInfo(1, "cultivated land", (255, 255, 0)), ClassInfo(2, "forest", (0, 100, 0)),
+          ClassInfo(3, "water", (0, 0, 255))]
+TRANSFORM = from_origin(465000.0, 5080000.0, 10.0, 10.0)
+
+
+class Feedback(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def reportError(self, error, fatalError=False):  # noqa: N802,N803 (QGIS API names)
+        self.lines.append(("error", error))
+
+    def pushWarning(self, text):  # noqa: N802 (QGIS API name)
+        self.lines.append(("warning", text))
+
+    def pushInfo(self, text):  # noqa: N802 (QGIS API name)
+        self.lines.append(("info", text))
+
+
+def _class_raster(helpers, path, codes, classes=LEGEND):
+    path = helpers.write_raster(path, codes.astype(np.uint8), TRANSFORM, nodata=0)
+    set_category_names(str(path), classes)
+    return path
+
+
+def test_evaluate_keeps_the_codes_of_a_legend_class_the_map_never_predicts(plugin, helpers, tmp_path, caplog):
+    """Item 1: the map's legend names cultivated land (code 1) but no pixel is 1; the
+    reference has cultivated land at code 1. The report keeps code 1 and warns of nothing."""
+    import processing
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(1, 4, (20, 20))
+    pred = np.where(ref == 1, 2, ref)  # cultivated land mapped as forest
+    classification = _class_raster(helpers, tmp_path / "map.tif", pred)
+    reference = _class_raster(helpers, tmp_path / "ref.tif", ref)
+    with caplog.at_level("WARNING", logger="rsvl"):
+        res = processing.run("rsvl:evaluate", {"INPUT": str(classification), "REFERENCE": str(reference),
+                                               "OUTPUT_JSON": str(tmp_path / "acc.json")})
+    figures = json.loads((tmp_path / "acc.json").read_text())
+    classes = {c["name"]: c["code"] for c in figures["classes"]}
+    assert classes == {"cultivated land": 1, "forest": 2, "water": 3}
+    assert not [r for r in caplog.records if "not among" in r.getMessage()]
+    assert res["OA"] == pytest.approx((pred == ref).mean())
