@@ -573,9 +573,13 @@ def evaluate(
 
 
 def describe_model(model_path: str) -> dict:
-    """The model file's JSON header (no weights loaded)."""
+    """The model file's JSON header (no weights loaded): an rsvl:train model's, or a few-shot
+    model's (rsvl:train with FOUNDATION_MODEL)."""
+    from .foundation.fewshot_file import describe_fewshot, model_kind
     from .models.modelfile import read_header
 
+    if not missing_file(model_path) and model_kind(model_path) == "fewshot":
+        return describe_fewshot(model_path)
     return read_header(model_path).to_json()
 
 

@@ -4,57 +4,21 @@ file is used by classify and query like any rsvl model."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
 import rasterio
-import torch
-from rasterio.transform import from_origin
 
 from rsvl.backend import api
 from rsvl.backend.errors import ModelFileError
-from rsvl.backend.foundation.checkpoint import build_model
-from rsvl.backend.foundation.presets import get_preset
 from rsvl.backend.foundation.zeroshot import zeroshot_map
 from rsvl.backend.io.raster import LayerSpec
 
-TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-NAMES = {1: "water", 2: "forest", 3: "bare soil"}
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny RGB checkpoint, a 3-band scene of three value regions and labels on them."""
-    root = tmp_path_factory.mktemp("fewshot")
-    (root / "arch").mkdir()
-    (root / "arch" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
-    preset = f"open_clip:local-dir:{root / 'arch'}"
-    torch.manual_seed(0)
-    torch.save(build_model(get_preset(preset)).state_dict(), root / "clip.pt")
-    h, w = 64, 96
-    truth = np.ones((h, w), np.uint8)
-    truth[:, 32:64] = 2
-    truth[:, 64:] = 3
-    rng = np.random.default_rng(0)
-    level = np.array([0, 30, 120, 230], np.float32)[truth]
-    rgb = np.clip(level[None] + rng.normal(0, 10, (3, h, w)), 0, 255).astype(np.uint8)
-    t = from_origin(500000, 5000000, 10, 10)
-    common = dict(driver="GTiff", width=w, height=h, crs="EPSG:32633", transform=t)
-    with rasterio.open(root / "rgb.tif", "w", count=3, dtype="uint8", **common) as dst:
-        dst.write(rgb)
-    labels = np.zeros((h, w), np.uint8)
-    labels[rng.random((h, w)) < 0.3] = 1
-    labels *= truth
-    with rasterio.open(root / "labels.tif", "w", count=1, dtype="uint8", nodata=0, **common) as dst:
-        dst.write(labels, 1)
-        dst.write_colormap(1, {1: (0, 0, 255), 2: (0, 100, 0), 3: (160, 120, 60)})
-    from rsvl.backend.io.labels import ClassInfo, set_category_names
-
-    set_category_names(str(root / "labels.tif"), [ClassInfo(c, n, (0, 0, 0)) for c, n in NAMES.items()])
-    return root, preset, truth
+def setup(fewshot_scene):
+    return fewshot_scene
 
 
 def _train(setup, name, **kwargs):
@@ -68,7 +32,7 @@ def test_zero_epochs_reproduce_the_zero_shot_map(setup):
     root, preset, _ = setup
     res = _train(setup, "zero.safetensors", epochs=0, validation_fraction=0.0)
     names = [c.name for c in res.classes]
-    assert sorted(names) == sorted(NAMES.values())
+    assert sorted(names) == sorted(["water", "forest", "bare soil"])  # conftest FEWSHOT_NAMES
     layers = [LayerSpec(str(root / "rgb.tif"), "ms")]
     api.classify(res.model_path, layers, str(root / "fewshot0.tif"), similarity=str(root / "fewshot0_sim.tif"),
                  device="cpu")

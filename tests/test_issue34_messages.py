@@ -57,3 +57,25 @@ def test_evaluate_keeps_the_codes_of_a_legend_class_the_map_never_predicts(plugi
     assert classes == {"cultivated land": 1, "forest": 2, "water": 3}
     assert not [r for r in caplog.records if "not among" in r.getMessage()]
     assert res["OA"] == pytest.approx((pred == ref).mean())
+
+
+@pytest.fixture(scope="module")
+def fewshot_model(fewshot_scene, tmp_path_factory):
+    from rsvl.backend import api
+    from rsvl.backend.io.raster import LayerSpec
+
+    root, preset, _ = fewshot_scene
+    out = tmp_path_factory.mktemp("fs") / "fewshot.safetensors"
+    api.train_fewshot(str(root / "clip.pt"), [LayerSpec(str(root / "rgb.tif"), "ms")], str(root / "labels.tif"),
+                      str(out), preset=preset, tile_size=32, stride=16, epochs=5, device="cpu")
+    return out
+
+
+def test_info_describes_a_few_shot_model(cli, fewshot_model, fewshot_scene):
+    """Item 2: `rsvl info` on the file rsvl:train FOUNDATION_MODEL=… wrote."""
+    res = cli("info", fewshot_model)
+    assert res.returncode == 0, res.stderr
+    header = json.loads(res.stdout)
+    assert header["kind"].startswith("few-shot") and header["checkpoint_found"] is True
+    assert header["checkpoint"] == str(fewshot_scene[0] / "clip.pt")
+    assert sorted(c["name"] for c in header["classes"]) == ["bare soil", "forest", "water"]

@@ -46,17 +46,25 @@ class FewShotHeader:
         return cls(**d)
 
 
-def model_kind(path: str) -> str:
-    """'rsvl' (an rsvl:train model), 'fewshot' (a head on a checkpoint) or 'checkpoint'
-    (anything else: a pretrained checkpoint, checked when it is read)."""
+def _metadata(path: str) -> Optional[dict]:
+    """The ``__metadata__`` of a safetensors file, read from its JSON header alone (no
+    weights, no torch); None when the file is not one."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
             n = int.from_bytes(head, "little")
             if len(head) < 8 or not 2 <= n <= 100 * 2**20:
-                return "checkpoint"
-            meta = json.loads(f.read(n).decode("utf-8")).get("__metadata__") or {}
+                return None
+            return json.loads(f.read(n).decode("utf-8")).get("__metadata__") or {}
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+
+
+def model_kind(path: str) -> str:
+    """'rsvl' (an rsvl:train model), 'fewshot' (a head on a checkpoint) or 'checkpoint'
+    (anything else: a pretrained checkpoint, checked when it is read)."""
+    meta = _metadata(path)
+    if meta is None:
         return "checkpoint"
     if FEWSHOT_KEY in meta:
         return "fewshot"
@@ -77,3 +85,14 @@ def read_fewshot(path: str):
         raise ModelFileError(f"MODEL {path!r} adapts the checkpoint {header.checkpoint!r}, which is not there any "
                              "more: put it back at that path or train again")
     return header, tensors["head.weight"].float()
+
+
+def describe_fewshot(path: str) -> dict:
+    """A few-shot model file's header as JSON (what ``rsvl info`` prints), without its
+    weights; says whether the checkpoint it adapts is still at its path."""
+    meta = _metadata(path) or {}
+    if FEWSHOT_KEY not in meta:
+        raise ModelFileError(f"MODEL {path!r} is not a few-shot model file (no {FEWSHOT_KEY!r} header)")
+    d = json.loads(meta[FEWSHOT_KEY])
+    return {"kind": "few-shot head on a pretrained checkpoint", **d,
+            "checkpoint_found": os.path.isfile(d.get("checkpoint", ""))}
