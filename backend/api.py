@@ -266,8 +266,10 @@ def train(
 def train_fewshot(checkpoint: str, layers: Sequence[LayerSpec], labels: str, output_model: str, **kwargs):
     """Few-shot adaptation of a pretrained checkpoint (FOUNDATION_MODEL): see
     :mod:`rsvl.backend.foundation.fewshot`."""
+    from .foundation.checkpoint import checkpoint_kind
     from .foundation.fewshot import train_fewshot as run
 
+    checkpoint_kind(checkpoint, "FOUNDATION_MODEL")  # a text or junk file is named as the parameter it came in
     return run(checkpoint, as_layers(layers), labels, output_model, **kwargs)
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -420,6 +421,37 @@ def run(args) -> int:
     return command(args, progress) or 0
 
 
+# Processing parameter names the backend's messages use -> the option a CLI user typed, where
+# the option's name is not the parameter's (the rest map by name: TILE_SIZE -> --tile-size).
+FLAG_ALIASES = {
+    "OUTPUT_FIRST": "--first", "OUTPUT_SECOND": "--second", "PROMPTS": "--prompt", "OUTPUT_MODEL": "--output",
+    "TRAINING": "--labels", "INPUT": "--classification", "OUTPUT_JSON": "--json", "OUTPUT_CSV": "--csv",
+    "OUTPUT_REPORT": "--report", "BAND_GROUPS": "--band-groups", "VALUE_SCALE": "--value-scale",
+    "TEMPLATES": "--template", "QUERY": "--query", "OUTPUT_SIMILARITY": "--output-similarity",
+    "INPUT_HSI": "--hsi", "INPUT_LIDAR": "--lidar", "INPUT_SAR": "--sar", "INPUT_MS": "--ms",
+    "REFERENCE_GRID": "--reference",
+}
+
+
+def as_flags(message: str, parser: argparse.ArgumentParser, command: Optional[str]) -> str:
+    """``message`` with the Processing parameter names it uses written as the options of
+    ``command`` (``FOUNDATION_MODEL`` -> ``--foundation-model``); names the command has no
+    option for stay as they are."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    p = sub.choices.get(command) if sub and command else None
+    if p is None:
+        return message
+    options = {o for a in p._actions for o in a.option_strings if o.startswith("--")}
+    flags = {a.dest.upper(): next(o for o in a.option_strings if o.startswith("--"))
+             for a in p._actions if any(o.startswith("--") for o in a.option_strings)}
+    flags.update({name: flag for name, flag in FLAG_ALIASES.items() if flag.split()[0] in options})
+
+    def flag(m):
+        return flags.get(m.group(0), m.group(0))
+
+    return re.sub(r"(?<![\w-])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*(?![\w-])", flag, message)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -434,7 +466,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"rsvl: cancelled: {exc}", file=sys.stderr)
         return 130
     except RsvlError as exc:
-        print(f"\nrsvl: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"\nrsvl: error: {as_flags(' '.join(str(exc).split()), parser, args.command)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         message = _missing_packages_message(exc, args.command)

@@ -150,7 +150,7 @@ def test_a_truncated_model_is_named_truncated_whatever_its_header_length(tmp_pat
     import json
     import struct
 
-    from rsvl.backend.models.modelfile import _sniff
+    from rsvl.backend.models.modelfile import describe_file
 
     for low in (0x80, 0x50, ord("{")):
         text = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
@@ -159,4 +159,4 @@ def test_a_truncated_model_is_named_truncated_whatever_its_header_length(tmp_pat
         path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + bytes(8))  # 8 of the 16 data bytes
         assert path.read_bytes()[0] == low
         size = 8 + len(text) + 8
-        assert _sniff(str(path)).startswith(f"is truncated: {size:,} of the {size + 8:,} bytes"), low
+        assert describe_file(str(path)).startswith(f"is truncated: {size:,} of the {size + 8:,} bytes"), low

@@ -179,7 +179,7 @@ def test_cli_bad_input_is_one_line(cli, tmp_path):
               "--output", tmp_path / "o.tif")
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert lines == [f"rsvl: error: MODEL file '{tmp_path / 'missing.safetensors'}' does not exist"]
+    assert lines == [f"rsvl: error: --model file '{tmp_path / 'missing.safetensors'}' does not exist"]
 
 
 def _report_shows(report: str, acc: dict) -> None:

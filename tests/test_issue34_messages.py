@@ -79,3 +79,36 @@ def test_info_describes_a_few_shot_model(cli, fewshot_model, fewshot_scene):
     assert header["kind"].startswith("few-shot") and header["checkpoint_found"] is True
     assert header["checkpoint"] == str(fewshot_scene[0] / "clip.pt")
     assert sorted(c["name"] for c in header["classes"]) == ["bare soil", "forest", "water"]
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"just some notes, not weights\n" * 4, "looks like a text file"),
+    (bytes(np.random.default_rng(1).integers(0, 256, 200, dtype=np.uint8)) + b"", "is not a safetensors file"),
+])
+def test_files_that_are_no_checkpoint_are_described_as_what_they_are(plugin, fewshot_scene, tmp_path, cli, content,
+                                                                     expected):
+    """Item 3: a text file or 200 junk bytes as MODEL (query, retrieve) or FOUNDATION_MODEL
+    (few-shot train): the message names the parameter and says what the file looks like,
+    never 'a pickle that holds more than tensors' nor a bare number."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    root = fewshot_scene[0]
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(content)
+    rgb = str(root / "rgb.tif")
+    for alg, params, name in (
+            ("rsvl:query", {"MODEL": str(bad), "INPUT_MS": [rgb], "PROMPTS": "water",
+                            "OUTPUT_SIMILARITY": str(tmp_path / "s.tif")}, "MODEL"),
+            ("rsvl:retrieve", {"MODEL": str(bad), "INPUT_MS": [rgb], "QUERY": "water",
+                               "OUTPUT": str(tmp_path / "r.gpkg")}, "MODEL"),
+            ("rsvl:train", {"FOUNDATION_MODEL": str(bad), "INPUT_MS": [rgb], "TRAINING": str(root / "labels.tif"),
+                            "OUTPUT_MODEL": str(tmp_path / "m.safetensors")}, "FOUNDATION_MODEL")):
+        with pytest.raises(QgsProcessingException) as err:
+            processing.run(alg, params)
+        message = str(err.value)
+        assert f"{name} '{bad}' is not a pretrained checkpoint" in message and expected in message, (alg, message)
+        assert "pickle that holds" not in message
+    res = cli("train", "--ms", rgb, "--labels", root / "labels.tif", "-o", tmp_path / "m.safetensors",
+              "--foundation-model", bad)
+    assert res.returncode == 2 and f"--foundation-model '{bad}' is not a pretrained checkpoint" in res.stderr

@@ -17,18 +17,40 @@ log = logging.getLogger("rsvl")
 
 
 # -- checkpoints ----------------------------------------------------------------------------
+CHECKPOINT_FORMATS = ("a safetensors file, or a PyTorch .pt/.pth/.bin/.ckpt file (a zip archive or a pickle of "
+                      "tensors)")
+
+
+def checkpoint_kind(path: str, what: str = "MODEL") -> str:
+    """'safetensors', 'zip' or 'pickle' for a file that can be a checkpoint; otherwise
+    :class:`ModelFileError` naming ``what`` (the parameter) and saying what the file looks
+    like. Reads the first bytes only."""
+    from ..models.modelfile import describe_file
+
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{what} file {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+    if head[8:9] == b"{" and 2 <= n <= os.path.getsize(path):
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle protocol 2-5
+        return "pickle"
+    raise ModelFileError(f"{what} {path!r} is not a pretrained checkpoint: it {describe_file(path)}; expected "
+                         f"{CHECKPOINT_FORMATS}")
+
+
 def read_checkpoint(path: str) -> Dict[str, object]:
     """The state dict of a checkpoint file: safetensors, or a PyTorch file read with
     ``weights_only=True`` (plain tensors only: a pickle that holds code is refused and never
     run). Training checkpoints are unwrapped (``state_dict``; a ``module.`` prefix)."""
     import torch
 
-    if not os.path.isfile(path):
-        raise ModelFileError(f"MODEL file {path!r} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(16)
+    head = checkpoint_kind(path)
     try:
-        if head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        if head == "safetensors":
             from safetensors.torch import load_file
 
             state = load_file(path, device="cpu")
@@ -36,7 +58,7 @@ def read_checkpoint(path: str) -> Dict[str, object]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (torch and safetensors raise many types)
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):  # a zip/pickle (checkpoint_kind)
             raise ModelFileError(f"MODEL {path!r} was refused: it is a pickle that holds more than tensors (code "
                                  "or objects that would run on loading); give a plain weights file") from exc
         raise ModelFileError(f"MODEL {path!r} cannot be read as a checkpoint: {text}") from exc

@@ -205,7 +205,7 @@ def read_header(path: str) -> ModelHeader:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types
-        raise ModelFileError(f"MODEL {path!r} is not an rsvl model: it {_sniff(path)}; {expected}") from exc
+        raise ModelFileError(f"MODEL {path!r} is not an rsvl model: it {describe_file(path)}; {expected}") from exc
     if "rsvl" not in meta:
         raise ModelFileError(f"MODEL {path!r} is a safetensors file but not an rsvl model (no 'rsvl' header); "
                              f"{expected}")
@@ -219,7 +219,7 @@ def read_header(path: str) -> ModelHeader:
     return ModelHeader.from_json(d)
 
 
-def _sniff(path: str) -> str:
+def describe_file(path: str) -> str:
     """What a file that is not a model looks like, in words (it is never unpickled)."""
     with open(path, "rb") as f:
         head = f.read(8)
@@ -236,6 +236,10 @@ def _sniff(path: str) -> str:
         return "looks like a TIFF raster"
     if head.lstrip()[:1] in (b"{", b"<"):
         return "looks like a text (JSON/HTML/XML) file"
+    with open(path, "rb") as f:
+        start = f.read(512)
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in start):
+        return "looks like a text file"
     return "is not a safetensors file (corrupted?)"
 
 
