@@ -112,3 +112,32 @@ def test_files_that_are_no_checkpoint_are_described_as_what_they_are(plugin, few
     res = cli("train", "--ms", rgb, "--labels", root / "labels.tif", "-o", tmp_path / "m.safetensors",
               "--foundation-model", bad)
     assert res.returncode == 2 and f"--foundation-model '{bad}' is not a pretrained checkpoint" in res.stderr
+
+
+def qgis_process(*args, home, cwd):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    shim = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "qgis_process"
+    env = {k: v for k, v in os.environ.items() if k not in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH")}
+    return subprocess.run([str(shim), *map(str, args)], capture_output=True, text=True, timeout=600, cwd=str(cwd),
+                          env={**env, "HOME": str(home)})
+
+
+def test_evaluate_without_output_csv_writes_a_temporary_one(plugin, helpers, tmp_path):
+    """Item 5: evaluate without OUTPUT_CSV writes the confusion matrix to a temporary file and
+    returns its path (Processing keeps it for the session); `qgis_process --json` returns
+    that path, not null (qgis_process deletes its temporary folder on exit, as the help says)."""
+    import processing
+
+    ref = np.random.default_rng(0).integers(1, 4, (12, 12))
+    classification = _class_raster(helpers, tmp_path / "map.tif", ref)
+    res = processing.run("rsvl:evaluate", {"INPUT": str(classification), "REFERENCE": str(classification)})
+    with open(res["OUTPUT_CSV"], encoding="utf-8") as f:
+        assert "forest" in f.read()
+    res = qgis_process("--json", "run", "rsvl:evaluate", "--", f"INPUT={classification}", f"REFERENCE={classification}",
+                       home=tmp_path, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.loads(res.stdout[res.stdout.index("{"):])["results"]
+    assert results["OUTPUT_CSV"].endswith("confusion.csv") and results["OA"] == 1.0

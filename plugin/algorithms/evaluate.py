@@ -6,6 +6,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
 )
 
 from .base import RsvlAlgorithm, raster_path
@@ -35,8 +36,8 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "the log and the report say which.<br>"
             "<b>CLASS_NAME_FIELD</b>: for an integer CLASS_FIELD, the field holding each code's class name "
             "(optional; then classes are matched by name).<br>"
-            "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU (a temporary file unless a file "
-            "is given).<br>"
+            "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU (left out: a temporary file, "
+            "deleted when QGIS or qgis_process exits; give a file to keep it).<br>"
             "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
             "<b>OUTPUT_REPORT</b>: optional HTML report with the confusion matrix as a picture (skipped unless a "
             "file is given).<br>"
@@ -86,7 +87,9 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         kwargs = dict(
             classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),
             reference=ref_path, class_field=class_field, class_name_field=class_name_field,
-            output_csv=self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context) or None,
+            # left out (qgis_process, scripts): a temporary file, as the help says
+            output_csv=(self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context)
+                        or QgsProcessingUtils.generateTempFilename("confusion.csv")),
             output_json=self.parameterAsFileOutput(parameters, "OUTPUT_JSON", context) or None,
         )
         return api.evaluate, kwargs
