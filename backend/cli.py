@@ -263,7 +263,14 @@ def _train_fewshot(args, progress):
     print(f"model: {res.model_path}\nclasses: {', '.join(c.name for c in res.classes)}\n"
           f"few-shot head: {res.n_train} training / {res.n_val} validation pixels, best epoch {res.best_epoch} "
           f"of {res.epochs_run}, {res.seconds:.1f} s\nvalidation OA: zero-shot {oa(res.validation_oa_zero_shot)}, "
-          f"adapted {oa(res.validation_oa)}")
+          f"adapted {oa(res.validation_oa)}" + (f"\nvalidation: {res.validation.summary()}" if res.validation else ""))
+    if args.report:
+        from .evaluation.report import write_fewshot_report
+
+        if write_fewshot_report(args.report, res):
+            print(f"report: {args.report}")
+        else:
+            print("report: none (--validation-fraction 0: no validation figures to report)", file=sys.stderr)
 
 
 def _train_mmlgnet(args, progress):

@@ -141,3 +141,27 @@ def test_evaluate_without_output_csv_writes_a_temporary_one(plugin, helpers, tmp
     assert res.returncode == 0, res.stderr[-2000:]
     results = json.loads(res.stdout[res.stdout.index("{"):])["results"]
     assert results["OUTPUT_CSV"].endswith("confusion.csv") and results["OA"] == 1.0
+
+
+def test_few_shot_training_reports_every_validation_figure(plugin, fewshot_scene, tmp_path, cli):
+    """Item 6: VALIDATION_AA and VALIDATION_KAPPA of a few-shot head are numbers, OUTPUT_REPORT
+    is written (Processing and the CLI's --report), and the figures agree with the report."""
+    import math
+
+    import processing
+
+    root, preset, _ = fewshot_scene
+    res = processing.run("rsvl:train", {
+        "FOUNDATION_MODEL": str(root / "clip.pt"), "PRESET": "open_clip", "OPEN_CLIP_ARCH": preset.split(":", 1)[1],
+        "INPUT_MS": [str(root / "rgb.tif")], "TRAINING": str(root / "labels.tif"), "TILE_SIZE": 32, "STRIDE": 16,
+        "EPOCHS": 5, "DEVICE": "cpu", "OUTPUT_MODEL": str(tmp_path / "fs.safetensors"),
+        "OUTPUT_REPORT": str(tmp_path / "fs.html")})
+    for key in ("VALIDATION_OA", "VALIDATION_AA", "VALIDATION_KAPPA"):
+        assert not math.isnan(res[key]) and -1 <= res[key] <= 1, key
+    html = (tmp_path / "fs.html").read_text(encoding="utf-8")
+    assert res["OUTPUT_REPORT"] == str(tmp_path / "fs.html") and "few-shot" in html and f"{res['VALIDATION_AA']:.4f}" in html
+    out = cli("train", "--ms", root / "rgb.tif", "--labels", root / "labels.tif", "-o", tmp_path / "cli.safetensors",
+              "--foundation-model", root / "clip.pt", "--preset", preset, "--fewshot-tile-size", 32,
+              "--fewshot-stride", 16, "--epochs", 5, "--device", "cpu", "--report", tmp_path / "cli.html")
+    assert out.returncode == 0, out.stderr
+    assert "validation: OA" in out.stdout and (tmp_path / "cli.html").is_file()

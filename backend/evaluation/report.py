@@ -209,3 +209,18 @@ def write_accuracy_report(path: str, acc: Accuracy, title: str = "rsvl accuracy 
     body = (f"<p>{_e(note)}</p>" if note else "") + accuracy_section(acc, colours)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(_page(title, body))
+
+
+def write_fewshot_report(path: str, result) -> bool:
+    """A few-shot head's report (rsvl:train FOUNDATION_MODEL): its validation figures and
+    confusion matrix, with the zero-shot OA it started from. False (nothing written) when
+    there was no validation split."""
+    if result.validation is None:
+        return False
+    zero = "n/a" if result.validation_oa_zero_shot is None else f"{result.validation_oa_zero_shot:.4f}"
+    note = (f"Few-shot head on a pretrained checkpoint: {result.n_train} training and {result.n_val} validation "
+            f"pixels; best epoch {result.best_epoch} of {result.epochs_run}; validation OA zero-shot {zero}. "
+            "The figures below are the kept head's on the validation pixels.")
+    write_accuracy_report(path, result.validation, title="rsvl few-shot training report",
+                          colours={c.code: tuple(c.colour) for c in result.classes}, note=note)
+    return True

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, LabelError
+from ..evaluation.metrics import Accuracy, accuracy_from_matrix, confusion_matrix
 from ..io.labels import ClassInfo
 from ..io.windows import as_boxes, tile_windows
 from .fewshot_file import FEWSHOT_KEY, FewShotHeader, read_fewshot
@@ -109,6 +110,7 @@ class FewShotResult:
     best_epoch: int
     seconds: float
     history: List[dict]
+    validation: Optional[Accuracy] = None  # the kept head's figures on the validation pixels
 
 
 def fit_head(features, y, text, *, epochs: int, learning_rate: float, val_features=None, val_y=None, seed=0,
@@ -224,8 +226,13 @@ def train_fewshot(
     log.info("few-shot head on %s: %d training / %d validation pixels; validation OA zero-shot %s, adapted %s "
              "(epoch %d)", fm.preset.name, int((~val).sum()), int(val.sum()),
              "n/a" if zero is None else f"{zero:.4f}", "n/a" if best is None else f"{best:.4f}", best_epoch)
+    validation = None
+    if val.any():  # the kept head (best epoch) on the validation pixels: OA, AA, kappa, per class
+        pred = (feats[val] @ head.cpu().numpy().T).argmax(1)
+        matrix = confusion_matrix(y[val], pred, range(len(classes)))
+        validation = accuracy_from_matrix(matrix, [c.code for c in classes], [c.name for c in classes])
     return FewShotResult(output_model, classes, int((~val).sum()), int(val.sum()), zero, best, epochs, best_epoch,
-                         time.perf_counter() - start, history)
+                         time.perf_counter() - start, history, validation)
 
 
 def classify_fewshot(model_path: str, layers, output: str, *, confidence: Optional[str] = None,

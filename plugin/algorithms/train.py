@@ -285,21 +285,28 @@ class TrainAlgorithm(RsvlAlgorithm):
         return values
 
     def finish(self, result, parameters, context, feedback):
-        from ...backend.evaluation.report import write_training_report
+        from ...backend.evaluation.report import write_fewshot_report, write_training_report
         from ...backend.foundation.fewshot import FewShotResult
 
         nan = float("nan")
         if isinstance(result, FewShotResult):
+            val = result.validation
+            outputs = {"OUTPUT_MODEL": result.model_path, "EPOCHS_RUN": result.epochs_run,
+                       "VALIDATION_OA": val.oa if val else nan, "VALIDATION_AA": val.aa if val else nan,
+                       "VALIDATION_KAPPA": val.kappa if val else nan}
             if self._report:
-                feedback.pushWarning("OUTPUT_REPORT: few-shot models have no training report yet; none was written")
+                if write_fewshot_report(self._report, result):
+                    outputs["OUTPUT_REPORT"] = self._report
+                else:
+                    feedback.pushWarning("OUTPUT_REPORT: VALIDATION_FRACTION is 0, so there are no validation figures "
+                                         "to report; none was written")
             oa = result.validation_oa
             zero = result.validation_oa_zero_shot
             feedback.pushInfo(
                 f"classes: {', '.join(c.name for c in result.classes)}; few-shot head, best epoch "
                 f"{result.best_epoch} of {result.epochs_run}; validation OA zero-shot "
                 f"{'n/a' if zero is None else f'{zero:.4f}'}, adapted {'n/a' if oa is None else f'{oa:.4f}'}")
-            return {"OUTPUT_MODEL": result.model_path, "EPOCHS_RUN": result.epochs_run,
-                    "VALIDATION_OA": nan if oa is None else oa, "VALIDATION_AA": nan, "VALIDATION_KAPPA": nan}
+            return outputs
         outputs = {"OUTPUT_MODEL": result.model_path, "EPOCHS_RUN": result.epochs_run}
         val = result.validation
         outputs.update(VALIDATION_OA=val.oa if val else nan, VALIDATION_AA=val.aa if val else nan,
