@@ -20,11 +20,19 @@ from .io.raster import MODALITIES, LayerSpec
 from .training.config import TrainConfig
 from .training.config import add_arguments as add_train_arguments
 
+MODALITY_HELP = {"hsi": "hyperspectral", "lidar": "LiDAR/DSM/elevation", "sar": "SAR", "ms": "multispectral"}
 
-def _add_layer_args(p: argparse.ArgumentParser, required_hint: str) -> None:
+
+def _add_layer_args(p: argparse.ArgumentParser, required_hint: str, modalities=MODALITIES,
+                    help_of: Optional[dict] = None) -> None:
+    """The input-layer options: one per modality of ``modalities`` (a command that takes
+    fewer offers fewer: argparse then refuses the others by name)."""
     g = p.add_argument_group("input layers (at least one; a modality may be given several times)")
-    for m in MODALITIES:
-        g.add_argument(f"--{m}", action="append", default=[], metavar="PATH", help=f"{m} raster ({required_hint})")
+    for m in modalities:
+        text = (help_of or {}).get(m) or f"{MODALITY_HELP[m]} raster ({required_hint})"
+        g.add_argument(f"--{m}", action="append", default=[], metavar="PATH", help=text)
+    for m in set(MODALITIES) - set(modalities):  # taken, to be refused by name (_check_modalities)
+        g.add_argument(f"--{m}", action="append", default=[], help=argparse.SUPPRESS)
     g.add_argument(
         "--nodata", action="append", default=[], metavar="MODALITY=VALUE",
         help="override the nodata value of that modality's layers, e.g. --nodata hsi=0",
@@ -59,7 +67,7 @@ def _layers(args) -> List[LayerSpec]:
             raise RsvlError(f"--nodata {item!r}: the value must be a number (e.g. ms=0 or lidar=-9999)") from None
     layers = []
     for m in MODALITIES:
-        for path in getattr(args, m):
+        for path in getattr(args, m, None) or []:
             layers.append(LayerSpec(path=path, modality=m, nodata=overrides.get(m)))
     unknown = sorted(set(overrides) - {layer.modality for layer in layers})
     if unknown:
@@ -189,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("retrieve", help="the tiles of a scene most similar to a text (pretrained checkpoint)")
     p.add_argument("--model", "-m", required=True, help="a pretrained vision-language checkpoint")
-    _add_layer_args(p, "ms (or an RGB raster as --ms)")
+    _add_layer_args(p, "", modalities=("ms",), help_of={
+        "ms": "multispectral raster (Sentinel-2 bands for MS checkpoints), or an RGB raster for RGB checkpoints"})
     p.add_argument("--query", "-q", required=True, help="the text to search for")
     p.add_argument("--output", "-o", required=True, help="GeoPackage of the top tiles (rank, score)")
     p.add_argument("--top-k", type=int, default=20)
@@ -353,6 +362,11 @@ def _distill(args, progress):
 
 def _retrieve(args, progress):
     from .foundation.retrieval import retrieve
+
+    given = [f"--{m}" for m in MODALITIES if m != "ms" and getattr(args, m)]
+    if given:
+        raise RsvlError(f"retrieve takes --ms only (a multispectral raster, or an RGB raster for RGB checkpoints), "
+                        f"not {', '.join(given)}: pretrained vision-language checkpoints read multispectral or RGB images")
 
     res = retrieve(args.model, _layers(args), args.query, args.output, top_k=args.top_k, preset=args.preset,
                    templates=args.template, tile_size=args.tile_size or None, stride=args.stride,

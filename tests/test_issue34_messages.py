@@ -165,3 +165,15 @@ def test_few_shot_training_reports_every_validation_figure(plugin, fewshot_scene
               "--fewshot-stride", 16, "--epochs", 5, "--device", "cpu", "--report", tmp_path / "cli.html")
     assert out.returncode == 0, out.stderr
     assert "validation: OA" in out.stdout and (tmp_path / "cli.html").is_file()
+
+
+def test_retrieve_offers_and_takes_only_ms(cli, tmp_path):
+    """Item 9: retrieve's help offers --ms alone, readable; --hsi/--lidar/--sar are refused by
+    name instead of being read as MS."""
+    res = cli("retrieve", "--help")
+    assert "--ms PATH" in res.stdout and "--hsi" not in res.stdout and "--lidar" not in res.stdout
+    assert "(ms (or" not in res.stdout
+    for flag in ("--hsi", "--lidar", "--sar"):
+        res = cli("retrieve", "-m", tmp_path / "x.pt", flag, tmp_path / "a.tif", "-q", "water", "-o", tmp_path / "r.gpkg")
+        assert res.returncode == 2
+        assert "retrieve takes --ms only" in res.stderr and f"not {flag}" in res.stderr, res.stderr
