@@ -486,6 +486,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CancelledError as exc:
         print(f"rsvl: cancelled: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written to temporary files, moved into place only when done
+        print("\nrsvl: interrupted; no half-written output was left behind", file=sys.stderr)
+        return 130
     except RsvlError as exc:
         print(f"\nrsvl: error: {as_flags(' '.join(str(exc).split()), parser, args.command)}", file=sys.stderr)
         return 2

@@ -177,3 +177,28 @@ def test_retrieve_offers_and_takes_only_ms(cli, tmp_path):
         res = cli("retrieve", "-m", tmp_path / "x.pt", flag, tmp_path / "a.tif", "-q", "water", "-o", tmp_path / "r.gpkg")
         assert res.returncode == 2
         assert "retrieve takes --ms only" in res.stderr and f"not {flag}" in res.stderr, res.stderr
+
+
+def test_ctrl_c_in_the_cli_prints_one_line_and_leaves_nothing(helpers, tmp_path):
+    """Item 10: SIGINT while training prints one line, exits 130, and leaves no model file
+    and no temporary file behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scene = helpers.make_scene(tmp_path / "s", size=64, modalities=("hsi",))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "rsvl.backend", "train", "--hsi", str(scene.paths["hsi"]),
+                             "--labels", str(scene.labels), "-o", str(out / "m.safetensors"), "--epochs", "500",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(10)  # imports done, training under way (500 epochs take minutes)
+    assert proc.poll() is None
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "rsvl: interrupted; no half-written output was left behind")
+    assert os.listdir(out) == []
