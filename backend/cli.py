@@ -2,6 +2,9 @@
 
 Errors in the user's input print one line (``rsvl: error: …``) and exit with status 2;
 a cancelled job exits with 130.
+
+Long module: the options of eleven commands and a short handler for each (the dispatch is the
+COMMANDS table); training options come from :mod:`rsvl.backend.training.config`.
 """
 
 from __future__ import annotations
