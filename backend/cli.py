@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .errors import CancelledError, RsvlError
+from .errors import CancelledError, RsvlError, count
 from .io.raster import MODALITIES, LayerSpec
 from .training.config import TrainConfig
 from .training.config import add_arguments as add_train_arguments
@@ -339,7 +339,8 @@ def _pretrain(args, progress):
     res = pretrain(_layers(args), args.output, patch_size=args.patch_size, samples=args.samples,
                    epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                    seed=args.seed, device=args.device, reference=args.reference, progress=progress)
-    print(f"encoders: {res.path} ({', '.join(f'{m} {b} bands' for m, b in res.modalities.items())})\n"
+    inputs = ", ".join(f"{m} {count(b, 'band')}" for m, b in res.modalities.items())
+    print(f"encoders: {res.path} ({inputs})\n"
           f"SimSiam loss: {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f}, {res.n_samples} pixels, "
           f"{res.seconds:.1f} s")
 
@@ -482,8 +483,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s",
-                        stream=sys.stderr)
+    # rsvl's messages on stderr, once: its own handler, not the root logger's (libraries such as
+    # open_clip log through the root logger and configure it, which printed them twice)
+    logger = logging.getLogger("rsvl")
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.propagate = False
     try:
         return run(args)
     except CancelledError as exc:

@@ -32,3 +32,8 @@ class TextEncoderError(InputError):
 
 class CancelledError(RsvlError):
     """The user cancelled the job; outputs were not written."""
+
+
+def count(n: int, noun: str) -> str:
+    """'1 band', '3 bands': a number with its noun, in messages."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")

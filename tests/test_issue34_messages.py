@@ -202,3 +202,42 @@ def test_ctrl_c_in_the_cli_prints_one_line_and_leaves_nothing(helpers, tmp_path)
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         "rsvl: interrupted; no half-written output was left behind")
     assert os.listdir(out) == []
+
+
+def test_messages_say_what_is_allowed_once_in_the_users_words(helpers, tmp_path, cli, fewshot_scene):
+    """Item 12: qgis_process says what FRACTION and PROMPTS allow (not QGIS's bare "Incorrect
+    parameter value"); evaluate's OA line is printed once; a zero-shot run prints no stray
+    'INFO:rsvl:' lines; the CLI names its own options (--first, --prompt); the split's warning
+    names the class; counts read '1 band'."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(1, 4, (16, 16))
+    labels = _class_raster(helpers, tmp_path / "labels.tif", ref)
+    res = qgis_process("run", "rsvl:split", "--", f"INPUT={labels}", "FRACTION=1.5", "OUTPUT_FIRST=f.tif",
+                       "OUTPUT_SECOND=s.tif", home=tmp_path, cwd=tmp_path)
+    assert res.returncode != 0 and "FRACTION must be a number from 0.0001 to 0.9999 (got 1.5)" in res.stdout + res.stderr
+    root = fewshot_scene[0]
+    res = qgis_process("run", "rsvl:query", "--", f"MODEL={root / 'clip.pt'}", f"INPUT_MS={root / 'rgb.tif'}",
+                       "PROMPTS=", "OUTPUT_SIMILARITY=s.tif", home=tmp_path, cwd=tmp_path)
+    assert res.returncode != 0 and "PROMPTS is empty: give the prompts" in res.stdout + res.stderr
+    res = qgis_process("run", "rsvl:evaluate", "--", f"INPUT={labels}", f"REFERENCE={labels}", home=tmp_path,
+                       cwd=tmp_path)
+    assert res.returncode == 0 and (res.stdout + res.stderr).count("OA 1.0000") == 1, res.stdout
+    res = qgis_process("run", "rsvl:query", "--", f"MODEL={root / 'clip.pt'}", f"INPUT_MS={root / 'rgb.tif'}",
+                       "PRESET=open_clip", f"OPEN_CLIP_ARCH=local-dir:{root / 'arch'}", "PROMPTS=water",
+                       "TILE_SIZE=32", "DEVICE=cpu", "OUTPUT_SIMILARITY=s.tif", home=tmp_path, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "INFO:rsvl:" not in res.stderr and "INFO:root:" not in res.stderr
+    # the CLI: its own option names, class names in the split warning
+    res = cli("split", "--labels", labels, "--first", tmp_path / "a.txt", "--second", tmp_path / "b.tif")
+    assert res.returncode == 2 and "--first 'a.txt'" in res.stderr.replace(str(tmp_path) + "/", "")
+    res = cli("query", "-m", tmp_path / "m.safetensors", "--ms", root / "rgb.tif", "--prompt", " ",
+              "--output-similarity", tmp_path / "s.tif")
+    assert res.returncode == 2 and "--prompt" in res.stderr and "PROMPTS" not in res.stderr, res.stderr
+    single = np.where(ref == 3, 3, np.where(ref == 1, 1, 0))
+    single[0, 0] = 2  # one forest pixel: the training map gets it or the test map has none
+    few = _class_raster(helpers, tmp_path / "few.tif", single)
+    res = cli("split", "--labels", few, "--fraction", 0.5, "--first", tmp_path / "f.tif", "--second", tmp_path / "s.tif")
+    assert res.returncode == 0 and "no pixel of this class with this split: forest (2)" in res.stderr, res.stderr
+    from rsvl.backend.errors import count
+
+    assert (count(1, "band"), count(3, "band")) == ("1 band", "3 bands")

@@ -22,7 +22,7 @@ pixel sees a training pixel (``buffer = patch_size // 2``).
 from __future__ import annotations
 
 import logging
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -46,12 +46,14 @@ def _stratified_draw(codes: np.ndarray, allowed: np.ndarray, fraction: float, rn
 
 
 def split_codes(codes: np.ndarray, fraction: float, seed: int, mode: str = "random", block_size: int = 20,
-                buffer: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """(first, second) class maps of ``codes`` (0 = unlabelled) split as the module says."""
+                buffer: int = 0, names: Optional[Dict[int, str]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(first, second) class maps of ``codes`` (0 = unlabelled) split as the module says;
+    ``names`` ({code: class name}) name the classes in warnings."""
     if mode not in MODES:
         raise LabelError(f"split MODE must be one of {', '.join(MODES)} (got {mode!r})")
     if not 0 < fraction < 1:
-        raise LabelError(f"the split fraction must be in (0, 1) (got {fraction})")
+        raise LabelError(f"FRACTION must be between 0 and 1, the share of each class in the first map, e.g. 0.1 "
+                         f"(got {fraction})")
     if mode != "random" and block_size < 1:
         raise LabelError(f"BLOCK_SIZE must be at least 1 pixel (got {block_size})")
     if buffer < 0:
@@ -87,6 +89,7 @@ def split_codes(codes: np.ndarray, fraction: float, seed: int, mode: str = "rand
     for name, part in (("first (training)", first), ("second (test)", second)):
         missing = sorted(set(np.unique(codes[labelled]).tolist()) - set(np.unique(part[part > 0]).tolist()))
         if missing:
-            log.warning("the %s map has no pixel of class code(s) %s with this split", name,
-                        ", ".join(map(str, missing)))
+            which = ", ".join(f"{names[c]} ({c})" if names and names.get(c) else f"code {c}" for c in missing)
+            log.warning("the %s map has no pixel of %s with this split: %s", name,
+                        "this class" if len(missing) == 1 else "these classes", which)
     return first, second

@@ -7,6 +7,7 @@ import html
 import math
 from typing import List, Optional, Sequence, Tuple
 
+from ..errors import count
 from ..io.atomic import atomic_path
 from .metrics import Accuracy
 
@@ -170,7 +171,7 @@ def write_training_report(path: str, header: dict, validation: Optional[Accuracy
     acc = line_chart([("training OA", "#1f77b4", [h.get("train_oa") for h in hist]),
                       ("validation OA", "#d62728", [h.get("val_oa") for h in hist])],
                      "Overall accuracy per epoch", "OA", y_range=(0.0, 1.0))
-    mods = ", ".join(f"{m} ({v['bands']} bands)" for m, v in header["modalities"].items())
+    mods = ", ".join(f"{m} ({count(v['bands'], 'band')})" for m, v in header["modalities"].items())
     summary = (
         "<table>"
         f'<tr><th class="l">modalities</th><td class="l">{_e(mods)}</td></tr>'

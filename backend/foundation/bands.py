@@ -49,7 +49,7 @@ def select_bands(names: Sequence[str], preset: Preset, bands: Optional[str] = No
             if item.isdigit():
                 i = int(item) - 1
                 if not 0 <= i < count:
-                    raise InputError(f"BANDS: band {item} does not exist (the input has {count} bands)")
+                    raise InputError(f"BANDS: band {item} does not exist (the input has {count} band{'s' if count != 1 else ''})")
             else:
                 code = sentinel2_band(item) or item
                 if code not in codes:

@@ -590,7 +590,8 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
             colormap = None
     labels = read_label_raster(path, grid)
     job.step(0.3, "splitting")
-    first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer)
+    first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer,
+                                names={c.code: c.name for c in labels.classes})
     dtype = class_dtype(labels.classes)
     # The class maps' GeoTIFF profile, whatever the input's format (ENVI, HFA, VRT, …).
     profile = gtiff_profile(grid, 1, dtype, 0)

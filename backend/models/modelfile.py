@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .. import __version__
-from ..errors import ModelFileError, ModelMismatchError
+from ..errors import ModelFileError, ModelMismatchError, count
 from ..io.atomic import atomic_path
 from ..io.labels import ClassInfo
 from ..io.raster import MODALITY_LABELS, BandStats
@@ -132,12 +132,12 @@ class ModelHeader:
         problems = []
         for m, n in self.config.bands.items():
             if m not in band_counts:
-                problems.append(f"the model needs a {MODALITY_LABELS[m]} input ({m}, {n} bands) and none was given")
+                problems.append(f"the model needs a {MODALITY_LABELS[m]} input ({m}, {count(n, 'band')}) and none was given")
             elif band_counts[m] != n:
-                problems.append(f"{m} input has {band_counts[m]} bands but the model was trained on {n}")
+                problems.append(f"{m} input has {count(band_counts[m], 'band')} but the model was trained on {n}")
         for m, n in band_counts.items():
             if m not in self.config.bands:
-                problems.append(f"{m} input ({n} bands) was given but the model has no {m} encoder")
+                problems.append(f"{m} input ({count(n, 'band')}) was given but the model has no {m} encoder")
         if problems:
             raise ModelMismatchError("inputs do not match the model: " + "; ".join(problems))
 

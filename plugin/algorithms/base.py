@@ -29,7 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..icons import ICON_PATH
-from .parameters import legacy_parameters, parameter_texts, static_enum
+from .parameters import legacy_parameters, parameter_texts, refusal, static_enum
 
 MODALITY_PARAMS: Dict[str, str] = {
     "hsi": "INPUT_HSI",
@@ -318,7 +318,12 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         ok, message = self.check_packages()
         if not ok:
             return False, message
-        return super().checkParameterValues(legacy_parameters(self, parameters), context)
+        parameters = legacy_parameters(self, parameters)
+        for definition in self.parameterDefinitions():  # what is allowed, before QGIS's "Incorrect parameter value"
+            message = refusal(definition, parameters.get(definition.name()), context)
+            if message:
+                return False, message
+        return super().checkParameterValues(parameters, context)
 
     # -- running ---------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API name)
@@ -370,6 +375,9 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)  # the backend's info messages belong in the Processing log
     logger.addHandler(handler)
+    # rsvl's records go to the feedback only: not also to a root handler that a library set
+    # up (open_clip logs through the root logger, which configures it: 'INFO:rsvl:…' on stderr)
+    propagate, logger.propagate = logger.propagate, False
     try:
         return function(progress=progress or default_progress, is_cancelled=is_cancelled or feedback.isCanceled,
                         **kwargs)
@@ -379,3 +387,4 @@ def run_backend(function: Callable, kwargs: dict, feedback, progress: Optional[C
         raise QgsProcessingException(str(exc)) from exc
     finally:
         logger.removeHandler(handler)
+        logger.propagate = propagate

@@ -9,6 +9,7 @@ import re
 from typing import Dict
 
 from qgis.core import (
+    NULL,
     QgsProcessingException,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
@@ -172,3 +173,19 @@ def check_model_or_checkpoint(path: str):
     if path and os.path.isfile(path) and not is_rsvl_model(path):
         return True, ""
     return check_model(path)
+
+
+def refusal(definition, value, context) -> str:
+    """Why ``value`` is not acceptable for ``definition``, in words that say what is ('' when
+    it is): QGIS's own check only says "Incorrect parameter value for NAME"."""
+    if definition.checkValueIsAcceptable(value, context):
+        return ""
+    name, what = definition.name(), definition.description().split(" (")[0].lower()
+    if value is None or value == NULL or (isinstance(value, str) and not value.strip()):
+        return f"{name} is empty: give the {what}"
+    if isinstance(definition, QgsProcessingParameterNumber):
+        low, high = definition.minimum(), definition.maximum()
+        return f"{name} must be a number from {low:g} to {high:g} (got {value})"
+    if isinstance(definition, QgsProcessingParameterEnum):
+        return f"{name} must be one of {', '.join(definition.options())} (got {value!r})"
+    return f"{name}: {value!r} is not a valid {what}"

@@ -55,6 +55,7 @@ cosine similarity at inference), so open-vocabulary queries work as with any rsv
 
 from __future__ import annotations
 
+from ...errors import count
 from .base import Recipe, RecipeInputs, RecipeSetup
 
 PIXEL_CHANNELS = [128, 128]
@@ -65,7 +66,7 @@ MIXUP = 0.2  # Beta(MIXUP, MIXUP) mixing shares
 def prepare(inputs: RecipeInputs) -> RecipeSetup:
     bands = sum(len(v) for v in inputs.band_names.values())
     return RecipeSetup(config={"pixel_channels": list(PIXEL_CHANNELS)},
-                       description=f"spectral-spatial: CNN branches + a pixel branch on {bands} bands")
+                       description=f"spectral-spatial: CNN branches + a pixel branch on {count(bands, 'band')}")
 
 
 def _settings():
