@@ -54,7 +54,7 @@ def test_blocks_with_buffer_leave_no_test_pixel_next_to_training():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"mode": "diagonal"}, "MODE must be one of"), ({"fraction": 1.0}, "fraction must be in"),
+    ({"mode": "diagonal"}, "MODE must be one of"), ({"fraction": 1.0}, "FRACTION must be between 0 and 1"),
     ({"mode": "blocks", "block_size": 0}, "BLOCK_SIZE"), ({"buffer": -1}, "BUFFER")])
 def test_bad_split_parameters_are_named(kwargs, message):
     args = {"fraction": 0.1, "seed": 0, **kwargs}

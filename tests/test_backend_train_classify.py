@@ -153,7 +153,7 @@ def test_mismatched_inputs_are_refused(trained_model, scene_factory):
     bad = [LayerSpec(str(other.paths["hsi"]), "hsi"), layers[1]]
     with pytest.raises(ModelMismatchError, match=r"hsi input has 10 bands but the model was trained on 24"):
         api.classify(str(model_path), bad, str(other.root / "x.tif"), device="cpu")
-    with pytest.raises(ModelMismatchError, match=r"LiDAR.*lidar, 1 bands"):
+    with pytest.raises(ModelMismatchError, match=r"LiDAR.*lidar, 1 band\)"):
         api.classify(str(model_path), [layers[0]], str(other.root / "x.tif"), device="cpu")
     assert not (other.root / "x.tif").exists()
 
