@@ -90,8 +90,14 @@ def test_no_labels_layer_is_proposed_and_none_is_refused(plugin, qgis_iface, hel
     try:
         definition = alg(name).parameterDefinition(key)
         wrapper = QgsGui.processingGuiRegistry().createParameterWidgetWrapper(definition, 0)  # Standard dialog
-        wrapper.createWrappedWidget(QgsProcessingContext())
-        assert wrapper.parameterValue() in (None, "")
+        widget = wrapper.createWrappedWidget(QgsProcessingContext())
+        try:
+            assert wrapper.parameterValue() in (None, "")
+        finally:  # Qt objects must not outlive QGIS's application (a crash at exit otherwise)
+            from qgis.PyQt import sip
+
+            sip.delete(widget)
+            sip.delete(wrapper)
         params = {"INPUT_LIDAR": [str(scene.paths["lidar"])], "INPUT": str(scene.paths["lidar"]),
                   "OUTPUT_MODEL": str(tmp_path / "m.safetensors")}
         ok, message = alg(name).checkParameterValues(params, QgsProcessingContext())
