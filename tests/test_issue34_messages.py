@@ -241,3 +241,30 @@ def test_messages_say_what_is_allowed_once_in_the_users_words(helpers, tmp_path,
     from rsvl.backend.errors import count
 
     assert (count(1, "band"), count(3, "band")) == ("1 band", "3 bands")
+
+
+def test_split_keeps_the_whole_legend(plugin, helpers, tmp_path, cli):
+    """Item 11: rsvl:split and the CLI's split write the input's class names (all of them:
+    a class with no pixel in a part keeps its name) with its colour table."""
+    import processing
+    from osgeo import gdal
+
+    legend = ["no data", "cultivated land", "forest", "grassland", "shrubland", "water", "wetlands", "tundra"]
+    codes = np.random.default_rng(0).choice([1, 2, 3, 5], (20, 20))
+    path = helpers.write_raster(tmp_path / "lulc.tif", codes.astype(np.uint8), TRANSFORM, nodata=0)
+    from rsvl.backend.io.labels import write_category_names
+
+    write_category_names(str(path), legend)
+
+    def names(p):
+        ds = gdal.Open(str(p))
+        band = ds.GetRasterBand(1)
+        band.GetMetadata()
+        return list(band.GetCategoryNames() or [])
+
+    processing.run("rsvl:split", {"INPUT": str(path), "FRACTION": 0.3, "OUTPUT_FIRST": str(tmp_path / "a.tif"),
+                                  "OUTPUT_SECOND": str(tmp_path / "b.tif")})
+    res = cli("split", "--labels", path, "--fraction", 0.3, "--first", tmp_path / "c.tif", "--second", tmp_path / "d.tif")
+    assert res.returncode == 0, res.stderr
+    for out in ("a.tif", "b.tif", "c.tif", "d.tif"):
+        assert names(tmp_path / out) == legend, out

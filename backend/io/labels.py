@@ -63,12 +63,18 @@ class LabelMap:
 
 def set_category_names(path: str, classes: Sequence[ClassInfo]) -> None:
     """Category names for the class codes (GDAL keeps them in the .aux.xml sidecar)."""
-    from osgeo import gdal
 
     names = [""] * (max(c.code for c in classes) + 1)
     names[0] = "nodata"
     for c in classes:
         names[c.code] = c.name
+    write_category_names(path, names)
+
+
+def write_category_names(path: str, names: Sequence[str]) -> None:
+    """Category names, one per code from 0 (GDAL keeps them in the .aux.xml sidecar)."""
+    from osgeo import gdal
+
     with gdal_exceptions():
         ds = gdal.Open(path, gdal.GA_Update)
         band = ds.GetRasterBand(1)
@@ -589,6 +595,7 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
         except ValueError:
             colormap = None
     labels = read_label_raster(path, grid)
+    legend = _category_names(path)
     job.step(0.3, "splitting")
     first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer,
                                 names={c.code: c.name for c in labels.classes})
@@ -602,7 +609,10 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
                 dst.write(codes.astype(dtype), 1)
                 if colormap:
                     dst.write_colormap(1, colormap)
-            set_category_names(tmp, labels.classes)
+            if legend:  # the input's whole legend, classes without pixels in this part included
+                write_category_names(tmp, legend)
+            else:
+                set_category_names(tmp, labels.classes)
     job.report(1.0, "split written")
     return SplitResult(labels.classes, {c.code: int((first == c.code).sum()) for c in labels.classes},
                        {c.code: int((second == c.code).sum()) for c in labels.classes})
