@@ -407,7 +407,7 @@ def query(
     threshold: Optional[float] = None,
     use_template: bool = True,
     method: str = "dense",
-    tile_size: int = 256,
+    tile_size: int = 0,
     device: str = "auto",
     reference: Optional[int] = None,
     align: bool = True,
@@ -433,7 +433,7 @@ def query(
     (Llama3-MS-CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip): then the scene is mapped
     from text alone (:func:`rsvl.backend.foundation.zeroshot.zeroshot_map`; ``preset``,
     ``templates``, ``stride``, ``resolution``, ``multi_label``, ``bands``, ``value_scale``,
-    ``offset`` apply, and ``tile_size`` 0 means the model's input size). ``scheduler``:
+    ``offset`` apply, and ``tile_size`` 0 means the model's input size; for an rsvl model, 256). ``scheduler``:
     compute an rsvl model's windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``)."""
     from .foundation.fewshot_file import model_kind, read_fewshot
     from .foundation.zeroshot import zeroshot_map

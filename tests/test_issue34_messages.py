@@ -5,6 +5,7 @@ user's route (Processing, qgis_process or the CLI) and checks what the user woul
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -268,3 +269,25 @@ def test_split_keeps_the_whole_legend(plugin, helpers, tmp_path, cli):
     assert res.returncode == 0, res.stderr
     for out in ("a.tif", "b.tif", "c.tif", "d.tif"):
         assert names(tmp_path / out) == legend, out
+
+
+def test_a_tile_larger_than_the_scene_is_refused_saying_what_fits(plugin, fewshot_scene, tmp_path, cli):
+    """Item 7: TILE_SIZE 1000 on a 96 × 64 scene: query (Processing), retrieve and few-shot
+    training (CLI) refuse it, naming the scene's size and the largest tile it allows."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    root, preset, _ = fewshot_scene
+    arch = preset.split(":", 1)[1]
+    expected = "TILE_SIZE 1000 is larger than the scene (96 × 64 pixels): give at most 64"
+    with pytest.raises(QgsProcessingException, match=re.escape(expected)):
+        processing.run("rsvl:query", {"MODEL": str(root / "clip.pt"), "INPUT_MS": [str(root / "rgb.tif")],
+                                      "PRESET": "open_clip", "OPEN_CLIP_ARCH": arch, "PROMPTS": "water",
+                                      "TILE_SIZE": 1000, "OUTPUT_SIMILARITY": str(tmp_path / "s.tif")})
+    res = cli("retrieve", "-m", root / "clip.pt", "--ms", root / "rgb.tif", "--preset", preset, "-q", "water",
+              "--tile-size", 1000, "-o", tmp_path / "r.gpkg")
+    assert res.returncode == 2 and "--tile-size 1000 is larger than the scene (96 × 64 pixels)" in res.stderr
+    res = cli("train", "--ms", root / "rgb.tif", "--labels", root / "labels.tif", "-o", tmp_path / "m.safetensors",
+              "--foundation-model", root / "clip.pt", "--preset", preset, "--fewshot-tile-size", 1000)
+    assert res.returncode == 2 and "larger than the scene (96 × 64 pixels): give at most 64" in res.stderr
+    assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob("*.safetensors"))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io.windows import WindowScores, as_boxes, check_tiling, tile_windows
+from ..io.windows import WindowScores, as_boxes, check_scene_fits, check_tiling, tile_windows
 from .bands import Preprocessor, select_bands, value_scale
 from .model import FoundationModel
 
@@ -252,6 +252,11 @@ def open_for_scene(checkpoint: str, preset, device: str, layers, *, tile_size: O
     tile = tile_size or fm.image_size
     stride = check_tiling(tile, stride or (tile if stride_default == "tile" else None))
     setup = open_scene(fm, as_layers(layers), bands, scale, offset, reference)
+    try:
+        check_scene_fits(tile, setup.stack.width, setup.stack.height, given=bool(tile_size))
+    except InputError:
+        setup.stack.close()
+        raise
     return fm, setup, tile, stride, dev
 
 

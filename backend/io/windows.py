@@ -4,12 +4,15 @@ overlapping per-window scores back onto the grid (:class:`WindowScores`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.windows import Window
 
 from ..errors import InputError
+
+log = logging.getLogger("rsvl")
 
 EDGES = ("clip", "shift")
 
@@ -63,6 +66,21 @@ def check_tiling(tile: int, stride: Optional[int]) -> int:
         raise InputError(f"STRIDE must be between 1 and TILE_SIZE ({tile}) pixels (got {stride}): larger strides "
                          "would leave pixels without a window")
     return stride
+
+
+def check_scene_fits(tile: int, width: int, height: int, given: bool = True) -> None:
+    """A window of ``tile`` pixels must fit in the scene: a larger one would be cut to the
+    scene (one window, every pixel the same embedding). Refused when the user gave the size
+    (``given``), logged when it is the model's default input size."""
+    side = min(width, height)
+    if tile <= side:
+        return
+    if given:
+        raise InputError(f"TILE_SIZE {tile} is larger than the scene ({width} × {height} pixels): give at most {side} "
+                         "(windows smaller than the scene, so that its parts get their own scores), or 0 for the "
+                         "model's input size")
+    log.warning("the scene (%d × %d pixels) is smaller than the model's input (%d px): its windows are cut to %d px and "
+                "resized up; give a smaller TILE_SIZE for finer maps", width, height, tile, side)
 
 
 class WindowScores:
