@@ -128,8 +128,9 @@ def train(
         recipe_settings["unlabelled_weight"] = 1.0
     cfg.epochs = int(spec.settings["epochs"]) if cfg.epochs is None else cfg.epochs
     cfg.learning_rate = float(spec.settings["learning_rate"]) if cfg.learning_rate is None else cfg.learning_rate
-    from .io.atomic import check_outputs
+    from .io.atomic import check_extension, check_outputs
 
+    check_extension("OUTPUT_MODEL", output_model, "model")
     check_outputs([("OUTPUT_MODEL", output_model, 0)])  # writable, before reading anything
     layers = as_layers(layers)
     if not (cfg.prompt_template or "").strip():

@@ -439,7 +439,9 @@ COMMANDS = {  # subcommand -> function(args, progress); build_parser() defines e
 def run(args) -> int:
     progress = _progress(args.quiet)
     if getattr(args, "report", None):  # before the work, not after it
-        from .io.atomic import check_outputs
+        from .io.atomic import check_extension, check_outputs
+
+        check_extension("--report", args.report, "report")
 
         check_outputs([("--output", getattr(args, "output", None), 0), ("--report", args.report, 0)])
     command = COMMANDS[args.command]

@@ -291,3 +291,34 @@ def test_a_tile_larger_than_the_scene_is_refused_saying_what_fits(plugin, fewsho
               "--foundation-model", root / "clip.pt", "--preset", preset, "--fewshot-tile-size", 1000)
     assert res.returncode == 2 and "larger than the scene (96 × 64 pixels): give at most 64" in res.stderr
     assert not list(tmp_path.glob("*.gpkg")) and not list(tmp_path.glob("*.safetensors"))
+
+
+def test_outputs_are_written_in_the_format_their_name_promises(plugin, fewshot_scene, helpers, tmp_path, cli):
+    """Item 4: retrieve writes GeoPackage, GeoJSON or FlatGeobuf by extension and refuses .shp
+    and .png; a model named .png and a report named .png are refused before any work."""
+    import processing
+    from osgeo import ogr
+    from qgis.core import QgsProcessingException
+
+    root, preset, _ = fewshot_scene
+    arch = preset.split(":", 1)[1]
+    common = {"MODEL": str(root / "clip.pt"), "INPUT_MS": [str(root / "rgb.tif")], "PRESET": "open_clip",
+              "OPEN_CLIP_ARCH": arch, "QUERY": "water", "TILE_SIZE": 32, "TOP_K": 3, "DEVICE": "cpu"}
+    with pytest.raises(QgsProcessingException, match=r"OUTPUT '.*ret\.shp': rsvl writes this layer as GeoPackage"):
+        processing.run("rsvl:retrieve", {**common, "OUTPUT": str(tmp_path / "ret.shp")})
+    res = processing.run("rsvl:retrieve", {**common, "OUTPUT": str(tmp_path / "ret.geojson")})
+    ds = ogr.Open(res["OUTPUT"])
+    assert ds.GetDriver().GetName() == "GeoJSON" and ds.GetLayer(0).GetFeatureCount() == 3
+    out = cli("retrieve", "-m", root / "clip.pt", "--ms", root / "rgb.tif", "--preset", preset, "-q", "water",
+              "--tile-size", 32, "-o", tmp_path / "ret.png")
+    assert out.returncode == 2 and "--output" in out.stderr and "ret.png': rsvl writes this layer" in out.stderr
+    scene = helpers.make_scene(tmp_path / "s", size=16, modalities=("hsi",))
+    train = {"INPUT_HSI": [str(scene.paths["hsi"])], "TRAINING": str(scene.labels), "EPOCHS": 1, "DEVICE": "cpu"}
+    with pytest.raises(QgsProcessingException, match=r"OUTPUT_MODEL '.*model\.png': rsvl writes models as safetensors"):
+        processing.run("rsvl:train", {**train, "OUTPUT_MODEL": str(tmp_path / "model.png")})
+    feedback = Feedback()  # an output refused while preparing is reported in the log (Processing's own wording after)
+    with pytest.raises(QgsProcessingException):
+        processing.run("rsvl:train", {**train, "OUTPUT_MODEL": str(tmp_path / "m.safetensors"),
+                                      "OUTPUT_REPORT": str(tmp_path / "report.png")}, feedback=feedback)
+    assert [m for kind, m in feedback.lines if kind == "error" and "report.png': the report is an HTML page" in m]
+    assert not list(tmp_path.glob("*.png")) and not (tmp_path / "m.safetensors").exists()

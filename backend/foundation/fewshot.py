@@ -163,7 +163,7 @@ def train_fewshot(
     """Adapt a pretrained checkpoint to the user's labels (see the module docstring)."""
     from safetensors.torch import save_file
 
-    from ..io.atomic import atomic_path, check_outputs
+    from ..io.atomic import atomic_path, check_extension, check_outputs
     from ..io.labels import open_labels
     from ..models.modelfile import DIGEST_KEY, weights_digest
     from ..runtime.jobs import Job
@@ -174,6 +174,7 @@ def train_fewshot(
         raise InputError(f"EPOCHS must be 0 or more (got {epochs})")
     if not 0.0 <= validation_fraction < 1.0:
         raise InputError(f"VALIDATION_FRACTION must be in [0, 1) (got {validation_fraction})")
+    check_extension("OUTPUT_MODEL", output_model, "model")
     check_outputs([("OUTPUT_MODEL", output_model, 0)])
     job = Job(progress, is_cancelled)
     start = time.perf_counter()

@@ -4,6 +4,7 @@ polygons; :func:`average_precision_at_k` is the mAP@K the paper reports."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -56,7 +57,7 @@ def retrieve(
     with ``rank`` and ``score`` (cosine similarity) fields. Tiles are ``tile_size`` pixels
     every ``stride`` (default: the tile size, no overlap); tiles with less than
     ``min_valid`` valid pixels are left out."""
-    from ..io.atomic import atomic_path, check_outputs
+    from ..io.atomic import VECTOR_DRIVERS, atomic_path, check_extension, check_outputs
     from ..runtime.jobs import Job
 
     query = (query or "").strip()
@@ -72,6 +73,7 @@ def retrieve(
                                                   stride=stride, bands=bands, scale=scale, offset=offset,
                                                   reference=reference, job=job, stride_default="tile")
     with setup.stack as stack:
+        check_extension("OUTPUT", output, "vector")
         check_outputs([("OUTPUT", output, 1 << 20)])
         text = fm.text_embeddings([query], templates).to(dev)
         boxes = as_boxes(tile_windows(stack.width, stack.height, tile, stride, edge="shift"))
@@ -83,19 +85,20 @@ def retrieve(
         ranked = [(i + 1, s, box) for i, (s, box) in enumerate(kept[:top_k])]
         grid = stack.grid
         with atomic_path(output) as tmp:
-            _write_tiles(tmp, grid, ranked, query)
+            _write_tiles(tmp, grid, ranked, query, VECTOR_DRIVERS[os.path.splitext(output)[1].lower()])
     seconds = time.perf_counter() - start
     return RetrieveResult(output, query, fm.preset.name, ranked, len(scores.boxes), seconds)
 
 
-def _write_tiles(path: str, grid, ranked, query: str) -> None:
-    """Tile footprints as polygons in the scene's CRS (rotated grids included)."""
+def _write_tiles(path: str, grid, ranked, query: str, driver_name: str = "GPKG") -> None:
+    """Tile footprints as polygons in the scene's CRS (rotated grids included), in the OGR
+    format ``driver_name``."""
     from osgeo import ogr, osr
 
     from ..io.gdal_exceptions import gdal_exceptions
 
     with gdal_exceptions():
-        driver = ogr.GetDriverByName("GPKG")
+        driver = ogr.GetDriverByName(driver_name)
         ds = driver.CreateDataSource(path)
         srs = osr.SpatialReference()
         srs.ImportFromWkt(grid.crs.to_wkt())

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Dict, Iterator, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 from ..errors import InputError
 
@@ -82,6 +82,32 @@ def check_geotiff(outputs: Sequence[Tuple[str, str]]) -> None:
         if path and os.path.splitext(path)[1].lower() not in GEOTIFF:
             raise InputError(f"{parameter} {path!r}: rsvl writes GeoTIFF rasters; give the file a .tif name (convert "
                              "it afterwards with gdal_translate or Raster ▸ Conversion ▸ Translate if needed)")
+
+
+MODEL_EXTENSIONS = (".safetensors", ".rsvl")
+REPORT_EXTENSIONS = (".html", ".htm")
+# Vector outputs rsvl writes, by extension: single-file formats (a Shapefile is several files,
+# which one atomic move cannot put in place together).
+VECTOR_DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
+
+
+def check_extension(parameter: str, path: Optional[str], kind: str) -> None:
+    """Refuse an output name that promises another format than rsvl writes there: a model
+    (``kind="model"``: safetensors, .safetensors or .rsvl), an HTML report (``"report"``) or
+    a vector layer (``"vector"``: GeoPackage, GeoJSON or FlatGeobuf, by extension)."""
+    if not path or os.path.isdir(path):  # a folder: check_outputs says so
+        return
+    ext = os.path.splitext(path)[1].lower()
+    if kind == "model" and ext not in MODEL_EXTENSIONS:
+        raise InputError(f"{parameter} {path!r}: rsvl writes models as safetensors files; name it .safetensors (or "
+                         ".rsvl)")
+    if kind == "report" and ext not in REPORT_EXTENSIONS:
+        raise InputError(f"{parameter} {path!r}: the report is an HTML page; name it .html")
+    if kind == "vector" and ext not in VECTOR_DRIVERS:
+        raise InputError(f"{parameter} {path!r}: rsvl writes this layer as GeoPackage (.gpkg), GeoJSON (.geojson) "
+                         f"or FlatGeobuf (.fgb), chosen by the extension; {ext or 'no extension'} is none of them"
+                         + (" (a Shapefile is several files: convert the .gpkg afterwards if needed)"
+                            if ext == ".shp" else ""))
 
 
 def check_outputs(outputs: Sequence[Tuple[str, str, int]], inputs: Sequence[Tuple[str, str]] = ()) -> None:

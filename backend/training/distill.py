@@ -92,7 +92,7 @@ def distill(
 ) -> DistillResult:
     """Train a student with fewer bands to reproduce a teacher's embeddings (see the
     module docstring) and save it as an rsvl model."""
-    from ..io.atomic import check_outputs
+    from ..io.atomic import check_extension, check_outputs
     from ..io.raster import RasterStack, as_layers, compute_band_stats
     from ..models.mmlgnet import MMLGNet, ModelConfig
     from ..models.modelfile import ModelHeader, load_model, save_model
@@ -104,6 +104,7 @@ def distill(
     for name, value in (("EPOCHS", epochs), ("BATCH_SIZE", batch_size)):
         if value < 1:
             raise InputError(f"{name} must be at least 1 (got {value})")
+    check_extension("OUTPUT_MODEL", output_model, "model")
     check_outputs([("OUTPUT_MODEL", output_model, 0)])
     job = Job(progress, is_cancelled)
     start = time.perf_counter()

@@ -90,7 +90,7 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
 
     from ..data.augment import flip_rotate
     from ..data.samples import sample_patches
-    from ..io.atomic import atomic_path, check_outputs
+    from ..io.atomic import atomic_path, check_extension, check_outputs
     from ..io.raster import RasterStack, as_layers, compute_band_stats
     from ..models.mmlgnet import ModelConfig
     from ..models.modelfile import DIGEST_KEY, weights_digest
@@ -101,6 +101,7 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
         raise InputError(f"SAMPLES must be at least 16 pixels (got {samples})")
     if epochs < 1 or batch_size < 4:
         raise InputError(f"EPOCHS must be at least 1 and BATCH_SIZE at least 4 (got {epochs}, {batch_size})")
+    check_extension("OUTPUT", output, "model")
     check_outputs([("OUTPUT", output, 0)])
     job = Job(progress, is_cancelled)
     start = time.perf_counter()

@@ -331,7 +331,12 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         ok, message = self.check_packages()
         if not ok:
             raise QgsProcessingException(message)
-        self._request = self.backend_request(legacy_parameters(self, parameters, feedback), context, feedback)
+        from ...backend.errors import RsvlError
+
+        try:
+            self._request = self.backend_request(legacy_parameters(self, parameters, feedback), context, feedback)
+        except RsvlError as exc:  # an output checked before the run (name, folder, room)
+            raise QgsProcessingException(str(exc)) from exc
         # Resolving an output layer registers it for loading in *this* context. A dialog runs
         # processAlgorithm in a thread with a fresh context whose list replaces this one when
         # the run ends, so the registrations are carried over there (see processAlgorithm).

@@ -81,8 +81,9 @@ class EvaluateAlgorithm(RsvlAlgorithm):
 
         ref_path, class_field, class_name_field = self.labels_source(parameters, "REFERENCE", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
-        from ...backend.io.atomic import check_outputs
+        from ...backend.io.atomic import check_extension, check_outputs
 
+        check_extension("OUTPUT_REPORT", self._report, "report")
         check_outputs([("OUTPUT_REPORT", self._report, 0)])  # before the work, not after it
         kwargs = dict(
             classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),

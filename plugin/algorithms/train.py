@@ -235,8 +235,9 @@ class TrainAlgorithm(RsvlAlgorithm):
 
         labels, class_field, class_name_field = self.labels_source(parameters, "TRAINING", context, feedback)
         self._report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
-        from ...backend.io.atomic import check_outputs
+        from ...backend.io.atomic import check_extension, check_outputs
 
+        check_extension("OUTPUT_REPORT", self._report, "report")
         check_outputs([("OUTPUT_REPORT", self._report, 0)])  # before the work, not after it
         foundation = self.parameterAsFile(parameters, "FOUNDATION_MODEL", context)
         if foundation:
