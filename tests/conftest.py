@@ -28,6 +28,12 @@ from rasterio.transform import from_origin
 # job), where OpenMP's waiting threads make small trainings ten times slower once the cores
 # are oversubscribed. Set OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Text embeddings cached on disk (LLM encoders, pretrained checkpoints' prompts) go to a
+# folder of this run, not the user's ~/.cache (tests that check the cache set their own).
+if "RSVL_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["RSVL_CACHE_DIR"] = tempfile.mkdtemp(prefix="rsvl-test-cache-")
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"

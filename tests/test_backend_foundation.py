@@ -282,7 +282,7 @@ def test_zeroshot_map_stitches_a_planted_model_exactly(tiny_rgb, tmp_path, monke
         return torch.stack([m, -m], dim=1)
 
     monkeypatch.setattr(FoundationModel, "encode", encode)
-    monkeypatch.setattr(FoundationModel, "text_embeddings", lambda self, prompts, templates=None: torch.eye(2))
+    monkeypatch.setattr(FoundationModel, "text_embeddings", lambda self, prompts, templates=None, progress=None: torch.eye(2))
     monkeypatch.setattr("rsvl.backend.foundation.model.get_preset", lambda name: planted)
     res = zeroshot_map(str(tmp_path / "m.pt"), [LayerSpec(path, "ms")], ["bright", "dark"],
                          output_similarity=str(tmp_path / "sim.tif"), output=str(tmp_path / "best.tif"),

@@ -322,3 +322,43 @@ def test_outputs_are_written_in_the_format_their_name_promises(plugin, fewshot_s
                                       "OUTPUT_REPORT": str(tmp_path / "report.png")}, feedback=feedback)
     assert [m for kind, m in feedback.lines if kind == "error" and "report.png': the report is an HTML page" in m]
     assert not list(tmp_path.glob("*.png")) and not (tmp_path / "m.safetensors").exists()
+
+
+def test_prompt_embeddings_of_a_checkpoint_are_cached_and_their_progress_shown(fewshot_scene, tmp_path,
+                                                                                monkeypatch):
+    """Also measured in issue 34: 50 templates × 50 prompts were encoded on every query with
+    the progress bar still. Prompts are encoded in batches that report progress, cached on
+    disk by checkpoint file, preset and templates; a changed checkpoint misses the cache."""
+    import shutil
+
+    import open_clip.zero_shot_classifier as zsc
+    import torch
+
+    from rsvl.backend.foundation.model import FoundationModel
+
+    monkeypatch.setenv("RSVL_CACHE_DIR", str(tmp_path / "cache"))
+    root, preset, _ = fewshot_scene
+    shutil.copy(root / "clip.pt", tmp_path / "clip.pt")
+    fm = FoundationModel(str(tmp_path / "clip.pt"), preset)
+    prompts = [f"land cover {i}" for i in range(20)]
+    calls, seen = [], []
+    real = zsc.build_zero_shot_classifier
+
+    def counting(model, tokenizer, classnames, *args, **kwargs):
+        calls.append(len(classnames))
+        return real(model, tokenizer, classnames, *args, **kwargs)
+
+    monkeypatch.setattr(zsc, "build_zero_shot_classifier", counting)
+    first = fm.text_embeddings(prompts, progress=lambda f, m: seen.append((f, m)))
+    assert sum(calls) == 20 and len(calls) == 3 and len(seen) == 4 and seen[-1][0] == 1.0
+    assert "encoding prompts 1-8 of 20" in seen[0][1]
+    calls.clear()
+    again = fm.text_embeddings(prompts)
+    assert calls == [] and torch.equal(first, again)
+    assert torch.allclose(first[3], fm.text_embeddings(["land cover 3", "new"])[0])  # mixed: one cached
+    assert calls == [1]
+    with open(tmp_path / "clip.pt", "ab") as f:  # the checkpoint changes: the cache is not reused
+        f.write(b"\0")
+    calls.clear()
+    fm.text_embeddings(prompts[:2])
+    assert calls == [2]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -57,19 +57,45 @@ class FoundationModel:
         self.path = path
 
     # -- text ----------------------------------------------------------------------------
-    def text_embeddings(self, prompts: Sequence[str], templates: Optional[Sequence[str]] = None):
+    def text_embeddings(self, prompts: Sequence[str], templates: Optional[Sequence[str]] = None,
+                        progress: Optional[Callable[[float, str], None]] = None, batch: int = 8):
         """(K, D) L2-normalised prompt embeddings: each template filled with the prompt
         (``{}`` or ``{c}``), encoded and normalised, averaged, re-normalised (open_clip's
-        ``build_zero_shot_classifier``, the template ensemble of the CLIP papers)."""
+        ``build_zero_shot_classifier``, the template ensemble of the CLIP papers).
+
+        Each prompt's embedding is cached on disk (:func:`rsvl.backend.text.encoders.text_cache_dir`)
+        by checkpoint file (path, size, time), preset and templates: 50 templates × 50
+        prompts are 2,500 texts through the text tower once, not on every map. ``progress``
+        (fraction, message) is called per batch of ``batch`` prompts."""
         from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+        from ..text.encoders import cache_get, cache_put, file_fingerprint
 
         templates = list(templates or self.preset.templates)
         check_templates(templates)
         fillers = [lambda c, t=t: fill_template(t, c) for t in templates]
-        with torch.no_grad():
-            weights = build_zero_shot_classifier(self.model, self.tokenizer, list(prompts), fillers,
-                                                 device=self.device)
-        return weights.t().float().contiguous()
+        encoder_id = f"clip:{self.preset.name}:{self.preset.arch}"
+        fingerprint = file_fingerprint(self.path) + "|" + "\n".join(templates)
+        out: List[Optional[torch.Tensor]] = [None] * len(prompts)
+        for i, prompt in enumerate(prompts):
+            cached = cache_get(encoder_id, fingerprint, prompt)
+            if cached is not None:
+                out[i] = torch.from_numpy(cached)
+        todo = [i for i, e in enumerate(out) if e is None]
+        for n in range(0, len(todo), batch):
+            part = todo[n:n + batch]
+            if progress is not None:
+                progress(n / max(len(todo), 1), f"encoding prompts {n + 1}-{n + len(part)} of {len(todo)} "
+                                                f"({len(templates)} templates each)")
+            with torch.no_grad():
+                weights = build_zero_shot_classifier(self.model, self.tokenizer, [prompts[i] for i in part],
+                                                     fillers, device=self.device)
+            for j, i in enumerate(part):
+                out[i] = weights[:, j].float().cpu()
+                cache_put(encoder_id, fingerprint, prompts[i], out[i].numpy())
+        if progress is not None and todo:
+            progress(1.0, f"encoded {len(todo)} prompts")
+        return torch.stack(out).to(self.device).contiguous()
 
     # -- images --------------------------------------------------------------------------
     def encode(self, x, tokens: bool = False):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, count
 from ..io.windows import WindowScores, as_boxes, check_scene_fits, check_tiling, tile_windows
 from .bands import Preprocessor, select_bands, value_scale
 from .model import FoundationModel
@@ -312,7 +312,7 @@ def zeroshot_map(
         check_outputs([("OUTPUT_SIMILARITY", output_similarity, pixels * 4 * k),
                        ("OUTPUT", output, pixels * (k if multi_label_output else 1))])
         job.step(0.02, "encoding prompts")
-        text = fm.text_embeddings(prompts, templates).to(dev)
+        text = fm.text_embeddings(prompts, templates, progress=job.span(0.02, 0.05).step).to(dev)
         boxes = as_boxes(tile_windows(stack.width, stack.height, tile, stride, edge="shift"))
         scores = score_windows(setup, text, boxes, tokens=resolution == "token", batch_size=batch_size,
                                job=job.span(0.05, 0.9))
@@ -320,7 +320,7 @@ def zeroshot_map(
                    multi_label_output=multi_label_output, threshold=threshold, job=job.span(0.9, 1.0))
         job.report(1.0, "done")
     seconds = time.perf_counter() - start
-    log.info("zero-shot map: %d windows of %d px (stride %d, %s) in %.1f s with %s", len(scores.boxes), tile, stride,
-             resolution, seconds, fm.preset.name)
+    log.info("zero-shot map: %s of %d px (stride %d, %s) in %.1f s with %s", count(len(scores.boxes), "window"), tile,
+             stride, resolution, seconds, fm.preset.name)
     return ZeroShotResult(output_similarity, output, prompts, fm.preset.name, len(scores.boxes), seconds,
                           multi_label_output, classes)

@@ -223,7 +223,7 @@ class TextEncoder:
         missing = [t for t in dict.fromkeys(texts) if (key, t) not in _CACHE]
         if missing and llm:  # an LLM is slow: embeddings persist on disk
             for t in list(missing):
-                cached = _disk_get(self.id, self.fingerprint, t)
+                cached = cache_get(self.id, self.fingerprint, t)
                 if cached is not None:
                     _CACHE[(key, t)] = torch.from_numpy(cached)
                     missing.remove(t)
@@ -231,7 +231,7 @@ class TextEncoder:
             for t, e in zip(missing, self._encode(missing)):
                 _CACHE[(key, t)] = e
                 if llm:
-                    _disk_put(self.id, self.fingerprint, t, e.numpy())
+                    cache_put(self.id, self.fingerprint, t, e.numpy())
         return torch.stack([_CACHE[(key, t)] for t in texts])
 
 
@@ -243,6 +243,15 @@ def text_cache_dir() -> str:
         return os.path.join(base, "text")
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(xdg, "rsvl", "text")
+
+
+def file_fingerprint(path: str) -> str:
+    """A hash of one file's path, size and modification time (a checkpoint): any change to
+    the file changes it."""
+    import hashlib
+
+    st = os.stat(path)
+    return hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
 
 
 def model_fingerprint(path: str) -> str:
@@ -269,7 +278,7 @@ def _cache_file(encoder_id: str, fingerprint: str, text: str) -> str:
     return os.path.join(text_cache_dir(), key[:2], key + ".npy")
 
 
-def _disk_get(encoder_id: str, fingerprint: str, text: str):
+def cache_get(encoder_id: str, fingerprint: str, text: str):
     import numpy as np
 
     path = _cache_file(encoder_id, fingerprint, text)
@@ -279,7 +288,7 @@ def _disk_get(encoder_id: str, fingerprint: str, text: str):
         return None
 
 
-def _disk_put(encoder_id: str, fingerprint: str, text: str, emb) -> None:
+def cache_put(encoder_id: str, fingerprint: str, text: str, emb) -> None:
     """Written to a temporary file and moved into place: concurrent runs never read half a
     file. A cache that cannot be written is skipped, with a note in the log."""
     import tempfile
