@@ -362,3 +362,27 @@ def test_prompt_embeddings_of_a_checkpoint_are_cached_and_their_progress_shown(f
     calls.clear()
     fm.text_embeddings(prompts[:2])
     assert calls == [2]
+
+
+def test_classify_window_side_is_tile_size_as_in_the_cli(plugin, tmp_path):
+    """Item 8: Processing's window side is TILE_SIZE, the CLI's --tile-size; a model or script
+    saved with BATCH_SIZE still runs, with a deprecation warning, and gives the same map."""
+    from pathlib import Path
+
+    import processing
+    import rasterio
+
+    data = Path(__file__).parent / "data" / "premove"
+    base = {"MODEL": str(data / "model.safetensors"), "INPUT_HSI": [str(data / "hsi.tif")],
+            "INPUT_LIDAR": [str(data / "dsm.tif")], "DEVICE": "cpu"}
+    from qgis.core import QgsApplication
+
+    classify = QgsApplication.processingRegistry().algorithmById("rsvl:classify")
+    assert classify.parameterDefinition("TILE_SIZE").description() == "Window size (pixels per side)"
+    assert classify.parameterDefinition("BATCH_SIZE").flags() & classify.parameterDefinition("BATCH_SIZE").FlagHidden
+    processing.run("rsvl:classify", {**base, "TILE_SIZE": 16, "OUTPUT": str(tmp_path / "new.tif")})
+    feedback = Feedback()
+    processing.run("rsvl:classify", {**base, "BATCH_SIZE": 16, "OUTPUT": str(tmp_path / "old.tif")}, feedback=feedback)
+    assert [m for kind, m in feedback.lines if kind == "warning" and "BATCH_SIZE is deprecated" in m]
+    with rasterio.open(tmp_path / "new.tif") as a, rasterio.open(tmp_path / "old.tif") as b:
+        assert (a.read() == b.read()).all()
