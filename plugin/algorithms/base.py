@@ -49,7 +49,7 @@ DOCS_URL = "https://github.com/rsvl/rsvl/blob/main/docs/qgis.md"
 REFERENCE_CHOICES = ["auto (first HSI layer, else MS, SAR, LiDAR)", "first HSI layer", "first LiDAR layer",
                      "first SAR layer", "first MS layer"]
 REFERENCE_MODALITIES = [None, "hsi", "lidar", "sar", "ms"]
-# Any extension: whatever rsvl:train wrote is accepted back; the content is what is checked.
+# Models are written as .safetensors or .rsvl (io.atomic.check_extension); reading, the content is checked.
 MODEL_FILTER = "rsvl model (*.safetensors *.rsvl);;All files (*.*)"
 
 INPUTS_HELP = (

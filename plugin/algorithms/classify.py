@@ -59,7 +59,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             "compressed GeoTIFF on the reference grid with the model's class codes, its colour table and class "
             "names embedded, a .qml style beside it, and is loaded with a paletted renderer. Pixels where any "
             "input is nodata, or outside the inputs, are nodata (never a class).<br><br>"
-            "<b>MODEL</b>: a model file written by rsvl:train (safetensors, whatever its file name).<br>" + INPUTS_HELP +
+            "<b>MODEL</b>: a model file written by rsvl:train (.safetensors or .rsvl).<br>" + INPUTS_HELP +
             "The model says which modalities and band counts it needs; other inputs are refused with the "
             "difference named.<br>"
             "<b>OUTPUT</b>: the class raster.<br>"
