@@ -61,7 +61,9 @@ class TrainConfig:
     seed: int = option(0, "--seed", "random seed (the validation split and the weights)", "SEED", minimum=0)
     loss: str = option(
         "supervised", "--loss", "supervised: same-class pairs in a batch are positives (default); clip: the "
-        "paper's loss, where they are negatives", "LOSS", LOSSES)
+        "paper's, each sample's own prompt its only positive (the same loss with one prompt per class and "
+        "no mixup: identical prompts give identical scores; they differ with mixup and band groups)", "LOSS",
+        LOSSES)
     reference: Optional[int] = option(None)  # the CLI's --reference and the dialog's inputs give it
     align: bool = option(True)  # the CLI's --no-align
     augment: bool = option(

@@ -82,7 +82,9 @@ class TrainAlgorithm(RsvlAlgorithm):
             "before stopping; the best weights are kept.<br>" + DEVICE_HELP +
             "<b>LOSS</b>: <i>supervised</i> (default): the symmetric image-text contrastive loss with every "
             "same-class pair of a batch a positive (BP-LCZ's supervised matrix); <i>clip</i>: the MMLGNet paper's "
-            "loss, where two samples of one class (same prompt) count as negatives of each other.<br>"
+            "loss, where each sample's own prompt is its only positive. With one prompt per class and no mixup the two "
+            "are the same loss (identical prompts score identically); they differ with the default recipe's mixup "
+            "and with band-group prompts.<br>"
             "<b>SEED</b>: fixed seed, same model on the CPU for the same inputs.<br>"
             "<b>AUGMENT</b> (advanced): each training patch's bands get a random gain (±5 %, plus ±5 % for the "
             "whole patch) and offset (±3 % of the band mean), as another date or sensor would change them, and a "
