@@ -284,15 +284,24 @@ def tiny_open_clip(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def accuracy_bench():
-    """bench/accuracy.py as a module (the bench is a script, not part of the package)."""
+def load_bench(name: str):
+    """bench/NAME.py as a module (the benches are scripts, not part of the package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rsvl_bench_accuracy", REPO / "bench" / "accuracy.py")
+    spec = importlib.util.spec_from_file_location(f"rsvl_bench_{name}", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def accuracy_bench():
+    return load_bench("accuracy")
+
+
+@pytest.fixture(scope="session")
+def bench_docs():
+    return load_bench("docs")
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600):

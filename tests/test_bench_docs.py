@@ -4,7 +4,6 @@ JSON's numbers as the benches format them, and a missing JSON file is a note, no
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,11 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def docs():
-    spec = importlib.util.spec_from_file_location("rsvl_bench_docs", REPO / "bench" / "docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def docs(bench_docs):
+    return bench_docs
 
 
 def test_committed_page_matches_the_committed_json(docs, tmp_path):

@@ -5,12 +5,12 @@ model; :func:`build_model` builds it offline."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Dict, Optional
 
 from ..errors import InputError, ModelFileError
+from .fewshot_file import model_kind  # reads a safetensors header without torch
 from .presets import PRESETS, Preset, get_preset
 
 log = logging.getLogger("rsvl")
@@ -174,14 +174,5 @@ def describe_checkpoint(path: str) -> str:
 
 
 def is_rsvl_model(path: str) -> bool:
-    """Whether ``path`` is an rsvl model file (safetensors with an rsvl header)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            n = int.from_bytes(head, "little")
-            if len(head) < 8 or not 2 <= n <= 100 * 2**20:
-                return False
-            meta = json.loads(f.read(n).decode("utf-8")).get("__metadata__") or {}
-    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-        return False
-    return "rsvl" in meta
+    """Whether ``path`` is an rsvl:train model file (safetensors with an rsvl header)."""
+    return model_kind(path) == "rsvl"
