@@ -22,6 +22,7 @@ from .errors import InputError, LabelError
 from .evaluation.metrics import Accuracy, accuracy_from_matrix, confusion_matrix, write_accuracy
 from .io.labels import ClassInfo, open_labels, prompt_classes
 from .io.raster import LayerSpec, RasterStack, as_layers, compute_band_stats, missing_file
+from .io.selection import fit_bands
 from .runtime.jobs import IsCancelled, Job, Progress
 from .text.encoders import apply_template, default_template
 from .training.config import TrainConfig
@@ -146,11 +147,12 @@ def train(
     dev = ranks.device if ranks else resolve_device(cfg.device)
     with RasterStack(layers, reference=cfg.reference, align=cfg.align) as stack:
         job.step(0.0, "reading labels")
-        label_source = open_labels(labels, stack.grid, cfg.class_field, class_name_field=cfg.class_name_field)
+        label_source = open_labels(labels, stack.grid, cfg.class_field, class_name_field=cfg.class_name_field,
+                                   nodata_values=cfg.label_nodata, names_file=cfg.class_names)
         try:
             if not label_source.classes:
                 raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
-            stats = compute_band_stats(stack, job=job.span(0.0, 0.1))
+            stats, selection = fit_bands(stack, cfg.bad_bands or "", job=job.span(0.0, 0.1))
             patches, codes, _pos = extract_patches(stack, label_source, stats, cfg.patch_size, job=job.span(0.1, 0.15))
             label_classes = label_source.classes
             unlabelled = None
@@ -244,7 +246,7 @@ def train(
     }
     header = ModelHeader(
         config=config, band_names=band_names, stats=stats, classes=classes, prompt_template=cfg.prompt_template,
-        text_encoder=encoder.id, training=training, members=cfg.members,
+        text_encoder=encoder.id, training=training, members=cfg.members, bands=selection,
     )
     job.check()
     if ranks is None or ranks.is_main:
@@ -293,7 +295,7 @@ def _open_for_model(model_path: str, layers, reference, align, device, force: bo
     model, header = load_model(model_path, dev)
     stack = RasterStack(as_layers(layers), reference=reference, align=align)
     try:
-        header.check_inputs(stack.band_counts(), stack.band_names(), stack.grid, force=force)
+        header.check_stack(stack, force=force)
     except Exception:
         stack.close()
         raise
@@ -499,13 +501,17 @@ def evaluate(
     *,
     class_field: Optional[str] = None,
     class_name_field: Optional[str] = None,
+    label_nodata=None,
+    class_names: Optional[str] = None,
     output_json: Optional[str] = None,
     output_csv: Optional[str] = None,
     progress: Optional[Progress] = None,
     is_cancelled: Optional[IsCancelled] = None,
 ) -> EvaluateResult:
     """Compare a class raster with reference labels (raster, or vector + class field,
-    matched to the classification's class names) on the classification's grid."""
+    matched to the classification's class names) on the classification's grid.
+    ``label_nodata`` and ``class_names`` read a reference raster as training does
+    (LABEL_NODATA, CLASS_NAMES: see :class:`~rsvl.backend.io.labels.RasterLabels`)."""
     from collections import Counter
 
     import rasterio
@@ -529,7 +535,8 @@ def evaluate(
     predicted = RasterLabels(classification, grid, legend=True)
     try:
         job.step(0.05, "reading reference labels")
-        ref = open_labels(reference, grid, class_field, classes=predicted.classes, class_name_field=class_name_field)
+        ref = open_labels(reference, grid, class_field, classes=predicted.classes, class_name_field=class_name_field,
+                          nodata_values=label_nodata, names_file=class_names)
         try:
             # Window by window: confusion counts of (reference, predicted) code pairs.
             pairs: Counter = Counter()

@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", "-r", required=True, help="reference class raster or vector file")
     p.add_argument("--class-field", help="class field of vector reference labels")
     p.add_argument("--class-name-field", help="for an integer class field: the field with the class names")
+    p.add_argument("--label-nodata", help="reference raster values that mean 'no label', e.g. '-1' or '-1, 255' "
+                                          "(default: its nodata value, else 0; with another value, 0 is a class)")
+    p.add_argument("--class-names", help="class names for the reference raster's codes: .qml, .clr or 'code,name' "
+                                         "text file (default: its category names, or such a file beside it)")
     p.add_argument("--json", help="write the figures as JSON")
     p.add_argument("--csv", help="write the confusion matrix as CSV")
     p.add_argument("--report", help="write an HTML report with the confusion matrix as a picture")
@@ -385,8 +389,8 @@ def _evaluate(args, progress):
     from . import api
 
     res = api.evaluate(args.classification, args.reference, class_field=args.class_field,
-                       class_name_field=args.class_name_field,
-                       output_json=args.json, output_csv=args.csv)
+                       class_name_field=args.class_name_field, label_nodata=args.label_nodata,
+                       class_names=args.class_names, output_json=args.json, output_csv=args.csv)
     if args.report:
         from .evaluation.report import write_accuracy_report
 

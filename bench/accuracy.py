@@ -17,6 +17,12 @@ Rows (each the mean over the seeds, with the range):
   standardisation and with the scene's own;
 - ``date shift``: the same with the training scene changed by a per-band gain (±5 %, plus
   ±5 % common) and offset (±3 % of its mean), a simulated other date;
+- ``EnMAP random``, ``EnMAP checkerboard``: the real EnMAP L2A scene of ``../shared/data/enmap-potsdam``
+  (224 bands at 30 m, the water-vapour bands empty as in the product: rsvl and the baselines
+  leave them out), a stratified random ``--enmap-fraction`` of its labels, and a checkerboard of
+  ``--enmap-block``-pixel squares (the same fraction drawn from one colour, the other colour
+  tests); skipped with a message when the data is not there. ``--only enmap`` runs these rows
+  alone and puts them into the ``--out`` JSON in place of its earlier EnMAP rows;
 - ``multi-sensor``: a generated 128 × 128 scene of HSI (32 bands), LiDAR DSM, SAR (VV, VH,
   speckled) and 4-band MS whose classes differ in spatial texture as much as in spectrum
   (orchards are rows of trees on grass, residential blocks are roofs between gardens),
@@ -66,6 +72,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "resources" / "sample"
+ENMAP = HERE.parent.parent / "shared" / "data" / "enmap-potsdam"  # beside the repository, when it is there
 OTHER_DATES = [str(SAMPLE / "s2_l1c_2015-08-30.tif"), str(SAMPLE / "s2_l1c_2015-09-09.tif")]
 SPLIT_KINDS = ("random", "checkerboard", "per-class")
 BASELINES = ("majority", "nearest centroid", "1-NN", "random forest", "random forest 7x7")
@@ -245,6 +252,11 @@ def main(argv=None):
     p.add_argument("--no-date-shift", action="store_true")
     p.add_argument("--no-multi", action="store_true", help="skip the generated multi-sensor scene")
     p.add_argument("--multi-fraction", type=float, default=0.05)
+    p.add_argument("--enmap", default=str(ENMAP), help="folder of the EnMAP scene (enmap_l2a_*.tif, landcover_*.tif, "
+                                                        "CLASSES.txt); skipped when absent")
+    p.add_argument("--enmap-fraction", type=float, default=0.1)
+    p.add_argument("--enmap-block", type=int, default=8, help="EnMAP checkerboard square side in pixels")
+    p.add_argument("--only", choices=["enmap"], help="run only these rows and merge them into --out")
     p.add_argument("--out", default=str(HERE / "accuracy.json"))
     p.add_argument("--summarise", metavar="JSON",
                    help="train nothing: recompute the means and the goal of an earlier run's JSON from its rows, "
@@ -252,6 +264,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.summarise:
         return resummarise(args.summarise, args.recipes[0])
+    if args.only == "enmap":
+        return enmap_only(args)
     layers = [LayerSpec(args.ms, "ms"), LayerSpec(args.lidar, "lidar")]
     rows = []
     start = time.perf_counter()
@@ -310,6 +324,8 @@ def main(argv=None):
                         for b in run_baselines(layers, train, test, seed=seed, methods=BASELINES[3:],
                                                test_layers=[LayerSpec(path, "ms"), layers[1]], normalize=norm):
                             record(row, seed, f"{b.name}, {norm} standardisation", b.accuracy)
+        for row in enmap_rows(args, tmp):
+            record(**row)
         if not args.no_multi:
             multi = textured_scene(tmp)
             multi_layers = [LayerSpec(multi["paths"][m], m) for m in ("hsi", "lidar", "sar", "ms")]
@@ -327,7 +343,9 @@ def main(argv=None):
                 for b in run_baselines(multi_layers, train, test, seed=seed, methods=BASELINES):
                     record("multi-sensor", seed, b.name, b.accuracy)
     table, goal = summarise(rows, args.recipes[0])
-    result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates},
+    result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates,
+                         "enmap": args.enmap},
+              "enmap_fraction": args.enmap_fraction, "enmap_block": args.enmap_block,
               "fraction": args.fraction, "multi_fraction": None if args.no_multi else args.multi_fraction,
               "checkerboard_block": args.block, "per_class": args.per_class,
               "small_classes": args.small_classes, "seeds": args.seeds,
@@ -335,6 +353,72 @@ def main(argv=None):
               "bench_seconds": round(time.perf_counter() - start, 1)}
     write_json(args.out, result)
     print_tables(table, goal, args.recipes[0], len(args.seeds))
+    return 0
+
+
+def enmap_files(folder: str):
+    """(scene, labels, class names file or None) of the EnMAP folder, or None when it is not there."""
+    import glob
+
+    scenes = sorted(glob.glob(os.path.join(folder, "enmap_*.tif")))
+    labels = sorted(glob.glob(os.path.join(folder, "landcover_*.tif")))
+    if not scenes or not labels:
+        return None
+    names = os.path.join(folder, "CLASSES.txt")
+    return scenes[0], labels[0], names if os.path.exists(names) else None
+
+
+def enmap_rows(args, tmp: str):
+    """The EnMAP rows (dicts for ``record``): rsvl's first recipe and the baselines on the
+    same random and checkerboard splits, seed by seed; none (and a message) without the data."""
+    from rsvl.backend import api
+    from rsvl.backend.evaluation.baselines import run_baselines
+    from rsvl.backend.io.labels import split_label_raster
+    from rsvl.backend.io.raster import LayerSpec
+
+    files = enmap_files(args.enmap)
+    if files is None:
+        print(f"EnMAP rows skipped: no enmap_*.tif and landcover_*.tif in {args.enmap}", file=sys.stderr)
+        return
+    scene, labels, names = files
+    layers = [LayerSpec(scene, "hsi")]
+    for kind in ("random", "checkerboard"):
+        split = f"EnMAP {kind}"
+        for seed in args.seeds:
+            train, test = os.path.join(tmp, "etrain.tif"), os.path.join(tmp, "etest.tif")
+            split_label_raster(labels, args.enmap_fraction, seed, train, test, mode=kind, block_size=args.enmap_block)
+            model, classes = os.path.join(tmp, "emodel.safetensors"), os.path.join(tmp, "eclasses.tif")
+            t = time.perf_counter()
+            trained = api.train(layers, train, model, seed=seed, device="cpu", recipe=args.recipes[0],
+                                class_names=names)
+            seconds = round(time.perf_counter() - t, 1)
+            api.classify(model, layers, classes, device="cpu")
+            yield dict(split=split, seed=seed, method=f"rsvl --recipe {args.recipes[0]}",
+                       acc=api.evaluate(classes, test).accuracy, epochs=trained.epochs_run, train_seconds=seconds,
+                       ema=trained.header["training"].get("ema"))
+            for b in run_baselines(layers, train, test, seed=seed, methods=BASELINES):
+                yield dict(split=split, seed=seed, method=b.name, acc=b.accuracy)
+
+
+def enmap_only(args) -> int:
+    """Run the EnMAP rows alone and put them into ``args.out`` in place of its EnMAP rows."""
+    data = json.loads(Path(args.out).read_text()) if os.path.exists(args.out) else {"rows": []}
+    rows = [r for r in data.get("rows", []) if not r["split"].startswith("EnMAP")]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rsvl-accuracy-") as tmp:
+        for row in enmap_rows(args, tmp):
+            acc = row.pop("acc")
+            rows.append({**{k: row.pop(k) for k in ("split", "seed", "method")}, "oa": acc.oa, "aa": acc.aa,
+                         "kappa": acc.kappa, **row})
+            print(rows[-1], file=sys.stderr, flush=True)
+    data["rows"] = rows
+    data["mean"], data["goal"] = summarise(rows, args.recipes[0])
+    data.setdefault("inputs", {})["enmap"] = args.enmap
+    data.update({"enmap_fraction": args.enmap_fraction, "enmap_block": args.enmap_block,
+                 "enmap_seconds": round(time.perf_counter() - start, 1)})
+    write_json(args.out, data)
+    print_tables([r for r in data["mean"] if r["split"].startswith("EnMAP")],
+                 [g for g in data["goal"] if g["row"].startswith("EnMAP")], args.recipes[0], len(args.seeds))
     return 0
 
 

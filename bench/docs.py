@@ -233,14 +233,15 @@ def _kind(split: str) -> str:
     """The kind of split whose models made a row: random, checkerboard, per-class or
     multi-sensor (a row of another date is the random split's unless named after its split)."""
     head = split.split(", ")[0]
-    if head in ("random", "checkerboard", "multi-sensor"):
+    if head in ("random", "checkerboard", "multi-sensor") or head.startswith("EnMAP "):
         return head
     return "per-class" if re.fullmatch(r"\d+ per class", head) else "random"
 
 
 def _is_dated(split: str) -> bool:
     """Whether a row is another date's (real or simulated) rather than the split's own test."""
-    return split not in ("random", "checkerboard", "multi-sensor") and not re.fullmatch(r"\d+ per class", split)
+    return split not in ("random", "checkerboard", "multi-sensor") and not split.startswith("EnMAP ") and \
+        not re.fullmatch(r"\d+ per class", split)
 
 
 def _norm_of(method: str) -> Tuple[str, Optional[str]]:
@@ -345,6 +346,12 @@ def _row_notes(d: dict, splits: List[str]) -> str:
                      f"4-band MS whose classes differ in spatial texture as much as in spectrum, "
                      f"{d['multi_fraction']:.0%} of its pixels training. Its design favours methods that see the "
                      "neighbourhood;")
+    if any(k.startswith("EnMAP ") for k in kinds):
+        notes.append(f"*EnMAP random*, *EnMAP checkerboard*: the real EnMAP L2A scene over Potsdam (224 bands at "
+                     "30 m, its six water-vapour bands empty as in the product and left out by rsvl and the "
+                     f"baselines alike; 6 land-cover classes); a stratified {d.get('enmap_fraction', 0.1):.0%} of its "
+                     f"labels trains, at random or from one colour of a {d.get('enmap_block', 8)}-pixel checkerboard "
+                     "(the other colour tests);")
     if notes:
         notes[-1] = notes[-1][:-1] + "."
     return "\n".join(f"- {n}" for n in notes)

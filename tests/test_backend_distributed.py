@@ -314,15 +314,16 @@ def test_cli_scheduler_local_starts_worker_processes_and_writes_the_same_map(sce
     assert bad.returncode == 2 and "rsvl: error: DASK_SCHEDULER local:N needs at least one worker" in bad.stderr
 
 
-def test_a_band_without_valid_pixels_is_named_on_the_cluster_too(scene, model_file, thread_cluster, tmp_path, helpers,
-                                                                 caplog):
+def test_a_band_without_valid_pixels_is_refused_before_the_cluster_works(scene, model_file, thread_cluster,
+                                                                         tmp_path, helpers):
     from rsvl.backend import api
+    from rsvl.backend.errors import ModelMismatchError
 
     ins = layers(scene)
     nan_band = helpers.write_nan_band(ins[0].path, tmp_path / "nan_band.tif", 1)
     bad = [type(ins[0])(str(nan_band), ins[0].modality)] + ins[1:]
     out = tmp_path / "classes.tif"
-    api.classify(model_file, bad, str(out), tile_size=TILE, device="cpu", scheduler=thread_cluster.scheduler_address)
-    with rasterio.open(out) as ds:
-        assert (ds.read(1) == 0).all()
-    assert "the map is all nodata: hsi layer has bands without any valid pixel" in caplog.text
+    with pytest.raises(ModelMismatchError, match="nan_band.tif:band2 hold no valid pixel"):
+        api.classify(model_file, bad, str(out), tile_size=TILE, device="cpu",
+                     scheduler=thread_cluster.scheduler_address)
+    assert not out.exists()

@@ -178,15 +178,19 @@ def test_evaluate_checks_its_outputs_and_inputs_first(trained_model, scene, tmp_
         api.evaluate(vector_map, str(scene.labels))
 
 
-def test_a_band_without_valid_pixels_gives_an_empty_map_with_the_reason(trained_model, tmp_path, helpers, caplog):
+def test_a_band_empty_here_but_used_by_the_model_is_refused_naming_it(trained_model, tmp_path, helpers):
+    """A scene whose product has another empty (bad) band than the training scene's: refused
+    before any work, naming the band, with no output left behind (it used to give an
+    all-nodata map)."""
+    from rsvl.backend.errors import ModelMismatchError
+
     model_path, _result, layers = trained_model
     holes = helpers.write_nan_band(layers[0].path, tmp_path / "nan_band.tif", 2)
     out = tmp_path / "classes.tif"
-    api.classify(str(model_path), [LayerSpec(str(holes), "hsi"), layers[1]], str(out), device="cpu")
-    with rasterio.open(out) as ds:
-        assert (ds.read(1) == 0).all()
-    assert [r for r in caplog.records if r.levelname == "WARNING" and "the map is all nodata: hsi layer has bands "
-            "without any valid pixel" in r.getMessage()], caplog.text
+    with pytest.raises(ModelMismatchError, match=r"hsi bands nan_band.tif:band3 hold no valid pixel where the other "
+                                                 r"bands do, and the model uses them"):
+        api.classify(str(model_path), [LayerSpec(str(holes), "hsi"), layers[1]], str(out), device="cpu")
+    assert not out.exists()
 
 
 def test_unreadable_labels_and_bad_nodata_options_are_named(scene, tmp_path, capsys):

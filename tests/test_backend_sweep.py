@@ -84,7 +84,7 @@ def test_an_all_nodata_input_gives_an_all_nodata_map_and_cannot_train(setup, hel
     empty = helpers.write_raster(root / "empty.tif", np.full_like(lidar, -9999.0), transform, nodata=-9999.0)
     classes, *_ = _classify(setup, layers[0].path, empty, "empty_classes.tif")
     assert (classes == 0).all()
-    with pytest.raises(InputError, match="lidar layer has bands without any valid pixel"):
+    with pytest.raises(InputError, match="the lidar input has no valid pixel in any band: check its nodata value"):
         api.train([layers[0], LayerSpec(str(empty), "lidar")], str(scene.labels), str(root / "x.safetensors"), **FAST)
 
 

@@ -59,13 +59,15 @@ PARAMETERS = {
     "train": _INPUTS + ["TRAINING", "CLASS_FIELD", "CLASS_NAME_FIELD", "PROMPT_TEMPLATE", "TEXT_ENCODER", "PATCH_SIZE",
                         "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "VALIDATION_FRACTION", "PATIENCE", "MEMBERS", "LOSS",
                         "DEVICE", "SEED", "AUGMENT", "BALANCED", "SEMI_SUPERVISED", "OUTPUT_MODEL", "OUTPUT_REPORT",
-                        "RECIPE", "BAND_GROUPS", "PRETRAINED", "FOUNDATION_MODEL", *_CHECKPOINT, "RESOLUTION"],
+                        "BAD_BANDS", "LABEL_NODATA", "CLASS_NAMES", "RECIPE", "BAND_GROUPS", "PRETRAINED", "FOUNDATION_MODEL",
+                        *_CHECKPOINT, "RESOLUTION"],
     "classify": ["MODEL", *_INPUTS, "OUTPUT", "OUTPUT_CONFIDENCE", "TILE_SIZE", "BATCH_SIZE", "FORCE", "DEVICE",
                  "NORMALIZE", "DASK_SCHEDULER"],
     "query": ["MODEL", *_INPUTS, "INPUT_RGB", "PROMPTS", "USE_TEMPLATE", "THRESHOLD", "OUTPUT_SIMILARITY", "OUTPUT",
               "FORCE", "DEVICE", "NORMALIZE", *_CHECKPOINT, "RESOLUTION", "MULTI_LABEL", "DASK_SCHEDULER"],
     "retrieve": ["MODEL", "INPUT_MS", "INPUT_RGB", "QUERY", "TOP_K", "OUTPUT", "DEVICE", *_CHECKPOINT],
-    "evaluate": ["INPUT", "REFERENCE", "CLASS_FIELD", "CLASS_NAME_FIELD", "OUTPUT_CSV", "OUTPUT_JSON", "OUTPUT_REPORT"],
+    "evaluate": ["INPUT", "REFERENCE", "CLASS_FIELD", "CLASS_NAME_FIELD", "LABEL_NODATA", "CLASS_NAMES", "OUTPUT_CSV",
+                 "OUTPUT_JSON", "OUTPUT_REPORT"],
     "split": ["INPUT", "FRACTION", "MODE", "BLOCK_SIZE", "BUFFER", "SEED", "OUTPUT_FIRST", "OUTPUT_SECOND"],
     "pretrain": [*_INPUTS, "PATCH_SIZE", "SAMPLES", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "SEED", "DEVICE", "OUTPUT"],
 }
@@ -193,6 +195,38 @@ def test_classify_styled_on_input_grid_with_nodata(trained, scene, tmp_path):
     truth = np.array(["", "water", "forest", "buildings", "grassland"])[scene.truth]
     ok = pred > 0
     assert (np.vectorize(names.get)(pred[ok]) == truth[ok]).mean() > 0.85
+
+
+def test_real_product_conventions_through_processing(plugin, scene, tmp_path, helpers):
+    """Empty bands left out and selected again, BAD_BANDS, and labels with -1 no data and 0 a
+    class (LABEL_NODATA), named by a CLASS_NAMES file, through the Processing algorithms."""
+    import json
+
+    from safetensors import safe_open
+
+    with rasterio.open(scene.paths["hsi"]) as ds:
+        data = ds.read()
+    data[[4, 5]] = -1  # empty everywhere
+    cube = helpers.write_raster(tmp_path / "cube.tif", data, scene.transform, nodata=-1)
+    with rasterio.open(scene.labels) as ds:
+        codes = ds.read(1).astype(np.int16)
+    labels = helpers.write_raster(tmp_path / "lab.tif", np.where(codes > 0, codes - 1, -1).astype(np.int16),
+                                  scene.transform)
+    names = tmp_path / "names.csv"
+    names.write_text("0,water\n1,forest\n2,buildings\n3,grassland\n")
+    res = run("rsvl:train", {"INPUT_HSI": [str(cube)], "TRAINING": str(labels), **FAST, "EPOCHS": 2,
+                             "BAD_BANDS": "1", "LABEL_NODATA": "-1", "CLASS_NAMES": str(names),
+                             "OUTPUT_MODEL": str(tmp_path / "m.safetensors")})
+    with safe_open(res["OUTPUT_MODEL"], framework="pt") as f:
+        header = json.loads(f.metadata()["rsvl"])
+    assert header["modalities"]["hsi"]["selection"]["kept"] == [2, 3, 4, 7] + list(range(8, 25))
+    assert [c["name"] for c in header["classes"]] == ["water", "forest", "buildings", "grassland"]
+    out = run("rsvl:classify", {"MODEL": res["OUTPUT_MODEL"], "INPUT_HSI": [str(cube)],
+                                "OUTPUT": str(tmp_path / "c.tif"), "DEVICE": "cpu"})
+    truth = helpers.write_raster(tmp_path / "truth.tif", (scene.truth.astype(np.int16) - 1), scene.transform)
+    ev = run("rsvl:evaluate", {"INPUT": out["OUTPUT"], "REFERENCE": str(truth), "LABEL_NODATA": "-1",
+                               "CLASS_NAMES": str(names), "OUTPUT_CSV": str(tmp_path / "m.csv")})
+    assert ev["COVERAGE"] == 1.0 and ev["OA"] > 0.5
 
 
 def test_classify_and_query_on_a_dask_scheduler_give_the_in_process_files(trained, scene, tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 from ..data.samples import extract_patches
 from ..io.labels import open_labels
 from ..io.raster import LayerSpec, RasterStack, compute_band_stats
+from ..io.selection import apply_selection, fit_bands
 from .metrics import Accuracy, accuracy_from_matrix, confusion_matrix
 
 log = logging.getLogger("rsvl")
@@ -71,13 +72,14 @@ def run_baselines(layers: Sequence[LayerSpec], train_labels: str, test_labels: s
     contexts = sorted({FOREST_CONTEXT if m == "random forest 7x7" else 1 for m in methods})
     train_f, test_f = {}, {}
     with RasterStack(list(layers)) as stack:
-        stats = compute_band_stats(stack)
+        stats, selection = fit_bands(stack)  # the bands rsvl:train keeps (bad and empty ones left out)
         for ctx in contexts:
             train_f[ctx] = _pixels(stack, train_labels, stats, ctx)
             if test_layers is None:
                 test_f[ctx] = _pixels(stack, test_labels, stats, ctx)
     if test_layers is not None:
         with RasterStack(list(test_layers)) as stack:
+            apply_selection(stack, selection)
             test_stats = compute_band_stats(stack) if normalize == "scene" else stats
             for ctx in contexts:
                 test_f[ctx] = _pixels(stack, test_labels, test_stats, ctx)

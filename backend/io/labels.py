@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -105,7 +106,14 @@ class RasterLabels:
     ``legend`` also the codes the raster's legend names (category names) that no pixel
     holds: a class map's classes are its legend's, predicted or not."""
 
-    def __init__(self, path: str, grid: Grid, tile: int = 2048, legend: bool = False):
+    def __init__(self, path: str, grid: Grid, tile: int = 2048, legend: bool = False,
+                 nodata_values: Optional[Sequence[int]] = None, names_file: Optional[str] = None):
+        """``nodata_values``: the values that mean "no label" (LABEL_NODATA; default: the
+        raster's nodata value, else 0). When 0 is not among them it is a class, and every
+        value v is written as class code v + 1 (0 stays "no label" in rsvl's class maps);
+        the names keep the raster's values ("class 0", or the legend's names).
+        ``names_file``: class names from a .qml/.clr/text file (see :mod:`.legend`); by
+        default such a file beside the raster, else the raster's category names."""
         if missing_file(path):
             raise LabelError(f"label raster {path!r} does not exist")
         self.path, self.grid = path, grid
@@ -127,13 +135,17 @@ class RasterLabels:
                     f"label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
                 )
             self.nodata = ds.nodata
+            self.no_label = self._no_label(ds, nodata_values)
+            self.shift = 0 if 0 in self.no_label else 1
+            fill = int(self.nodata) if self.nodata is not None and int(self.nodata) in self.no_label else \
+                min(self.no_label)
             if grid.differences(Grid.of(ds)):
                 # A finer label raster gives each grid pixel the most frequent class among the
                 # label pixels it covers (mode; unlabelled pixels do not vote); a coarser or
                 # equal one is sampled (nearest). 0 is unlabelled even without a nodata value
                 # (GDAL's mode would otherwise turn a winning 0 into 1, next to nodata 0).
                 finer = _finer_than(ds, grid)
-                unlabelled = self.nodata if self.nodata is not None else 0
+                unlabelled = fill
                 self._reader = WarpedVRT(
                     ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                     resampling=Resampling.mode if finer else Resampling.nearest, src_nodata=unlabelled,
@@ -152,22 +164,53 @@ class RasterLabels:
         except Exception:
             self.close()
             raise
-        names = _category_names(path)
+        names = dict(enumerate(_category_names(path)))  # by raster value
+        from .legend import find_legend, read_legend
+
+        sidecar = names_file or find_legend(path)
+        if sidecar:
+            entries = read_legend(sidecar)
+            names.update({v: name for v, (name, _) in entries.items()})
+            colormap = {**colormap, **{v: (*rgb, 255) for v, (_, rgb) in entries.items() if rgb}}
+            log.info("class names of %s from %s", os.path.basename(path), os.path.basename(sidecar))
         # legend classes no pixel holds
-        self.legend_only = {c for c, name in enumerate(names) if legend and c > 0 and name.strip()} - present
+        self.legend_only = {v + self.shift for v, name in names.items()
+                            if legend and v not in self.no_label and v + self.shift > 0 and (name or "").strip()
+                            and not (v == 0 and _means_no_label(name))} - present
         codes = sorted(present | self.legend_only)
         _check_code_range(codes, f"label raster {path!r}")
-        class_names = [names[c] if c < len(names) and names[c] else f"class {c}" for c in codes]
-        table = [colormap.get(c) for c in codes]
+        class_names = [names.get(c - self.shift) or f"class {c - self.shift}" for c in codes]
+        table = [colormap.get(c - self.shift) for c in codes]
         colours = assign_colours(class_names, [tuple(t[:3]) if t is not None and any(t[:3]) else None for t in table])
         self.classes = [ClassInfo(c, n, rgb) for c, n, rgb in zip(codes, class_names, colours)]
 
+    def _no_label(self, ds, nodata_values) -> set:
+        """The raster values that mean "no label"."""
+        if nodata_values is not None:
+            return set(int(v) for v in nodata_values)
+        if ds.nodata is None or not float(ds.nodata).is_integer():
+            return {0}
+        values = {int(ds.nodata)}
+        if 0 not in values:
+            names = _category_names(self.path)
+            if names and _means_no_label(names[0]):  # e.g. 0 "unclassified" beside nodata 255
+                values.add(0)
+            else:
+                log.info("label raster %s: its nodata value %d means 'no label', and 0 is a class (LABEL_NODATA "
+                         "'%d, 0' makes 0 'no label' too)", os.path.basename(self.path), int(ds.nodata),
+                         int(ds.nodata))
+        return values
+
     def _read_raw(self, window) -> np.ndarray:
-        codes = self._reader.read(1, window=window).astype(np.int64)
-        if self.nodata is not None:
-            codes[codes == int(self.nodata)] = 0
-        if (codes < 0).any():
-            raise LabelError(f"label raster {self.path!r} has negative class codes: use 1, 2, … (0 = unlabelled)")
+        raw = self._reader.read(1, window=window).astype(np.int64)
+        none = np.isin(raw, list(self.no_label))
+        if (raw[~none] < 0).any():
+            bad = sorted(set(raw[~none & (raw < 0)].tolist()))
+            raise LabelError(f"label raster {self.path!r} has negative values ({', '.join(map(str, bad[:5]))}) that "
+                             f"are not declared as 'no label': set LABEL_NODATA (e.g. {bad[0]}) if they mean no "
+                             "label, or recode the classes to 1, 2, …")
+        codes = raw + self.shift
+        codes[none] = 0
         return codes
 
     def read(self, window) -> np.ndarray:
@@ -185,6 +228,14 @@ class RasterLabels:
         self._ds.close()
 
 
+_NO_LABEL_NAMES = re.compile(r"^\s*(no[ _-]?data|nodata|no[ _-]?label|unlabel+ed|unclassified|background|none|"
+                             r"not? classified|void|ignore[d]?)\s*$", re.IGNORECASE)
+
+
+def _means_no_label(name: Optional[str]) -> bool:
+    return bool(name) and bool(_NO_LABEL_NAMES.match(name))
+
+
 def _finer_than(ds, grid: Grid, factor: float = 1.01) -> bool:
     """Whether the dataset's pixels are smaller than the grid's, measured in the grid's CRS."""
     from rasterio.warp import calculate_default_transform
@@ -197,9 +248,10 @@ def _finer_than(ds, grid: Grid, factor: float = 1.01) -> bool:
     return src_size * factor < abs(grid.transform.a * grid.transform.e)
 
 
-def read_label_raster(path: str, grid: Grid) -> LabelMap:
-    """Read a whole class raster onto ``grid``."""
-    src = RasterLabels(path, grid)
+def read_label_raster(path: str, grid: Grid, nodata_values=None, names_file=None) -> LabelMap:
+    """Read a whole class raster onto ``grid`` (``nodata_values``, ``names_file``: see
+    :class:`RasterLabels`)."""
+    src = RasterLabels(path, grid, nodata_values=nodata_values, names_file=names_file)
     try:
         return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
     finally:
@@ -545,15 +597,21 @@ def _opens_as_raster(path: str) -> bool:
 
 
 def open_labels(path: str, grid: Grid, class_field: Optional[str] = None,
-                classes: Optional[Sequence[ClassInfo]] = None, class_name_field: Optional[str] = None):
+                classes: Optional[Sequence[ClassInfo]] = None, class_name_field: Optional[str] = None,
+                nodata_values=None, names_file: Optional[str] = None):
     """A window reader (``read(window)``, ``classes``, ``close()``) for a class raster or
     a vector file, decided by what GDAL/OGR can open it as; with ``classes``, codes are
-    expressed in those classes' numbering (see :func:`class_lut`)."""
+    expressed in those classes' numbering (see :func:`class_lut`). ``nodata_values``
+    (LABEL_NODATA: a list, or text such as ``"-1, 255"``) and ``names_file`` (CLASS_NAMES)
+    apply to class rasters (see :class:`RasterLabels`)."""
+    from .legend import parse_nodata_values
+
+    nodata_values = parse_nodata_values(nodata_values)
     base = path.split("|")[0]
     if missing_file(base):
         raise LabelError(f"label file {path!r} does not exist")
     if "|" not in path and _opens_as_raster(path):
-        src = RasterLabels(path, grid)
+        src = RasterLabels(path, grid, nodata_values=nodata_values, names_file=names_file)
     elif not _opens_as_vector(base):
         raise LabelError(f"label file {path!r} can be read neither as a raster nor as vector data (damaged, or not a "
                          "GIS file?): give a class raster (e.g. GeoTIFF) or points/polygons (e.g. GeoPackage)")

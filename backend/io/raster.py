@@ -10,6 +10,7 @@ window plus a halo of context pixels, with pixels outside the scene marked inval
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -46,6 +47,7 @@ class LayerSpec:
     modality: str
     nodata: Optional[float] = None
     name: Optional[str] = None
+    bands: Optional[Tuple[int, ...]] = None  # the data bands to read (0-based); None: all
 
     def __post_init__(self):
         self.modality = (self.modality or "").lower()
@@ -138,10 +140,9 @@ class Grid:
         }
 
 
-# GDAL options for opening input layers. GTIFF_DIRECT_IO: windowed reads of uncompressed
-# GeoTIFFs go straight to the file instead of through GDAL's block cache (the same pixels;
-# a 64-band pixel-interleaved tile would otherwise occupy the cache whole, and a capped
-# cache would re-read it for every window). Compressed files ignore it.
+# GDAL options for opening input layers. GTIFF_DIRECT_IO: windowed reads of uncompressed GeoTIFFs go straight
+# to the file, not through GDAL's block cache (same pixels; a 64-band pixel-interleaved tile would otherwise fill
+# the cache, and a capped cache would re-read it for every window). Compressed files ignore it.
 READ_OPEN_OPTIONS = {"GTIFF_DIRECT_IO": "YES"}
 
 
@@ -193,8 +194,6 @@ def gdal_cache_limit(max_mb: int) -> Iterator[None]:
                 gdal.SetCacheMax(_CacheLimit.saved)
 
 
-
-
 # Memory (MiB) the row buffers of one whole-scene pass may use before the scene is read in
 # column bands (see RasterStack.scan); RSVL_READ_BUFFER_MB overrides it.
 READ_BUFFER_MB = 512
@@ -210,8 +209,6 @@ def read_buffer_bytes() -> int:
         return (max(int(value), 1) if value else READ_BUFFER_MB) * 2**20
     except ValueError:
         raise InputError(f"RSVL_READ_BUFFER_MB must be a whole number of MiB (got {value!r})") from None
-
-
 
 
 def _check_overlap(layer: LayerSpec, dataset, grid: Grid, reference: LayerSpec) -> None:
@@ -317,6 +314,32 @@ class RasterStack:
 
     def band_names(self) -> Dict[str, List[str]]:
         return {m: [n for s in srcs for n in s.band_names] for m, srcs in self.modalities.items()}
+
+    def wavelengths(self) -> Dict[str, List[Optional[float]]]:
+        """Per modality, each band's wavelength in nm where the data says it (:mod:`.bands`)."""
+        return {m: [w for s in srcs for w in s.wavelengths] for m, srcs in self.modalities.items()}
+
+    def declared_bad(self) -> Dict[str, List[bool]]:
+        """Per modality, whether the data's metadata declares each band bad (ENVI ``bbl``)."""
+        return {m: [b for s in srcs for b in s.declared_bad] for m, srcs in self.modalities.items()}
+
+    def select(self, kept: Dict[str, Sequence[int]]) -> None:
+        """Use only the bands at ``kept`` positions (0-based among a modality's bands now,
+        its layers' bands in order) of the modalities named; the others stay as they are."""
+        for m, positions in kept.items():
+            positions = set(positions)
+            band = 0
+            for src in self.modalities[m]:
+                mine = [p - band for p in range(band, band + src.count) if p in positions]
+                band += src.count
+                if not mine:
+                    raise InputError(f"{m} layer {src.layer.name!r} would keep no band: every band of it is empty "
+                                     "or declared bad; leave the layer out")
+                if len(mine) != src.count:
+                    src.keep(mine)
+                    i = self.sources.index(src)
+                    # the layers say which bands: stacks opened from them (Dask workers) read the same
+                    src.layer = self.layers[i] = dataclasses.replace(src.layer, bands=tuple(src.positions))
 
     # -- reading -----------------------------------------------------------------------
     def read(self, window: Window, halo: int = 0) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
@@ -434,8 +457,10 @@ class BandStats:
     std: List[float] = field(default_factory=list)
 
 
-def compute_band_stats(stack: RasterStack, tile: int = 512, job=None) -> Dict[str, BandStats]:
-    """Mean and std per band over all valid pixels, reading window by window (float64 sums)."""
+def compute_band_stats(stack: RasterStack, tile: int = 512, job=None, empty_ok: bool = False):
+    """Mean and std per band over all valid pixels, reading window by window (float64 sums).
+    A band without any valid pixel is an error, or with ``empty_ok`` returned: then the
+    result is (stats, valid pixel count per band and modality)."""
     sums = {m: np.zeros(c) for m, c in stack.band_counts().items()}
     sq = {m: np.zeros(c) for m, c in stack.band_counts().items()}
     n = {m: np.zeros(c) for m, c in stack.band_counts().items()}
@@ -452,16 +477,16 @@ def compute_band_stats(stack: RasterStack, tile: int = 512, job=None) -> Dict[st
                 n[m] += v.sum(axis=(1, 2))
     stats = {}
     for m in sums:
-        if (n[m] == 0).any():
+        if (n[m] == 0).any() and not empty_ok:
             names = stack.band_names()[m]
             empty = [names[i] for i in np.flatnonzero(n[m] == 0)]
             raise InputError(f"{m} layer has bands without any valid pixel: {', '.join(empty[:5])}")
-        mean = sums[m] / n[m]
-        var = np.maximum(sq[m] / n[m] - mean * mean, 0.0)
+        mean = sums[m] / np.maximum(n[m], 1)
+        var = np.maximum(sq[m] / np.maximum(n[m], 1) - mean * mean, 0.0)
         std = np.sqrt(var)
         std[std < 1e-12] = 1.0  # constant band: leave it centred, unscaled
         stats[m] = BandStats(mean.tolist(), std.tolist())
-    return stats
+    return (stats, n) if empty_ok else stats
 
 
 def normalise(data: Dict[str, np.ndarray], valid: Dict[str, np.ndarray], stats: Dict[str, BandStats]) -> Dict[str, np.ndarray]:

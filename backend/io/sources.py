@@ -76,6 +76,28 @@ class LayerSource:
         self.nodata = layer.nodata if layer.nodata is not None else dataset.nodata
         self.rows: Optional[RowBuffer] = None  # set while the stack is read top to bottom
         self.out_dtype, self.mask = _mask_kind(reader, self.indexes)
+        from .bands import band_metadata
+
+        self.input_count = self.count
+        self.positions = list(range(self.count))  # of the bands read, among the layer's data bands
+        self.wavelengths, self.declared_bad = band_metadata(dataset, self.indexes)
+        if layer.bands is not None:
+            if any(not 0 <= p < self.count for p in layer.bands):
+                from ..errors import InputError
+
+                raise InputError(f"{layer.modality} layer {layer.name!r} has {self.count} bands; bands "
+                                 f"{[p + 1 for p in layer.bands if not 0 <= p < self.count][:5]} were asked for")
+            self.keep(layer.bands)
+
+    def keep(self, positions: Sequence[int]) -> None:
+        """Read only the bands at ``positions`` (0-based, among the bands read now) from now on."""
+        self.indexes = [self.indexes[p] for p in positions]
+        self.positions = [self.positions[p] for p in positions]
+        self.band_names = [self.band_names[p] for p in positions]
+        self.wavelengths = [self.wavelengths[p] for p in positions]
+        self.declared_bad = [self.declared_bad[p] for p in positions]
+        self.count = len(self.indexes)
+        self.out_dtype, self.mask = _mask_kind(self.reader, self.indexes)
 
     def validity(self, data: np.ndarray, band_mask: Optional[np.ndarray], pixel_mask: Optional[np.ndarray]) -> np.ndarray:
         """Per-band validity of float32 ``data``: finite, not the nodata value, GDAL's mask

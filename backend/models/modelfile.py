@@ -18,13 +18,15 @@ from typing import Dict, List, Optional
 from .. import __version__
 from ..errors import ModelFileError, ModelMismatchError, count
 from ..io.atomic import atomic_path
+from ..io.bands import BandSelection
 from ..io.labels import ClassInfo
 from ..io.raster import MODALITY_LABELS, BandStats
 from .mmlgnet import Ensemble, MMLGNet, ModelConfig
 
 log = logging.getLogger("rsvl")
 FORMAT = "rsvl-model"
-FORMAT_VERSION = 3  # the newest this rsvl reads; v2 adds the pixel branch (spectral-spatial), v3 ensembles
+# the newest this rsvl reads; v2 adds the pixel branch (spectral-spatial), v3 ensembles, v4 dropped input bands
+FORMAT_VERSION = 4
 
 
 @dataclass
@@ -39,10 +41,14 @@ class ModelHeader:
     training: dict = field(default_factory=dict)
     rsvl_version: str = __version__
     members: int = 1  # > 1: a deep ensemble (mmlgnet.Ensemble) of that many models of ``config``
+    # per modality: the input's bands the model uses (bad and empty bands dropped) and their wavelengths
+    bands: Dict[str, BandSelection] = field(default_factory=dict)
 
     def format_version(self) -> int:
         """The oldest format that describes this model, so older rsvl versions keep reading
         the models they can run and name the update for the others."""
+        if any(s.dropped for s in self.bands.values()):
+            return 4  # an older rsvl would take the input's band count for the model's
         return 3 if self.members > 1 else 2 if self.config.pixel_channels else 1
 
     def to_json(self) -> dict:
@@ -52,7 +58,8 @@ class ModelHeader:
             "architecture": self.config.to_json(),
             "patch_size": self.config.patch_size,
             "modalities": {
-                m: {"bands": self.config.bands[m], "band_names": self.band_names[m]} for m in self.config.bands
+                m: {"bands": self.config.bands[m], "band_names": self.band_names[m],
+                    **({"selection": self.bands[m].to_json()} if m in self.bands else {})} for m in self.config.bands
             },
             "normalisation": {m: {"mean": s.mean, "std": s.std} for m, s in self.stats.items()},
             "classes": [c.to_json() for c in self.classes],
@@ -72,7 +79,17 @@ class ModelHeader:
             prompt_template=d["prompt_template"], text_encoder=d["text_encoder"],
             method=d.get("method", "mmlgnet"), training=d.get("training", {}),
             rsvl_version=d.get("rsvl_version", "?"), members=int(d.get("members", 1)),
+            bands={m: BandSelection.from_json(v["selection"]) for m, v in d["modalities"].items() if v.get("selection")},
         )
+
+    def check_stack(self, stack, force: bool = False) -> None:
+        """Select the bands the model uses from ``stack`` (the bands it dropped in training) and
+        refuse inputs unlike the training inputs (:meth:`check_inputs`, band wavelengths and
+        bad bands: :func:`~rsvl.backend.io.bands.apply_selection`)."""
+        from ..io.selection import apply_selection
+
+        apply_selection(stack, self.bands, force=force)
+        self.check_inputs(stack.band_counts(), stack.band_names(), stack.grid, force=force)
 
     def check_inputs(self, band_counts: Dict[str, int], band_names: Optional[Dict[str, List[str]]] = None,
                      grid=None, force: bool = False) -> None:

@@ -78,6 +78,17 @@ class TrainConfig:
         tuple(RECIPE_NAMES))
     band_groups_file: Optional[str] = option(None, "--band-groups", "band-groups: a JSON file of groups per modality",
                                              "BAND_GROUPS")
+    bad_bands: Optional[str] = option(
+        None, "--bad-bands", "bands to leave out, numbered from 1 in each input: '130-135, 165' (the HSI input's) "
+        "or 'hsi:130-135; sar:2'; bands the data's metadata declares bad (ENVI bbl) and bands without any valid "
+        "pixel are left out anyway", "BAD_BANDS")
+    label_nodata: Optional[str] = option(
+        None, "--label-nodata", "label raster values that mean 'no label', e.g. '-1' or '255' or '-1, 255' "
+        "(default: the raster's nodata value, else 0); with another value, 0 is a class", "LABEL_NODATA")
+    class_names: Optional[str] = option(
+        None, "--class-names", "class names (and colours) for the label raster's codes: a QGIS .qml style, a .clr "
+        "colour map with names, or a text/CSV file of 'code,name' lines (default: the raster's category names, or "
+        "such a file beside it)", "CLASS_NAMES")
     distributed: bool = option(
         False, "--distributed", "data-parallel training, one process per rank: torchrun --nproc_per_node N -m "
         "rsvl.backend train … --distributed (gloo on CPUs, nccl on GPUs; --batch-size is the global batch; rank 0 "

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -267,6 +268,19 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString("CLASS_FIELD", f"Class field ({what})", optional=True))
         self.addParameter(QgsProcessingParameterString(
             "CLASS_NAME_FIELD", f"Class name field ({what} with an integer class field)", optional=True))
+
+    def add_label_conventions(self, what: str):
+        """LABEL_NODATA and CLASS_NAMES (advanced): how a label raster codes "no label" and
+        where its class names are."""
+        nodata = QgsProcessingParameterString(
+            "LABEL_NODATA", f"{what} raster values meaning 'no label' (e.g. -1 or 255 or '-1, 255'; empty: its nodata "
+            "value, else 0)", optional=True)
+        names = QgsProcessingParameterFile(
+            "CLASS_NAMES", f"Class names for the {what.lower()} raster (.qml style, .clr, or 'code,name' text)",
+            optional=True, fileFilter="Class names (*.qml *.clr *.csv *.txt);;All files (*)")
+        for p in (nodata, names):
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
 
     def labels_source(self, parameters, key: str, context, feedback) -> Tuple[str, Optional[str], Optional[str]]:
         """(path the backend reads, class field or None, class name field or None) for a labels parameter."""

@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from .base import RsvlAlgorithm, raster_path
-from .parameters import short_help
+from .parameters import LABEL_CONVENTIONS_HELP, short_help
 
 
 class EvaluateAlgorithm(RsvlAlgorithm):
@@ -36,6 +36,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
             "the log and the report say which.<br>"
             "<b>CLASS_NAME_FIELD</b>: for an integer CLASS_FIELD, the field holding each code's class name "
             "(optional; then classes are matched by name).<br>"
+            + LABEL_CONVENTIONS_HELP.replace("the label raster", "the reference raster") +
             "<b>OUTPUT_CSV</b>: confusion matrix with per-class accuracy and IoU (left out: a temporary file, "
             "deleted when QGIS or qgis_process exits; give a file to keep it).<br>"
             "<b>OUTPUT_JSON</b>: all figures as JSON (optional).<br>"
@@ -59,6 +60,7 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
         self.add_labels("REFERENCE", "Reference labels (class raster, or points/polygons)")
         self.add_class_fields("vector reference")
+        self.add_label_conventions("Reference")
         self.addParameter(QgsProcessingParameterFileDestination(
             "OUTPUT_CSV", "Confusion matrix", fileFilter="CSV files (*.csv)", optional=True, createByDefault=True))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -88,6 +90,8 @@ class EvaluateAlgorithm(RsvlAlgorithm):
         kwargs = dict(
             classification=raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "INPUT"),
             reference=ref_path, class_field=class_field, class_name_field=class_name_field,
+            label_nodata=self.parameterAsString(parameters, "LABEL_NODATA", context).strip() or None,
+            class_names=self.parameterAsFile(parameters, "CLASS_NAMES", context) or None,
             # left out (qgis_process, scripts): a temporary file, as the help says
             output_csv=(self.parameterAsFileOutput(parameters, "OUTPUT_CSV", context)
                         or QgsProcessingUtils.generateTempFilename("confusion.csv")),

@@ -81,6 +81,22 @@ FOUNDATION_FILTER = ("rsvl model or pretrained checkpoint (*.safetensors *.rsvl 
                      "All files (*.*)")
 # Plain data (no torch): the names a PRESET can take; open_clip + OPEN_CLIP_ARCH for any other checkpoint.
 PRESET_CHOICES = ["auto", *PRESETS, "open_clip"]
+LABEL_CONVENTIONS_HELP = (
+    "<b>LABEL_NODATA</b> (advanced): the label raster values that mean 'no label', e.g. -1 or 255 or '-1, 255' "
+    "(default: the raster's nodata value, else 0). When 0 is not among them, 0 is a class: value v is written "
+    "as class code v + 1 in rsvl's class maps (0 = no data there), named 'class v' or by the legend.<br>"
+    "<b>CLASS_NAMES</b> (advanced): class names (and colours) for the raster's values: a QGIS style (.qml, "
+    "paletted), a .clr colour map with names, or a text/CSV file of 'code,name' lines. Default: the raster's "
+    "category names, or such a file beside it with the same name (labels.qml, labels.csv, …).<br>"
+)
+BAD_BANDS_HELP = (
+    "<b>BAD_BANDS</b> (advanced): bands to leave out, numbered from 1: '130-135, 165' (of the HSI input, or the "
+    "only input) or 'hsi:130-135; sar:2'. Bands the data's metadata declares bad (ENVI bbl, as EnMAP-Box and "
+    "GDAL's ENVI driver expose it) and bands without any valid pixel in the training layers are left out "
+    "anyway, with a warning naming them. The model records the bands it kept (and their wavelengths where the "
+    "data gives them); classify and query select the same bands from the layers they get, and refuse "
+    "layers with another band count, other wavelengths, or other empty bands.<br>"
+)
 PRESET_HELP = (
     "<b>PRESET</b> (pretrained checkpoints): auto (recognised from the file), llama3-ms-clip, remoteclip-rn50, "
     "remoteclip-vit-b-32, remoteclip-vit-l-14, georsclip-vit-b-32, georsclip-vit-l-14, georsclip-vit-h-14, "

@@ -18,7 +18,9 @@ from ...backend.training.config import fields as train_fields
 from ...backend.training.recipes import DEFAULT_RECIPE, RECIPE_NAMES
 from .base import DEVICE_HELP, INPUTS_HELP, MODEL_FILTER, RsvlAlgorithm
 from .parameters import (
+    BAD_BANDS_HELP,
     FOUNDATION_FILTER,
+    LABEL_CONVENTIONS_HELP,
     PRESET_HELP,
     add_foundation_parameters,
     foundation_kwargs,
@@ -115,6 +117,7 @@ class TrainAlgorithm(RsvlAlgorithm):
             "'&lt;the group's physics&gt; of &lt;class&gt;' prompts, every same-class pair a positive, plus the fused "
             "embedding as in MMLGNet. <b>BAND_GROUPS</b>: a JSON file of other groups, "
             "{\"ms\": {\"visible\": [\"B02\", \"B03\", \"B04\"], …}}.<br>"
+            + BAD_BANDS_HELP + LABEL_CONVENTIONS_HELP +
             "<b>PRETRAINED</b> (advanced): an encoder file from rsvl:pretrain (same layers and PATCH_SIZE): the "
             "encoders start from it, the fusion layer fresh.<br>"
             "<b>FOUNDATION_MODEL</b> (advanced): instead of MMLGNet, adapt a pretrained vision-language checkpoint "
@@ -188,6 +191,12 @@ class TrainAlgorithm(RsvlAlgorithm):
         recipe = static_enum("RECIPE", "Recipe", RECIPES, DEFAULT_RECIPE)
         recipe.setFlags(recipe.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(recipe)
+        bad = QgsProcessingParameterString(
+            "BAD_BANDS", "Bands to leave out (e.g. 130-135, 165 or hsi:130-135; sar:2; bands declared bad in the "
+            "data's metadata and empty bands are left out anyway)", optional=True)
+        bad.setFlags(bad.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(bad)
+        self.add_label_conventions("Training")
         groups = QgsProcessingParameterFile("BAND_GROUPS", "Band groups (JSON, recipe band-groups)",
                                             fileFilter="JSON files (*.json)", optional=True)
         groups.setFlags(groups.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
