@@ -257,6 +257,9 @@ def main(argv=None):
     p.add_argument("--enmap-fraction", type=float, default=0.1)
     p.add_argument("--enmap-block", type=int, default=8, help="EnMAP checkerboard square side in pixels")
     p.add_argument("--only", choices=["enmap"], help="run only these rows and merge them into --out")
+    p.add_argument("--train-options", type=json.loads, default={},
+                   help='more api.train options for every rsvl model, as JSON (e.g. \'{"patch_size": 5}\'): for '
+                        "experiments (docs/experiments)")
     p.add_argument("--out", default=str(HERE / "accuracy.json"))
     p.add_argument("--summarise", metavar="JSON",
                    help="train nothing: recompute the means and the goal of an earlier run's JSON from its rows, "
@@ -307,7 +310,7 @@ def main(argv=None):
                 for name, options in configs:
                     model, classes = os.path.join(tmp, "model.safetensors"), os.path.join(tmp, "classes.tif")
                     t = time.perf_counter()
-                    trained = api.train(layers, train, model, seed=seed, device="cpu", **options)
+                    trained = api.train(layers, train, model, seed=seed, device="cpu", **options, **args.train_options)
                     seconds = round(time.perf_counter() - t, 1)
                     api.classify(model, layers, classes, device="cpu")
                     record(split, seed, name, api.evaluate(classes, test).accuracy, epochs=trained.epochs_run,
@@ -335,7 +338,8 @@ def main(argv=None):
                 for recipe in args.recipes:
                     model, classes = os.path.join(tmp, "mmodel.safetensors"), os.path.join(tmp, "mclasses.tif")
                     t = time.perf_counter()
-                    trained = api.train(multi_layers, train, model, seed=seed, device="cpu", recipe=recipe)
+                    trained = api.train(multi_layers, train, model, seed=seed, device="cpu", recipe=recipe,
+                                        **args.train_options)
                     seconds = round(time.perf_counter() - t, 1)
                     api.classify(model, multi_layers, classes, device="cpu")
                     record("multi-sensor", seed, name_of(recipe), api.evaluate(classes, test).accuracy,
@@ -346,7 +350,8 @@ def main(argv=None):
     result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates,
                          "enmap": args.enmap},
               "enmap_fraction": args.enmap_fraction, "enmap_block": args.enmap_block,
-              "fraction": args.fraction, "multi_fraction": None if args.no_multi else args.multi_fraction,
+              "train_options": args.train_options, "fraction": args.fraction,
+              "multi_fraction": None if args.no_multi else args.multi_fraction,
               "checkerboard_block": args.block, "per_class": args.per_class,
               "small_classes": args.small_classes, "seeds": args.seeds,
               "date_shift": None if args.no_date_shift else shift, "rows": rows, "mean": table, "goal": goal,
@@ -390,7 +395,7 @@ def enmap_rows(args, tmp: str):
             model, classes = os.path.join(tmp, "emodel.safetensors"), os.path.join(tmp, "eclasses.tif")
             t = time.perf_counter()
             trained = api.train(layers, train, model, seed=seed, device="cpu", recipe=args.recipes[0],
-                                class_names=names)
+                                class_names=names, **args.train_options)
             seconds = round(time.perf_counter() - t, 1)
             api.classify(model, layers, classes, device="cpu")
             yield dict(split=split, seed=seed, method=f"rsvl --recipe {args.recipes[0]}",
@@ -415,6 +420,7 @@ def enmap_only(args) -> int:
     data["mean"], data["goal"] = summarise(rows, args.recipes[0])
     data.setdefault("inputs", {})["enmap"] = args.enmap
     data.update({"enmap_fraction": args.enmap_fraction, "enmap_block": args.enmap_block,
+                 "train_options": args.train_options,
                  "enmap_seconds": round(time.perf_counter() - start, 1)})
     write_json(args.out, data)
     print_tables([r for r in data["mean"] if r["split"].startswith("EnMAP")],
