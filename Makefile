@@ -2,7 +2,7 @@
 #   make demo     install if needed, then run the main job on the bundled sample scene
 #   make test     install if needed, then run the test suite (what CI runs)
 #   make install  Debian packages + .venv + Python requirements + qgis_process shim (idempotent)
-#   make lint | bench | bench-accuracy | bench-scaleout | docs-bench | docs-images | package | clean
+#   make lint | bench | bench-accuracy | bench-explore | bench-scaleout | docs-bench | docs-images | package | clean
 
 SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -20,7 +20,7 @@ DIST ?= $(ROOT)/dist
 export QT_QPA_PLATFORM ?= offscreen
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-all lint bench bench-accuracy bench-scaleout docs-bench docs-images package clean debs
+.PHONY: install demo test test-all lint bench bench-accuracy bench-explore bench-scaleout docs-bench docs-images package clean debs
 
 install: debs $(STAMP) $(VENV)/bin/qgis_process $(PLUGIN_DIR)/rsvl
 
@@ -84,6 +84,10 @@ bench: install
 # rsvl beside per-pixel baselines (random forest …) on random and checkerboard splits.
 bench-accuracy: install
 	$(PY) $(ROOT)/bench/accuracy.py
+
+# The Explore panel: prompt and click latency on an embedded 1 Mpx view (bench/explore.json).
+bench-explore: install
+	$(PY) $(ROOT)/bench/explore.py
 
 # Dask classification and torchrun training, 2 one-thread workers vs 1 (bench/scaleout.json).
 bench-scaleout: install

@@ -486,6 +486,29 @@ def query(
     return QueryResult(output_similarity, output, prompts, texts, classes, res.seconds)
 
 
+def open_explorer(model_path: str, layers: Sequence[LayerSpec], *, reference: Optional[int] = None, align: bool = True,
+                  device: str = "auto", force: bool = False, normalize: str = "model", cache=None):
+    """An :class:`~rsvl.backend.mapping.explore.Explorer` of an rsvl model on ``layers``
+    (checked as :func:`query` checks them): embed a view once, then score prompts and
+    clicked pixels against it. Close it (or use it in a ``with``) to release the layers."""
+    from .mapping.explore import Explorer
+
+    if not os.path.isfile(model_path):
+        raise InputError(f"MODEL file {model_path!r} does not exist")
+    from .foundation.fewshot_file import model_kind
+
+    if model_kind(model_path) != "rsvl":
+        raise InputError(f"MODEL {os.path.basename(model_path)!r} is not an rsvl model: the explorer takes models made "
+                         "by rsvl:train")
+    model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
+    try:
+        stats = normalisation(stack, header, normalize, Job())
+        return Explorer(model, header, stack, dev, model_path, stats, cache=cache)
+    except Exception:
+        stack.close()
+        raise
+
+
 @dataclass
 class EvaluateResult:
     accuracy: Accuracy

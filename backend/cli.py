@@ -18,7 +18,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .errors import CancelledError, RsvlError, count
+from .errors import CancelledError, InputError, RsvlError, count
 from .io.raster import MODALITIES, LayerSpec
 from .training.config import TrainConfig
 from .training.config import add_arguments as add_train_arguments
@@ -171,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="foundation checkpoints: --output gets one 0/1 band per prompt (score above the mean of "
                         "the others)")
     _add_scheduler_arg(p)
+
+    p = sub.add_parser("explore", help="embed a view of the scene once, then map prompts and clicked points against "
+                                       "it (what the rsvl Explore panel does)")
+    p.add_argument("--model", "-m", required=True, help="an rsvl model file (rsvl:train)")
+    _add_layer_args(p, "the modalities the model was trained on")
+    p.add_argument("--extent", help="xmin,ymin,xmax,ymax of the view in the reference layer's CRS (default: the scene)")
+    p.add_argument("--max-pixels", type=int, default=4_000_000,
+                   help="embed at native resolution up to this many pixels, coarser beyond")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt (repeat for several)")
+    p.add_argument("--similar-to", action="append", default=[], metavar="X,Y",
+                   help="a point (map coordinates): similarity of every pixel to its embedding (repeat)")
+    p.add_argument("--raw-prompts", action="store_true", help="do not wrap prompts in the model's template")
+    p.add_argument("--output-similarity", required=True, help="float raster on the view's grid: one band per prompt, "
+                                                              "then one per point")
+    p.add_argument("--cache-dir", help="keep the view's embeddings here (a later run with the same view reads them)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
+                                                         "training (with a warning)")
 
     p = sub.add_parser("pretrain", help="self-supervised Siamese pretraining of the encoders on unlabelled layers")
     _add_layer_args(p, "at least two modalities")
@@ -337,6 +355,54 @@ def _query(args, progress):
     print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
 
 
+def _numbers(text: str, n: int, option: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n:
+        raise InputError(f"{option} takes {n} comma-separated numbers (got {text!r})")
+    return values
+
+
+def _explore(args, progress):
+    import time
+
+    from . import api
+    from .io.atomic import check_geotiff, check_outputs
+    from .mapping.explore import EmbeddingCache, write_similarity
+
+    if not args.prompt and not args.similar_to:
+        raise InputError("give --prompt or --similar-to (or both)")
+    extent = _numbers(args.extent, 4, "--extent") if args.extent else None
+    points = [_numbers(p, 2, "--similar-to") for p in args.similar_to]
+    check_geotiff([("OUTPUT_SIMILARITY", args.output_similarity)])
+    check_outputs([("OUTPUT_SIMILARITY", args.output_similarity, 0)])
+    with api.open_explorer(args.model, _layers(args), reference=args.reference, align=not args.no_align,
+                           device=args.device, force=args.force, cache=EmbeddingCache(folder=args.cache_dir)) as ex:
+        view = ex.embed(extent, max_pixels=args.max_pixels, progress=progress)
+        h, w = view.shape
+        print(f"view: {w} x {h} px (step {view.step}), {view.emb.shape[0]} valid, embedded in {view.seconds:.2f} s"
+              f"{' (from the cache)' if not view.seconds else ''}; {view.nbytes / 2**20:.1f} MiB")
+        if view.note:
+            print(view.note)
+        bands, names = [], []
+        if args.prompt:
+            start = time.perf_counter()
+            bands.append(ex.prompts(view, args.prompt, use_template=not args.raw_prompts))
+            names += args.prompt
+            print(f"prompts: {len(args.prompt)} in {1000 * (time.perf_counter() - start):.0f} ms")
+        for x, y in points:
+            start = time.perf_counter()
+            bands.append(ex.similar_to(view, [view.pixel_of(x, y)])[None])
+            names.append(f"similar to ({x:g}, {y:g})")
+            print(f"similar to ({x:g}, {y:g}): {1000 * (time.perf_counter() - start):.0f} ms")
+        import numpy as np
+
+        write_similarity(view, np.concatenate(bands), names, args.output_similarity)
+    print(f"similarity: {args.output_similarity}")
+
+
 def _pretrain(args, progress):
     from .training.pretrain import pretrain
 
@@ -436,7 +502,7 @@ def _demo(args, progress):
 COMMANDS = {  # subcommand -> function(args, progress); build_parser() defines each one's options
     "train": _train, "classify": _classify, "query": _query, "pretrain": _pretrain, "distill": _distill,
     "retrieve": _retrieve, "evaluate": _evaluate, "split": _split, "baselines": _baselines, "info": _info,
-    "demo": _demo,
+    "demo": _demo, "explore": _explore,
 }
 
 

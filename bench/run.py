@@ -428,9 +428,10 @@ def main(argv=None):
     results["bench_seconds"] = time.perf_counter() - wall
     print(table(results))
     out = Path(args.out)
-    if out.exists():  # bench/scaleout.py's speedups (measured there) stay until it runs again
+    if out.exists():  # bench/scaleout.py's and bench/explore.py's figures (measured there) stay until they run again
         previous = json.loads(out.read_text())
         results.update({k: previous[k] for k in SCALEOUT_KEYS if k in previous})
+        results.update({k: v for k, v in previous.items() if k.startswith("explore_")})
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {args.out}")
     return 0

@@ -23,6 +23,7 @@ class RsvlPlugin:
         self.dialogs = []
         self._tasks = None
         self.install_tasks = []
+        self.explore = None
 
     # Called by QGIS (and by qgis_process) to register Processing providers.
     def initProcessing(self):  # noqa: N802 (QGIS API name)
@@ -43,6 +44,13 @@ class RsvlPlugin:
         action.triggered.connect(self.open_train_in_background)
         self.iface.addPluginToMenu("&rsvl", action)
         self.actions.append(action)
+        action = QAction(QIcon(ICON_PATH), "Explore…", self.iface.mainWindow())
+        action.setToolTip("rsvl Explore: ask the map in words, or click a pixel to find similar ones")
+        action.triggered.connect(self.open_explore)
+        self.iface.addPluginToMenu("&rsvl", action)
+        self.iface.addToolBarIcon(action)
+        self.actions.append(action)
+        self.explore_action = action
         action = QAction(QIcon(ICON_PATH), "Install dependencies…", self.iface.mainWindow())
         action.triggered.connect(self.open_installer)
         self.iface.addPluginToMenu("&rsvl", action)
@@ -71,6 +79,19 @@ class RsvlPlugin:
         bar.pushWidget(item, Qgis.Warning, 0)
         return item
 
+    def open_explore(self):
+        """Show the rsvl Explore dock (created on first use)."""
+        from qgis.PyQt.QtCore import Qt
+
+        from .explore.panel import ExplorePanel
+
+        if self.explore is None or sip.isdeleted(self.explore):
+            self.explore = ExplorePanel(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.explore)
+        self.explore.show()
+        self.explore.raise_()
+        return self.explore
+
     def open_installer(self):
         from .installer_dialog import InstallerDialog
 
@@ -98,7 +119,13 @@ class RsvlPlugin:
     def unload(self):
         for action in self.actions:
             self.iface.removePluginMenu("&rsvl", action)
+            self.iface.removeToolBarIcon(action)
         self.actions = []
+        if self.explore is not None and not sip.isdeleted(self.explore):
+            self.explore.session.close()
+            self.iface.removeDockWidget(self.explore)
+            self.explore.deleteLater()
+        self.explore = None
         for dialog in self.dialogs:
             if not sip.isdeleted(dialog):
                 dialog.close()

@@ -93,7 +93,8 @@ def distill(
     """Train a student with fewer bands to reproduce a teacher's embeddings (see the
     module docstring) and save it as an rsvl model."""
     from ..io.atomic import check_extension, check_outputs
-    from ..io.raster import RasterStack, as_layers, compute_band_stats
+    from ..io.raster import RasterStack, as_layers
+    from ..io.selection import fit_bands
     from ..models.mmlgnet import MMLGNet, ModelConfig
     from ..models.modelfile import ModelHeader, load_model, save_model
     from ..runtime.device import resolve_device
@@ -114,12 +115,12 @@ def distill(
         raise InputError(f"TEACHER {os.path.basename(teacher_model)!r} is an ensemble of {header.members} models "
                          "(MEMBERS): the student learns one embedding space; give a teacher trained with MEMBERS 1")
     with RasterStack(as_layers(teacher_layers)) as t_stack:
-        header.check_inputs(t_stack.band_counts(), t_stack.band_names(), t_stack.grid)
+        header.check_stack(t_stack)
         with RasterStack(as_layers(student_layers)) as s_stack:
             diffs = t_stack.grid.differences(s_stack.grid)
             if diffs:
                 raise InputError("the student's layers must lie on the teacher's grid: " + "; ".join(diffs))
-            s_stats = compute_band_stats(s_stack, job=job.span(0.0, 0.05))
+            s_stats, s_selection = fit_bands(s_stack, job=job.span(0.0, 0.05))
             band_names = s_stack.band_names()
             band_counts = s_stack.band_counts()
             target, patches = _teacher_samples(teacher, header, t_stack, s_stack, s_stats, samples, seed, dev,
@@ -180,6 +181,7 @@ def distill(
         training={"distilled_from": os.path.abspath(teacher_model), "teacher_modalities": header.config.bands,
                   "samples": int(n), "epochs": epochs, "best_epoch": best_epoch, "seed": seed,
                   "val_cosine_before": before, "val_cosine_after": best, "history": history},
+        bands=s_selection,
     )
     job.check()
     save_model(output_model, student.cpu(), out_header)

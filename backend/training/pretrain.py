@@ -91,7 +91,8 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
     from ..data.augment import flip_rotate
     from ..data.samples import sample_patches
     from ..io.atomic import atomic_path, check_extension, check_outputs
-    from ..io.raster import RasterStack, as_layers, compute_band_stats
+    from ..io.raster import RasterStack, as_layers
+    from ..io.selection import fit_bands
     from ..models.mmlgnet import ModelConfig
     from ..models.modelfile import DIGEST_KEY, weights_digest
     from ..runtime.device import resolve_device
@@ -110,7 +111,7 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
         if len(stack.modalities) < 2:
             raise InputError("pretraining pairs the same location seen by two modalities: give layers of at least "
                              f"two of INPUT_HSI, INPUT_LIDAR, INPUT_SAR, INPUT_MS (got {', '.join(stack.modalities)})")
-        stats = compute_band_stats(stack, job=job.span(0.0, 0.05))
+        stats, selection = fit_bands(stack, job=job.span(0.0, 0.05))  # bad and empty bands left out, as in train
         config = ModelConfig(bands=stack.band_counts(), embed_dim=1, patch_size=patch_size)
         patches = sample_patches(stack, stats, patch_size, samples, seed, job.span(0.05, 0.2))
         if not patches:
@@ -146,6 +147,7 @@ def pretrain(layers, output: str, *, patch_size: int = 11, samples: int = 20000,
         "rsvl_version": __version__, "format_version": 1, "architecture": config.to_json(),
         "band_names": band_names, "normalisation": {m: {"mean": s.mean, "std": s.std} for m, s in stats.items()},
         "samples": int(n), "epochs": epochs, "seed": seed, "history": history, "method": "simsiam",
+        "band_selection": {m: s.to_json() for m, s in selection.items()},
     }
     job.check()
     with atomic_path(output) as tmp:
