@@ -12,8 +12,8 @@ import torch
 from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
 
 from rsvl.backend import api
-from rsvl.backend.mapping.explore import EmbeddingCache, View
 from rsvl.backend.io.raster import Grid
+from rsvl.backend.mapping.explore import EmbeddingCache, View
 
 
 @pytest.fixture(scope="module")
