@@ -487,19 +487,33 @@ def query(
 
 
 def open_explorer(model_path: str, layers: Sequence[LayerSpec], *, reference: Optional[int] = None, align: bool = True,
-                  device: str = "auto", force: bool = False, normalize: str = "model", cache=None):
-    """An :class:`~rsvl.backend.mapping.explore.Explorer` of an rsvl model on ``layers``
-    (checked as :func:`query` checks them): embed a view once, then score prompts and
-    clicked pixels against it. Close it (or use it in a ``with``) to release the layers."""
+                  device: str = "auto", force: bool = False, normalize: str = "model", cache=None,
+                  preset: str = "auto", templates: Optional[Sequence[str]] = None, tile_size: Optional[int] = None,
+                  stride: Optional[int] = None, resolution: str = "tile", bands: Optional[str] = None,
+                  value_scale: str = "auto", offset: float = 0.0):
+    """An :class:`~rsvl.backend.mapping.explore.Explorer` of an rsvl model, or of a pretrained
+    checkpoint (:class:`~rsvl.backend.foundation.explore.CheckpointExplorer`: ``preset`` …
+    ``offset`` as in :func:`query`), on ``layers`` (checked as :func:`query` checks them):
+    embed a view once, then score prompts and clicked pixels against it. Close it (or use it
+    in a ``with``) to release the layers."""
     from .mapping.explore import Explorer
 
     if not os.path.isfile(model_path):
         raise InputError(f"MODEL file {model_path!r} does not exist")
     from .foundation.fewshot_file import model_kind
 
-    if model_kind(model_path) != "rsvl":
-        raise InputError(f"MODEL {os.path.basename(model_path)!r} is not an rsvl model: the explorer takes models made "
-                         "by rsvl:train")
+    kind = model_kind(model_path)
+    if kind == "fewshot":
+        raise InputError(f"MODEL {os.path.basename(model_path)!r} is a few-shot model: explore its checkpoint "
+                         "(the file it names) or an rsvl:train model")
+    if kind == "checkpoint":
+        from .foundation.checkpoint import checkpoint_kind
+        from .foundation.explore import CheckpointExplorer
+
+        checkpoint_kind(model_path, "MODEL")
+        return CheckpointExplorer(model_path, as_layers(layers), preset=preset, templates=templates,
+                                  tile_size=tile_size, stride=stride, resolution=resolution, bands=bands,
+                                  scale=value_scale, offset=offset, device=device, reference=reference, cache=cache)
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     try:
         stats = normalisation(stack, header, normalize, Job())

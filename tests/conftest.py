@@ -464,3 +464,34 @@ def fewshot_scene(tmp_path_factory):
 
     set_category_names(str(root / "labels.tif"), [ClassInfo(c, n, (0, 0, 0)) for c, n in FEWSHOT_NAMES.items()])
     return root, preset, truth
+
+
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def rgb_checkpoint(tmp_path_factory):
+    """A tiny random RGB open_clip checkpoint (.pt state dict), its preset name, an RGB scene
+    and the architecture folder (for PRESET open_clip, OPEN_CLIP_ARCH local-dir:…)."""
+    import torch
+    from rasterio.transform import from_origin
+
+    from rsvl.backend.foundation.checkpoint import build_model
+    from rsvl.backend.foundation.presets import get_preset
+
+    root = tmp_path_factory.mktemp("explore-ckpt")
+    (root / "arch").mkdir()
+    (root / "arch" / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
+    preset = get_preset(f"open_clip:local-dir:{root / 'arch'}")
+    torch.manual_seed(0)
+    torch.save(build_model(preset).state_dict(), root / "m.pt")
+    rng = np.random.default_rng(0)
+    values = rng.integers(1, 255, (3, 70, 90)).astype(np.uint8)
+    values[:, :4, :] = 0
+    scene = root / "rgb.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=90, height=70, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 10, 10), nodata=0) as dst:
+        dst.write(values)
+    return str(root / "m.pt"), preset.name, str(scene), str(root / "arch")

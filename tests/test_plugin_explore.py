@@ -206,3 +206,33 @@ def test_a_drawn_area_is_the_example_and_cuts_the_polygons(panel, tmp_path):
     ds = ogr.Open(str(tmp_path / "area.gpkg"))
     total = sum(f.GetGeometryRef().GetArea() for f in ds.GetLayerByName("labels"))
     assert total == pytest.approx(area.area(), rel=1e-6)
+
+
+def test_a_pretrained_checkpoint_in_the_panel(plugin, rgb_checkpoint, qgis_iface, tmp_path):
+    from rsvl.plugin.explore.panel import ExplorePanel
+    from rsvl.plugin.explore.session import ExploreSession
+
+    ckpt, _preset, scene, arch = rgb_checkpoint
+    project = QgsProject.instance()
+    project.clear()
+    layer = QgsRasterLayer(scene, "rgb", "gdal")
+    project.addMapLayer(layer)
+    qgis_iface.mapCanvas().setDestinationCrs(layer.crs())
+    panel = ExplorePanel(qgis_iface, session=ExploreSession(folder=str(tmp_path / "layers")))
+    try:
+        panel.model.setFilePath(ckpt)
+        assert panel.kind == "checkpoint" and not panel.preset.isHidden()
+        assert panel.layer_boxes["ms"].currentLayer() is layer and panel.layer_boxes["hsi"].isHidden()
+        panel.preset.setCurrentText("open_clip")
+        assert not panel.embed(layer.extent(), wait=True) and "needs the checkpoint's open_clip architecture" in \
+            panel.status.text()
+        panel.arch.setText(f"local-dir:{arch}")
+        assert panel.embed(layer.extent(), wait=True), panel.status.text()
+        panel.prompt.setText("water")
+        panel.ask()
+        shown = panel.session.shown
+        assert shown.layer.name() == "rsvl: water" and np.isnan(shown.sims[0, :4]).all()
+        assert np.isfinite(shown.sims[0, 4:]).all()
+    finally:
+        panel.session.close()
+        project.clear()

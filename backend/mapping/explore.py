@@ -328,7 +328,10 @@ class Explorer:
         if rows.size == 0:
             raise InputError("no valid pixel there: click inside the layers, where no input is nodata")
         target = torch.nn.functional.normalize(view.emb[torch.from_numpy(rows.astype(np.int64))].float().mean(0), dim=0)
-        return view.scatter(view.emb @ target.to(torch.float16))[0]
+        sims = view.emb @ target.to(torch.float16)
+        if not view.extra.get("unit", True):  # a checkpoint's cells: mean embeddings, not unit vectors
+            sims = sims.float() / view.emb.float().norm(dim=1).clamp_min(1e-12)
+        return view.scatter(sims)[0]
 
     def close(self) -> None:
         self.stack.close()

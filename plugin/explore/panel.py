@@ -41,6 +41,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..algorithms.parameters import FOUNDATION_FILTER, PRESET_CHOICES
 from .session import ExploreSession
 
 MODALITY_TITLES = {"hsi": "HSI", "lidar": "LiDAR / elevation", "sar": "SAR", "ms": "MS"}
@@ -92,9 +93,22 @@ class ExplorePanel(QgsDockWidget):
         model_box = QGroupBox("Model and layers")
         form = QFormLayout(model_box)
         self.model = QgsFileWidget()
-        self.model.setFilter("rsvl models (*.safetensors *.rsvl)")
+        self.model.setFilter(FOUNDATION_FILTER)
+        self.model.setToolTip("an rsvl:train model, or a pretrained checkpoint (Llama3-MS-CLIP, RemoteCLIP, …)")
         self.model.fileChanged.connect(self.model_changed)
         form.addRow("Model", self.model)
+        self.preset = QComboBox()
+        self.preset.addItems(PRESET_CHOICES)
+        self.preset.setToolTip("how the checkpoint is read (auto: from its keys); see rsvl:query's PRESET")
+        self.preset_label = QLabel("Preset")
+        form.addRow(self.preset_label, self.preset)
+        self.arch = QLineEdit()
+        self.arch.setPlaceholderText("e.g. ViT-B-32, or local-dir:DIR")
+        self.arch_label = QLabel("open_clip architecture")
+        form.addRow(self.arch_label, self.arch)
+        self.preset.currentTextChanged.connect(self.options_changed)
+        self.arch.editingFinished.connect(self.options_changed)
+        self.kind = "rsvl"
         self.layer_boxes: Dict[str, QgsMapLayerComboBox] = {}
         self.layer_labels: Dict[str, QLabel] = {}
         for m, title in MODALITY_TITLES.items():
@@ -105,8 +119,10 @@ class ExplorePanel(QgsDockWidget):
             label = QLabel(title)
             form.addRow(label, box)
             self.layer_boxes[m], self.layer_labels[m] = box, label
+            box.layerChanged.connect(self.options_changed)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.currentTextChanged.connect(self.options_changed)
         form.addRow("Device", self.device)
         layout.addWidget(model_box)
 
@@ -200,31 +216,59 @@ class ExplorePanel(QgsDockWidget):
     def model_changed(self, path: str) -> None:
         """Show the model's modalities and propose layers of matching band counts."""
         wanted = {}
+        self.kind = "rsvl"
         if path and os.path.isfile(path):
-            try:
-                from ...backend.models.modelfile import read_header
+            from ...backend.foundation.fewshot_file import model_kind
 
-                header = read_header(path)
-            except Exception as exc:  # noqa: BLE001 (said in the panel)
-                self.say(f"{exc}", error=True)
-                header = None
+            header = None
+            self.kind = model_kind(path)
+            if self.kind == "checkpoint":
+                wanted = {"ms": set(range(3, 20))}  # a multispectral stack or an RGB raster
+                self.say(f"{os.path.basename(path)}: a pretrained checkpoint; give the multispectral (or RGB) layer "
+                         "and embed the view.")
+            else:
+                try:
+                    from ...backend.models.modelfile import read_header
+
+                    header = read_header(path)
+                except Exception as exc:  # noqa: BLE001 (said in the panel)
+                    self.say(f"{exc}", error=True)
             if header is not None:
                 for m, n in header.config.bands.items():
                     sel = header.bands.get(m)
                     wanted[m] = {n, sel.input_bands} if sel else {n}
                 self.say(f"{os.path.basename(path)}: {', '.join(f'{m} {min(v)} bands' for m, v in wanted.items())}; "
                          f"classes {', '.join(c.name for c in header.classes)}. Embed the view.")
+        self.preset.setVisible(self.kind == "checkpoint")
+        self.preset_label.setVisible(self.kind == "checkpoint")
+        self.options_changed()
+        self.layer_labels["ms"].setText("MS / RGB" if self.kind == "checkpoint" else MODALITY_TITLES["ms"])
         for m, box in self.layer_boxes.items():
             show = not wanted or m in wanted
             box.setVisible(show)
             self.layer_labels[m].setVisible(show)
-            if m in wanted and box.currentLayer() is None:
+            if m in wanted and (box.currentLayer() is None or box.currentLayer().bandCount() not in wanted[m]):
                 for layer in QgsProject.instance().mapLayers().values():
                     if isinstance(layer, QgsRasterLayer) and layer.bandCount() in wanted[m] and \
                             not layer.source().startswith(self.session.folder):
                         box.setLayer(layer)
                         break
+
+    def options_changed(self, *_args) -> None:
+        """Another model, layer, preset or device: the next embedding opens them afresh."""
+        open_clip = self.kind == "checkpoint" and self.preset.currentText() == "open_clip"
+        self.arch.setVisible(open_clip)
+        self.arch_label.setVisible(open_clip)
         self.session.close()
+
+    def checkpoint_options(self) -> dict:
+        preset = self.preset.currentText()
+        if preset == "open_clip":
+            if not self.arch.text().strip():
+                raise RuntimeError("preset open_clip needs the checkpoint's open_clip architecture, e.g. ViT-B-32 "
+                                   "(or local-dir:DIR with open_clip_config.json)")
+            preset = f"open_clip:{self.arch.text().strip()}"
+        return {"preset": preset}
 
     def chosen_layers(self):
         return [(m, box.currentLayer()) for m, box in self.layer_boxes.items()
@@ -239,7 +283,8 @@ class ExplorePanel(QgsDockWidget):
                 layers = self.chosen_layers()
                 if not layers:
                     raise RuntimeError("choose the model's layers first")
-                self.session.open(self.model.filePath(), layers, device=self.device.currentText())
+                options = self.checkpoint_options() if self.kind == "checkpoint" else {}
+                self.session.open(self.model.filePath(), layers, device=self.device.currentText(), **options)
             crs = self.canvas.mapSettings().destinationCrs()
             box = self.session.view_extent(extent or self.canvas.extent(), crs)
         except Exception as exc:  # noqa: BLE001 (RsvlError and Processing errors: said in the panel)

@@ -98,16 +98,18 @@ class ExploreSession:
 
     # -- model and layers ----------------------------------------------------------------
     def open(self, model_path: str, layers: Sequence[Tuple[str, QgsRasterLayer]], device: str = "auto",
-             force: bool = False) -> None:
-        """Open ``model_path`` on (modality, raster layer) pairs: rsvl:query's checks and
-        messages (RsvlError)."""
+             force: bool = False, **checkpoint) -> None:
+        """Open ``model_path`` (an rsvl model, or a pretrained checkpoint with ``checkpoint``
+        options: preset, tile_size, resolution, …) on (modality, raster layer) pairs:
+        rsvl:query's checks and messages (RsvlError)."""
         from ...backend import api
         from ...backend.io.raster import LayerSpec
         from ..algorithms.base import raster_path
 
         specs = [LayerSpec(raster_path(layer, f"INPUT_{m.upper()}"), m) for m, layer in layers]
         self.close()
-        self.explorer = api.open_explorer(model_path, specs, device=device, force=force, cache=self.cache)
+        self.explorer = api.open_explorer(model_path, specs, device=device, force=force, cache=self.cache,
+                                          **checkpoint)
 
     def close(self) -> None:
         if self.explorer is not None:
