@@ -4,8 +4,8 @@
 Loads the sample scene (Sentinel-2 as true colour, bands 4/3/2 stretched; the DEM; the
 land-cover labels), opens rsvl:train's dialog with them (not run), runs rsvl:classify and
 rsvl:query from their Processing dialogs with the model make_images.py trained (results
-loaded and styled as a user sees them) and grabs the windows as PNGs into the config's
-``images`` folder. Writes what it did as JSON to the config's ``result`` and exits QGIS.
+loaded and styled as a user sees them), asks the rsvl Explore panel a prompt, and grabs the
+windows as PNGs into the config's ``images`` folder. Writes what it did as JSON to the config's ``result`` and exits QGIS.
 """
 
 import os
@@ -22,6 +22,7 @@ WINDOW = (1280, 800)  # main window: big enough for the panels, small enough to 
 MAX_BYTES = 300_000
 PROMPTS = ["forest", "meadow", "water"]
 SIMILARITY_PROMPT = "forest"
+EXPLORE_THRESHOLD = 20  # the panel's slider: cosine similarity 0.20
 
 
 def settle(seconds=0.5):
@@ -236,6 +237,26 @@ def main():
     render(canvas)
     save_png(window, "similarity-map.png")
     RESULT["similarity_band"] = similarity.bandName(band)
+
+    # The rsvl Explore panel: the view embedded, a prompt asked, the threshold dragged.
+    show_only([s2], [])
+    plugin = qgis.utils.plugins["rsvl"]
+    plugin.explore_action.trigger()
+    panel = plugin.explore
+    window.resizeDocks([panel], [420], Qt.Horizontal)
+    panel.model.setFilePath(CONFIG["model"])
+    panel.embed_button.click()
+    wait(lambda: panel.session.view is not None or "could not" in panel.status.text(), 300, "the Explore panel")
+    if panel.session.view is None:
+        raise RuntimeError("the Explore panel could not embed the view: " + panel.status.text())
+    panel.prompt.setText(SIMILARITY_PROMPT)
+    panel.ask()
+    panel.slider.setValue(EXPLORE_THRESHOLD)
+    panel.class_name.setText(SIMILARITY_PROMPT)
+    iface.messageBar().clearWidgets()
+    render(canvas)
+    save_png(window, "explore-panel.png")
+    RESULT["explore_status"] = panel.status.text()
     RESULT["layers"] = [layer.name() for layer in (s2, dem, lulc, classes, similarity, best)]
     RESULT["finished"] = True
     save()

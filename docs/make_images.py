@@ -7,8 +7,8 @@ land-cover labels, CPU, a few epochs), then starts the desktop ``qgis`` on a vir
 server (Xvfb, a fixed 1600x1000 screen) with a fresh temporary profile and the rsvl plugin
 enabled, as tests/test_plugin_desktop.py does, and lets docs/images_session.py load the
 scene, run rsvl:classify and rsvl:query from their Processing dialogs and grab the
-windows. Writes train-dialog.png, query-dialog.png, toolbox.png, class-map.png and
-similarity-map.png to DIR (default docs/images); exits non-zero if any is missing.
+windows. Writes train-dialog.png, query-dialog.png, toolbox.png, class-map.png,
+similarity-map.png and explore-panel.png to DIR (default docs/images); exits non-zero if any is missing.
 Works in /tmp/rsvl-docs (a fixed path: it shows in the dialogs, so the images do not change
 from run to run; removed at the end unless --keep). Needs ``make install`` (QGIS, Xvfb, the
 .venv); takes about half a minute.
@@ -30,7 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "resources" / "sample"
-IMAGES = ("train-dialog.png", "query-dialog.png", "toolbox.png", "class-map.png", "similarity-map.png")
+IMAGES = ("train-dialog.png", "query-dialog.png", "toolbox.png", "class-map.png", "similarity-map.png",
+          "explore-panel.png")
 SCREEN = "1600x1000x24"
 TIMEOUT_S = 600
 # A fixed working folder: its paths show in the dialogs, and the images stay the same from run to run.

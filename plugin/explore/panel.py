@@ -215,12 +215,11 @@ class ExplorePanel(QgsDockWidget):
     # -- model and layers --------------------------------------------------------------------
     def model_changed(self, path: str) -> None:
         """Show the model's modalities and propose layers of matching band counts."""
-        wanted = {}
+        wanted, header = {}, None
         self.kind = "rsvl"
         if path and os.path.isfile(path):
             from ...backend.foundation.fewshot_file import model_kind
 
-            header = None
             self.kind = model_kind(path)
             if self.kind == "checkpoint":
                 wanted = {"ms": set(range(3, 20))}  # a multispectral stack or an RGB raster
@@ -243,16 +242,39 @@ class ExplorePanel(QgsDockWidget):
         self.preset_label.setVisible(self.kind == "checkpoint")
         self.options_changed()
         self.layer_labels["ms"].setText("MS / RGB" if self.kind == "checkpoint" else MODALITY_TITLES["ms"])
+        names = header.band_names if header is not None else {}
         for m, box in self.layer_boxes.items():
             show = not wanted or m in wanted
             box.setVisible(show)
             self.layer_labels[m].setVisible(show)
             if m in wanted and (box.currentLayer() is None or box.currentLayer().bandCount() not in wanted[m]):
-                for layer in QgsProject.instance().mapLayers().values():
-                    if isinstance(layer, QgsRasterLayer) and layer.bandCount() in wanted[m] and \
-                            not layer.source().startswith(self.session.folder):
-                        box.setLayer(layer)
-                        break
+                layer = self.propose(wanted[m], names.get(m, []))
+                if layer is not None:
+                    box.setLayer(layer)
+
+    def propose(self, counts, names) -> Optional[QgsRasterLayer]:
+        """The project's raster layer most like the model's input: band count in ``counts``,
+        the model's band names first, maps with a class palette (rsvl's outputs) last."""
+        from ...backend.io.raster import missing_file
+
+        ranked = []
+        order = [n.layer() for n in QgsProject.instance().layerTreeRoot().findLayers()]
+        for i, layer in enumerate(order):
+            if not isinstance(layer, QgsRasterLayer) or layer.bandCount() not in counts or \
+                    layer.source().startswith(self.session.folder):
+                continue
+            same_names = False
+            if names and layer.providerType() == "gdal" and not missing_file(layer.source()):
+                try:
+                    import rasterio
+
+                    with rasterio.open(layer.source()) as ds:
+                        same_names = list(ds.descriptions) == list(names)
+                except Exception:  # noqa: BLE001 (not a file rasterio reads: no names to compare)
+                    same_names = False
+            paletted = layer.renderer() is not None and layer.renderer().type() == "paletted"
+            ranked.append((not same_names, paletted, i, layer))
+        return min(ranked, key=lambda t: t[:3])[3] if ranked else None
 
     def options_changed(self, *_args) -> None:
         """Another model, layer, preset or device: the next embedding opens them afresh."""

@@ -300,7 +300,9 @@ class ExploreSession:
             existing[0].dataProvider().reloadData()
             existing[0].triggerRepaint()
         else:
-            self.project.addMapLayer(QgsVectorLayer(source, "rsvl training polygons", "ogr"))
+            layer = QgsVectorLayer(source, "rsvl training polygons", "ogr")
+            layer.setOpacity(0.5)  # the map underneath stays readable
+            self.project.addMapLayer(layer)
         return added
 
     def export(self, path: str) -> str:
