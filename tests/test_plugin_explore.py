@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle
+from qgis.core import QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings
 
 from rsvl.backend import api
 from rsvl.backend.io.raster import Grid
@@ -40,6 +40,7 @@ def panel(plugin, trained_model, qgis_iface, tmp_path):
     project.setCrs(raster["hsi"].crs())
     canvas = qgis_iface.mapCanvas()
     canvas.setDestinationCrs(raster["hsi"].crs())
+    QgsSettings().remove("rsvl/explore")  # the defaults, whatever an earlier panel saved
     panel = ExplorePanel(qgis_iface, session=ExploreSession(folder=str(tmp_path / "layers")))
     panel.model.setFilePath(str(model_path))
     yield panel, raster
@@ -213,6 +214,7 @@ def test_a_pretrained_checkpoint_in_the_panel(plugin, rgb_checkpoint, qgis_iface
     from rsvl.plugin.explore.session import ExploreSession
 
     ckpt, _preset, scene, arch = rgb_checkpoint
+    QgsSettings().remove("rsvl/explore")
     project = QgsProject.instance()
     project.clear()
     layer = QgsRasterLayer(scene, "rgb", "gdal")
@@ -236,3 +238,22 @@ def test_a_pretrained_checkpoint_in_the_panel(plugin, rgb_checkpoint, qgis_iface
     finally:
         panel.session.close()
         project.clear()
+
+
+def test_budget_and_cache_settings_persist_and_bound_the_cache(panel, tmp_path, monkeypatch):
+    from rsvl.plugin.explore.panel import ExplorePanel
+    from rsvl.plugin.explore.session import ExploreSession
+
+    panel, raster = panel
+    monkeypatch.setenv("RSVL_CACHE_DIR", str(tmp_path / "cache"))
+    panel.budget.setValue(2.5)
+    panel.cache_gib.setValue(0.5)
+    panel.cache_disk.setChecked(True)
+    assert panel.session.cache.budget == 2**29 and panel.session.cache.folder == str(tmp_path / "cache" / "explore")
+    assert panel.embed(_extent(raster["hsi"], (0, 16), (0, 16)), wait=True)
+    assert list((tmp_path / "cache" / "explore").glob("view-*.safetensors"))
+    other = ExplorePanel(panel.iface, session=ExploreSession(folder=str(tmp_path / "other")))
+    assert other.budget.value() == 2.5 and other.cache_gib.value() == 0.5 and other.cache_disk.isChecked()
+    other.cache_gib.setValue(0.1)
+    assert other.session.cache.budget == int(0.1 * 2**30)
+    QgsSettings().remove("rsvl/explore")

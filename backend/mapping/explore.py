@@ -176,6 +176,14 @@ class EmbeddingCache:
                     json.loads(meta.get("extra") or "{}"))
 
 
+def cache_dir() -> str:
+    """Where views are kept on disk when asked: $RSVL_CACHE_DIR/explore, else
+    $XDG_CACHE_HOME/rsvl/explore, else ~/.cache/rsvl/explore (beside the text cache)."""
+    from ..text.encoders import text_cache_dir
+
+    return os.path.join(os.path.dirname(text_cache_dir()), "explore")
+
+
 def _fingerprint(path: str) -> str:
     st = os.stat(path)
     return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"

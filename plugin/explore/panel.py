@@ -21,6 +21,7 @@ from qgis.core import (
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
+    QgsSettings,
     QgsWkbTypes,
 )
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox, QgsMapTool, QgsMapToolEmitPoint, QgsRubberBand
@@ -41,8 +42,11 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ...backend.mapping.explore import CACHE_BYTES, cache_dir
 from ..algorithms.parameters import FOUNDATION_FILTER, PRESET_CHOICES
 from .session import ExploreSession
+
+SETTINGS = "rsvl/explore/"
 
 MODALITY_TITLES = {"hsi": "HSI", "lidar": "LiDAR / elevation", "sar": "SAR", "ms": "MS"}
 DEFAULT_LABELS = os.path.join(os.path.expanduser("~"), "rsvl", "labels", "explore-labels.gpkg")
@@ -127,11 +131,11 @@ class ExplorePanel(QgsDockWidget):
         layout.addWidget(model_box)
 
         view_box = QGroupBox("View")
-        row = QHBoxLayout(view_box)
+        view_layout = QVBoxLayout(view_box)
+        row = QHBoxLayout()
         self.budget = QDoubleSpinBox()
         self.budget.setDecimals(3)
         self.budget.setRange(0.001, 100.0)
-        self.budget.setValue(4.0)
         self.budget.setSuffix(" Mpx")
         self.budget.setToolTip("views with more pixels are embedded at a coarser resolution")
         self.embed_button = QPushButton("Embed view")
@@ -140,7 +144,23 @@ class ExplorePanel(QgsDockWidget):
         row.addWidget(self.embed_button)
         row.addWidget(QLabel("budget"))
         row.addWidget(self.budget)
+        cache_row = QHBoxLayout()
+        self.cache_gib = QDoubleSpinBox()
+        self.cache_gib.setRange(0.1, 256.0)
+        self.cache_gib.setSuffix(" GiB")
+        self.cache_gib.setToolTip("memory the cached views may take; the least recently used go first")
+        self.cache_disk = QCheckBox("also on disk")
+        self.cache_disk.setToolTip(f"keep embedded views in {cache_dir()} for later sessions")
+        cache_row.addWidget(QLabel("Cache"))
+        cache_row.addWidget(self.cache_gib)
+        cache_row.addWidget(self.cache_disk)
+        view_layout.addLayout(row)
+        view_layout.addLayout(cache_row)
         layout.addWidget(view_box)
+        self.load_settings()
+        self.budget.valueChanged.connect(self.save_settings)
+        self.cache_gib.valueChanged.connect(self.save_settings)
+        self.cache_disk.toggled.connect(self.save_settings)
 
         ask_box = QGroupBox("Ask the map")
         form = QFormLayout(ask_box)
@@ -251,6 +271,29 @@ class ExplorePanel(QgsDockWidget):
                 layer = self.propose(wanted[m], names.get(m, []))
                 if layer is not None:
                     box.setLayer(layer)
+
+    def load_settings(self) -> None:
+        """The budget and cache settings of the last session (QgsSettings, rsvl/explore/…)."""
+        settings = QgsSettings()
+        self.budget.setValue(float(settings.value(SETTINGS + "budget_mpx", 4.0)))
+        self.cache_gib.setValue(float(settings.value(SETTINGS + "cache_gib", CACHE_BYTES / 2**30)))
+        self.cache_disk.setChecked(str(settings.value(SETTINGS + "cache_disk", "false")).lower() == "true")
+        self.apply_cache()
+
+    def save_settings(self, *_args) -> None:
+        settings = QgsSettings()
+        settings.setValue(SETTINGS + "budget_mpx", self.budget.value())
+        settings.setValue(SETTINGS + "cache_gib", self.cache_gib.value())
+        settings.setValue(SETTINGS + "cache_disk", "true" if self.cache_disk.isChecked() else "false")
+        self.apply_cache()
+
+    def apply_cache(self) -> None:
+        cache = self.session.cache
+        cache.budget = int(self.cache_gib.value() * 2**30)
+        cache.folder = cache_dir() if self.cache_disk.isChecked() else None
+        with cache.lock:
+            while cache.views and cache.nbytes > cache.budget:
+                cache.views.popitem(last=False)
 
     def propose(self, counts, names) -> Optional[QgsRasterLayer]:
         """The project's raster layer most like the model's input: band count in ``counts``,
