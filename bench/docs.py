@@ -530,6 +530,8 @@ def intro(page: Page, bench_dir: Path) -> None:
              "whole-scene classification (`bench/latest.json`);\n"
              "- [Accuracy](#accuracy): rsvl beside the per-pixel baselines users would pick instead, on random, "
              "checkerboard and per-class splits, other dates and a multi-sensor scene (`bench/accuracy*.json`);\n"
+             "- [Explore panel](#explore-panel): prompt and click latency on an embedded 1 Mpx view, the first "
+             "pass against the dense engine, cache memory (`bench/explore.json`);\n"
              "- [Scale-out](#scale-out): classification on a Dask cluster and data-parallel training under "
              "torchrun, 2 one-thread workers against 1 (`bench/scaleout.json`);\n"
              "- [Plugin path](#plugin-path): the same training through the command line and `qgis_process` "
@@ -538,6 +540,7 @@ def intro(page: Page, bench_dir: Path) -> None:
              "```sh\n"
              "make bench             # bench/latest.json (the default large scene needs 8.4 GB of scratch disk)\n"
              "make bench-accuracy    # bench/accuracy.json\n"
+             "make bench-explore     # bench/explore.json, and its explore_* keys into bench/latest.json\n"
              "make bench-scaleout    # bench/scaleout.json, and its two ratios into bench/latest.json\n"
              f"{PYTHON} bench/plugin_path.py   # bench/plugin_path.json\n"
              "make docs-bench        # this page and docs/images/bench-*.png\n"
@@ -556,11 +559,46 @@ def intro(page: Page, bench_dir: Path) -> None:
         page.add("*No JSON files in `bench/`: every section below is skipped.*")
 
 
+def explore_section(page: Page, bench_dir: Path) -> None:
+    name = "explore.json"
+    page.add("## Explore panel", f"Source: `bench/{name}`, written by `make bench-explore` "
+             f"(`{PYTHON} bench/explore.py [--side 1000] [--workdir DIR]`; it also merges its `explore_*` keys into "
+             "`bench/latest.json`).")
+    r = _load(bench_dir / name)
+    if r is None:
+        page.add(_missing(name, "make bench-explore"))
+        return
+    ex = _bench_module("explore")
+    try:
+        table = ex.table(r)
+        goal = {True: "met", False: "**not met**"}
+        side = int(round(r["explore_view_pixels"] ** 0.5))
+        notes = [
+            f"A generated {side} × {side} scene (64-band int16 HSI + LiDAR, the paper-sized model of bench/run.py, "
+            "the built-in MiniLM text encoder) is the view. *First pass*: `Explorer.embed` against `api.query` of one "
+            f"prompt on the same scene in the same process (the dense engine's batch rate); goal ≥ 0.8: "
+            f"{goal[bool(r['explore_embed_goal_met'])]}.",
+            f"*Prompt*: a text never encoded before, best of {ex.REPEATS}: encoding it, scoring the view (one "
+            "float16 matrix–vector product and the map), and rendering (the temporary GeoTIFF, the QGIS layer and "
+            f"its renderer, QGIS drawing it into a {side} × {side} image); goal ≤ 300 ms: "
+            f"{goal[bool(r['explore_prompt_goal_met'])]}. *Click*: the same for a clicked pixel; goal ≤ 150 ms: "
+            f"{goal[bool(r['explore_click_goal_met'])]}.",
+            "The cache holds one float16 vector (D = 384) and a 4-byte index per valid pixel; it never holds more "
+            "than its budget (tests/test_plugin_explore.py).",
+        ]
+    except KeyError as err:
+        page.add(_unreadable(name, err))
+        return
+    page.add(table, "\n".join(f"- {n}" for n in notes),
+             f"Machine: {_machine(r.get('machine'))}; load average {_load_average(r)}.")
+
+
 def build(bench_dir: Path) -> Page:
     page = Page()
     intro(page, bench_dir)
     speed_section(page, bench_dir)
     accuracy_section(page, bench_dir)
+    explore_section(page, bench_dir)
     scaleout_section(page, bench_dir)
     plugin_path_section(page, bench_dir)
     return page

@@ -425,7 +425,7 @@ def test_menu_action_trains_in_a_background_task(plugin, scene, tmp_path, qgis_i
 
     browser = QgsBrowserGuiModel()
     monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
-    assert [a.text() for a in plugin.actions] == ["Train in background…", "Install dependencies…"]
+    assert [a.text() for a in plugin.actions] == ["Train in background…", "Explore…", "Install dependencies…"]
     dialog = plugin.open_train_in_background()
     assert dialog.algorithm().id() == "rsvl:train" and dialog.isVisible()
     model = tmp_path / "bg.safetensors"
