@@ -69,8 +69,8 @@ def test_view_from_extent_and_budget_and_the_cache(panel):
     assert view.window == (8, 4, 32, 32) and view.step == 1 and view.shape == (32, 32) and not view.note
     calls = []
     engine = panel.session.explorer.embedder
-    original = engine.embeddings
-    engine.embeddings = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = engine.embed
+    engine.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
     hits = panel.session.cache.hits
     assert panel.embed(_extent(raster["hsi"], (8, 40), (4, 36)), wait=True)
     assert panel.session.cache.hits == hits + 1 and not calls and "from the cache" in panel.status.text()

@@ -4,7 +4,8 @@ matrix–vector product (the rsvl Explore panel, and ``rsvl explore`` on the com
 An :class:`Explorer` holds an rsvl model and its input layers, opened and checked once as
 ``rsvl:query`` does (band selection, band order, pixel size, overlap). :meth:`Explorer.embed`
 computes the embeddings of a view — a rectangle of the reference grid — with the dense
-engine, the same numbers ``rsvl:query`` compares with text: at the layers' native
+engine in its sub-tiles (the same numbers ``rsvl:query`` compares with text; the next window
+is read while one is computed, each input block once): at the layers' native
 resolution while the view holds at most ``max_pixels`` pixels, else every ``step``-th pixel
 (a coarser grid, said in :attr:`View.note`). Only valid pixels are kept, L2-normalised, in
 float16 (2·D bytes per pixel plus a 4-byte index: 772 bytes for D = 384; cosine
@@ -32,6 +33,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -261,21 +263,38 @@ class Explorer:
         chunks: List[torch.Tensor] = []
         n = 0
         tile = max(READ_TILE // step, 1) * step
+        sub = max(self.embedder.compute_tile // step, 1) * step  # the dense engine's sub-tiles, on the step grid
         boxes = [(r, c) for r in range(0, h, tile) for c in range(0, w, tile)]
-        with self._lock:
-            for i, (r, c) in enumerate(boxes):
+        halo = self.halo
+
+        def read(box):
+            r, c = box
+            return read_window_normalised(self.stack, Window(c0 + c, r0 + r, min(tile, w - c), min(tile, h - r)), halo,
+                                          self.stats)
+
+        with self._lock, self.stack.downward(tile + 2 * halo), \
+                ThreadPoolExecutor(1, thread_name_prefix="rsvl-explore-read") as reader:
+            pending = reader.submit(read, boxes[0]) if boxes else None
+            for i, (r, c) in enumerate(boxes):  # the next window is read while this one is computed
                 job.step(i / len(boxes), f"embedding the view: window {i + 1}/{len(boxes)}")
-                th, tw = min(tile, h - r), min(tile, w - c)
-                norm, ok = read_window_normalised(self.stack, Window(c0 + c, r0 + r, tw, th), self.halo, self.stats)
-                emb = self.embedder.embeddings(norm, step)  # (D, th', tw')
-                ok = ok[::step, ::step]
-                if not ok.any():
-                    continue
-                vecs = emb[:, torch.from_numpy(ok)].t().to(torch.float16).cpu()  # (n, D) valid pixels
-                index[r // step:r // step + ok.shape[0], c // step:c // step + ok.shape[1]][ok] = \
-                    np.arange(n, n + vecs.shape[0])
-                chunks.append(vecs)
-                n += vecs.shape[0]
+                norm, ok = pending.result()
+                pending = reader.submit(read, boxes[i + 1]) if i + 1 < len(boxes) else None
+                th, tw = ok.shape
+                for sr in range(0, th, sub):
+                    for sc in range(0, tw, sub):
+                        sh, sw = min(sub, th - sr), min(sub, tw - sc)
+                        keep = ok[sr:sr + sh:step, sc:sc + sw:step]
+                        if not keep.any():
+                            continue
+                        x = {m: torch.from_numpy(norm[m][None, :, sr:sr + sh + 2 * halo, sc:sc + sw + 2 * halo])
+                             for m in self.embedder.modalities}
+                        # (D, sh, sw) in channels-last memory: as (sh, sw, D) without a copy
+                        emb = self.embedder.embed(x)[0].permute(1, 2, 0)[::step, ::step]
+                        vecs = emb[torch.from_numpy(keep)].to(torch.float16).cpu()  # (n, D), row-major
+                        rr, cc = (r + sr) // step, (c + sc) // step
+                        index[rr:rr + keep.shape[0], cc:cc + keep.shape[1]][keep] = np.arange(n, n + vecs.shape[0])
+                        chunks.append(vecs)
+                        n += vecs.shape[0]
         job.check()
         dim = self.header.config.embed_dim
         emb = torch.cat(chunks) if chunks else torch.zeros((0, dim), dtype=torch.float16)

@@ -122,25 +122,6 @@ class DenseEmbedder:
                 out = y if out is None else out.add_(y)
             return F.normalize(out.add_(self.bias), dim=1)
 
-    def embeddings(self, norm: Dict[str, np.ndarray], step: int = 1) -> torch.Tensor:
-        """L2-normalised embeddings (D, h, w) of a window's pixels, every ``step``-th pixel
-        from the window's origin when ``step`` > 1 (h = ceil(rows / step)); computed in
-        sub-tiles like :meth:`similarity`, so they are the numbers it compares with text."""
-        halo, t = self.halo, max(self.compute_tile // step, 1) * step
-        any_arr = norm[self.modalities[0]]
-        h, w = any_arr.shape[1] - 2 * halo, any_arr.shape[2] - 2 * halo
-        parts = []
-        with torch.no_grad():
-            for r in range(0, h, t):
-                row = []
-                for c in range(0, w, t):
-                    th, tw = min(t, h - r), min(t, w - c)
-                    sub = {m: torch.from_numpy(norm[m][None, :, r:r + th + 2 * halo, c:c + tw + 2 * halo])
-                           for m in self.modalities}
-                    row.append(self.embed(sub)[0][:, ::step, ::step])
-                parts.append(torch.cat(row, dim=2))
-        return torch.cat(parts, dim=1)
-
     def similarity(self, norm: Dict[str, np.ndarray], text: torch.Tensor) -> torch.Tensor:
         """Cosine similarity (K, h, w) of a window's pixels to ``text`` (K, D, L2-normalised).
 
