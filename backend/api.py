@@ -630,4 +630,4 @@ def describe_model(model_path: str) -> dict:
     return read_header(model_path).to_json()
 
 
-__all__ = ["train", "classify", "query", "evaluate", "describe_model", "LayerSpec", "__version__"]
+__all__ = ["train", "classify", "query", "evaluate", "open_explorer", "describe_model", "LayerSpec", "__version__"]

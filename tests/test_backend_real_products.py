@@ -66,6 +66,7 @@ def test_empty_bands_are_dropped_named_recorded_and_selected_on_classifying(empt
     header = _header(model)
     selection = header["modalities"]["hsi"]["selection"]
     assert selection["input_bands"] == 12 and selection["kept"] == [1, 2, 3, 4, 5, 6, 10, 11, 12]
+    assert selection["dropped"] == [7, 8, 9]  # named in the model file (rsvl info MODEL)
     assert header["architecture"]["bands"]["hsi"] == 9 and header["format_version"] == 4
     assert header["modalities"]["hsi"]["band_names"] == [f"b{i}" for i in (0, 1, 2, 3, 4, 5, 9, 10, 11)]
     # the product as shared (the same empty bands) and the same product without them both classify

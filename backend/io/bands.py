@@ -166,6 +166,7 @@ class BandSelection:
 
     def to_json(self) -> dict:
         return {"input_bands": self.input_bands, "kept": [p + 1 for p in self.kept],
+                "dropped": [p + 1 for p in self.dropped],
                 "wavelengths_nm": self.wavelengths if any(w is not None for w in self.wavelengths) else None}
 
     @classmethod
