@@ -323,6 +323,20 @@ def _no_scheduler_for(kind: str, scheduler: Optional[str]) -> None:
         raise InputError(f"DASK_SCHEDULER applies to rsvl models; a {kind} runs in this process (leave it empty)")
 
 
+def _precision(precision: Optional[str], model, stack, stats, text, dev, method: str):
+    """The precision of an rsvl model's map (:func:`rsvl.backend.runtime.precision.choose`):
+    for ``auto``, bfloat16 only where the device has it natively and the model's map agrees
+    with float32 on a probe window of this scene."""
+    from .mapping.inference import dense_agreement
+    from .runtime.precision import choose
+
+    if method != "dense":
+        if (precision or "auto").strip().lower() not in ("auto", "float32"):
+            raise InputError(f"PRECISION {precision} needs the dense engine (METHOD dense)")
+        return choose("float32", dev)
+    return choose(precision, dev, check=lambda dtype: dense_agreement(model, stack, stats, text, dev, dtype))
+
+
 NORMALIZE = ("model", "scene")
 
 
@@ -357,12 +371,14 @@ def classify(
     is_cancelled: Optional[IsCancelled] = None,
     normalize: str = "model",
     scheduler: Optional[str] = None,
+    precision: str = "auto",
 ) -> ClassifyResult:
     """Classify a whole scene with a trained model into a class raster (codes, colour
     table and class names), optionally a confidence raster and a per-class similarity stack.
     Inputs are checked against the model (band counts; band order and pixel size, which
     ``force`` accepts with a warning: see :meth:`ModelHeader.check_inputs`). ``scheduler``:
-    compute the windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``; same files)."""
+    compute the windows on a Dask cluster (``local[:N]`` or ``tcp://HOST:PORT``; same files).
+    ``precision``: auto, float32, bfloat16 or float16 (:mod:`rsvl.backend.runtime.precision`)."""
     from .foundation.fewshot import classify_fewshot
     from .foundation.fewshot_file import model_kind
 
@@ -380,10 +396,12 @@ def classify(
     with stack:
         job = Job(progress, is_cancelled)
         stats = normalisation(stack, header, normalize, job.span(0.0, 0.1))
+        choice = _precision(precision, model, stack, stats, model.class_embeddings, dev, method)
         res = _inference(scheduler, model_path, device)(
             model, stack, stats, model.class_embeddings, classes=header.classes, class_path=output,
             confidence_path=confidence, similarity_path=similarity, method=method, tile=tile_size,
             batch_size=batch_size, device=dev, job=job.span(0.1 if normalize == "scene" else 0.0, 1.0),
+            dtype=choice.dtype,
         )
     return ClassifyResult(output, confidence, similarity, header.classes, res.pixels, res.seconds, method)
 
@@ -427,6 +445,7 @@ def query(
     offset: float = 0.0,
     normalize: str = "model",
     scheduler: Optional[str] = None,
+    precision: str = "auto",
 ) -> QueryResult:
     """Open-vocabulary query: cosine similarity of every pixel's embedding to each free-text
     prompt (one float band per prompt, named after it) and optionally the argmax map, with
@@ -478,10 +497,11 @@ def query(
         text = encoder.encode(texts)
         classes = prompt_classes(prompts, header.classes)
         stats = normalisation(stack, header, normalize, job.span(0.05, 0.15))
+        choice = _precision(precision, model, stack, stats, text, dev, method)
         res = _inference(scheduler, model_path, device)(
             model, stack, stats, text, classes=classes, class_path=output, similarity_path=output_similarity,
             similarity_names=prompts, threshold=threshold, method=method, tile=tile_size, device=dev,
-            job=job.span(0.15, 1.0),
+            job=job.span(0.15, 1.0), dtype=choice.dtype,
         )
     return QueryResult(output_similarity, output, prompts, texts, classes, res.seconds)
 

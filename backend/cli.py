@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
                                                          "training (with a warning)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="arithmetic precision: auto (bfloat16 where the device has it natively and the model's map "
+                        "agrees with float32 on a probe window, else float32), float32, bfloat16, float16 (GPU)")
     p.add_argument("--normalize", default="model", choices=["model", "scene"],
                    help="standardise inputs with the training scene's band statistics (model) or their own (scene: "
                         "another date or sensor)")
@@ -160,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
                                                          "training (with a warning)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="arithmetic precision: auto (bfloat16 where the device has it natively and the model's map "
+                        "agrees with float32 on a probe window, else float32), float32, bfloat16, float16 (GPU)")
     p.add_argument("--normalize", default="model", choices=["model", "scene"],
                    help="standardise inputs with the training scene's band statistics (model) or their own (scene: "
                         "another date or sensor)")
@@ -334,7 +340,7 @@ def _classify(args, progress):
         args.model, _layers(args), args.output, confidence=args.confidence, similarity=args.similarity,
         method=args.method, tile_size=args.tile_size, batch_size=args.batch_size, device=args.device,
         reference=args.reference, align=not args.no_align, force=args.force, progress=progress,
-        normalize=args.normalize, scheduler=args.scheduler,
+        normalize=args.normalize, scheduler=args.scheduler, precision=args.precision,
     )
     print(f"classes: {res.output}" + (f"\nconfidence: {res.confidence}" if res.confidence else "")
           + (f"\nsimilarity: {res.similarity}" if res.similarity else "")
@@ -351,6 +357,7 @@ def _query(args, progress):
         force=args.force, progress=progress, preset=args.preset, templates=args.template, stride=args.stride,
         resolution=args.resolution, multi_label=args.multi_label, bands=args.bands,
         value_scale=args.value_scale, offset=args.offset, normalize=args.normalize, scheduler=args.scheduler,
+        precision=args.precision,
     )
     print(f"similarity: {res.similarity}" + (f"\nclasses: {res.output}" if res.output else ""))
 

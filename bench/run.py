@@ -150,6 +150,48 @@ def gemm_peak(sizes=(512, 1024, 2048)) -> dict:
             "gemm_peak_gmacs_per_s": max(rates.values()), "gemm_threads": torch.get_num_threads()}
 
 
+def gemm_peak_bf16(sizes=(512, 1024, 2048)) -> dict:
+    """The same GEMM in bfloat16 (float32 accumulation inside oneDNN/cuBLAS): the limit of
+    reduced-precision maps on this machine."""
+    import torch
+
+    rates = {}
+    for n in sizes:
+        a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
+        c = torch.empty(n, n, dtype=torch.bfloat16)
+        rates[n] = n ** 3 / time_it(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)) / 1e9
+    return {"gemm_bf16_gmacs_per_s_by_size": {str(n): r for n, r in rates.items()},
+            "gemm_peak_gmacs_per_s_bf16": max(rates.values())}
+
+
+def bench_dense_bf16(side=128) -> dict:
+    """The dense engine in bfloat16 (PRECISION=bfloat16) against float32 on the same window:
+    pixels/s, its fraction of the bfloat16 GEMM peak, and the class-map agreement."""
+    import torch
+
+    from rsvl.backend.models.dense import DenseEmbedder
+    from rsvl.backend.runtime.precision import agreement, native_bfloat16
+
+    model = paper_model()
+    halo = model.config.patch_size // 2
+    rng = np.random.default_rng(0)
+    norm = {"hsi": rng.standard_normal((64, side + 2 * halo, side + 2 * halo), dtype=np.float32),
+            "lidar": rng.standard_normal((1, side + 2 * halo, side + 2 * halo), dtype=np.float32)}
+    text = model.class_embeddings
+    f32, bf16 = DenseEmbedder(model), DenseEmbedder(model, dtype=torch.bfloat16)
+    a, b = f32.similarity(norm, text), bf16.similarity(norm, text)
+    t = time_best({"f32": lambda: f32.similarity(norm, text), "bf16": lambda: bf16.similarity(norm, text)})
+    peak = gemm_peak_bf16()
+    pixels = side * side
+    ok, detail = agreement(a.flatten(1).numpy(), b.flatten(1).numpy(), float(model.scale().detach()))
+    return {"dense_bf16_pixels_per_s": pixels / t["bf16"], "dense_bf16_vs_fp32": t["f32"] / t["bf16"],
+            "dense_bf16_same_class": float((a.argmax(0) == b.argmax(0)).float().mean()),
+            "dense_bf16_max_abs_diff": float((a - b).abs().max()), "dense_bf16_agreement_ok": bool(ok),
+            "dense_fraction_of_bf16_peak": pixels * folded_macs_per_pixel(model) / t["bf16"] / 1e9
+            / peak["gemm_peak_gmacs_per_s_bf16"],
+            "bf16_native": native_bfloat16("cpu")[1], **peak}
+
+
 def bench_dense_vs_patch(side=128):
     """The two inference methods of ``run_inference`` on one normalised window (plus
     halo): similarities of every pixel to the class texts, so the outputs are equal."""
@@ -386,6 +428,7 @@ def main(argv=None):
     wall = time.perf_counter()
     results = {"machine": machine()}
     results.update(bench_dense_vs_patch())
+    results.update(bench_dense_bf16())
     results.update(bench_training())
     results.update(bench_zeroshot())
     floor = results["gemm_peak_gmacs_per_s"] * 1e9 / results["zeroshot_macs_per_tile"]
@@ -482,6 +525,16 @@ def table(r: dict) -> str:
         (f"**read_amplification** (bytes read / input size), {s}x{s} / {lg}x{lg} bench scene (goal <= 1.3)",
          f"**{r['read_amplification_small']:.2f} / {r['read_amplification_large']:.2f}**"),
     ]
+    if "dense_bf16_vs_fp32" in r:  # PRECISION (runs from before it lack these)
+        rows += [
+            ("bfloat16 GEMM GMAC/s (peak) / float32", f"{r['gemm_peak_gmacs_per_s_bf16']:.0f} / "
+                                                       f"{r['gemm_peak_gmacs_per_s']:.0f} ({r['bf16_native']})"),
+            ("**dense_bf16_vs_fp32** (dense engine, PRECISION=bfloat16 over float32)",
+             f"**{r['dense_bf16_vs_fp32']:.2f}x** ({r['dense_bf16_pixels_per_s']:,.0f} px/s)"),
+            ("dense_bf16_same_class (class map of the bench window against float32)",
+             f"{r['dense_bf16_same_class']:.4%}"),
+            ("dense_fraction_of_bf16_peak", f"{r['dense_fraction_of_bf16_peak']:.0%}"),
+        ]
     side = r.get("layout_side")
     rows += [(f"read_amplification, {side}x{side} 64-band int16 HSI {name}", f"{v:.2f}")
              for name, v in r.get("read_amplification", {}).items()]

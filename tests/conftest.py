@@ -35,6 +35,11 @@ if "RSVL_CACHE_DIR" not in os.environ:
 
     os.environ["RSVL_CACHE_DIR"] = tempfile.mkdtemp(prefix="rsvl-test-cache-")
 
+# Maps in float32 whatever the machine: PRECISION auto would take bfloat16 on a CPU with
+# AVX-512-BF16 or AMX, and the suite compares maps to float32 references to 1e-5. The tests of
+# the precision choice (tests/test_backend_precision.py) unset it.
+os.environ.setdefault("RSVL_PRECISION", "float32")
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 UTM = CRS.from_epsg(32633)

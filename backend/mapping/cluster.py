@@ -134,6 +134,7 @@ class RunSpec:
     confidence: bool
     similarity: bool
     threshold: Optional[float]
+    precision: str = "float32"  # the dense engine's convolutions (runtime/precision.py)
 
 
 # -- worker side ---------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def _engine(spec: RunSpec):
     except OSError as exc:
         raise ModelFileError(f"worker {socket.gethostname()}: cannot read the model {spec.model_path!r} ({exc}); "
                              "every worker must see the model and inputs at the client's paths") from exc
-    key = (spec.model_path, st.st_size, st.st_mtime_ns, spec.device, spec.method)
+    key = (spec.model_path, st.st_size, st.st_mtime_ns, spec.device, spec.method, spec.precision)
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
@@ -190,7 +191,7 @@ def _engine(spec: RunSpec):
             if spec.method == "dense":
                 from ..models.dense import dense_embedder
 
-                embedder = dense_embedder(model, device)
+                embedder = dense_embedder(model, device, dtype=getattr(torch, spec.precision))
             for old in [k for k in _ENGINES if k[0] == spec.model_path]:
                 del _ENGINES[old]  # the file changed: drop the stale copy
             engine = _ENGINES[key] = (model, embedder, device, digest)
@@ -256,7 +257,7 @@ def run_on_cluster(
     classes: Sequence[ClassInfo], class_path: Optional[str], confidence_path: Optional[str] = None,
     similarity_path: Optional[str] = None, similarity_names: Optional[List[str]] = None,
     threshold: Optional[float] = None, method: str = "dense", tile: int = 256, batch_size: int = 4096,
-    device=None, job: Optional[Job] = None,
+    device=None, job: Optional[Job] = None, dtype=None,
 ):
     """:func:`~rsvl.backend.mapping.inference.run_inference` with the windows computed on the Dask
     cluster ``scheduler``; workers load ``model_path`` on ``worker_device`` (``device`` is the
@@ -284,7 +285,8 @@ def run_on_cluster(
         model_sha256=file_sha256(model_path), layers=tuple(stack.layers), reference=stack.reference,
         align=stack.align, grid=stack.grid, band_counts=tuple(stack.band_counts().items()), stats=stats,
         text=text_np, method=method, batch_size=batch_size, device=str(worker_device or "auto"),
-        confidence=bool(confidence_path), similarity=bool(similarity_path), threshold=threshold)
+        confidence=bool(confidence_path), similarity=bool(similarity_path), threshold=threshold,
+        precision=str(dtype or torch.float32).split(".")[-1])
     job.report(0.0, f"connecting to the Dask scheduler {scheduler}")
     start = time.perf_counter()
     with contextlib.ExitStack() as ctx:

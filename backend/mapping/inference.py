@@ -113,7 +113,7 @@ class WindowScorer:
     :class:`~rsvl.backend.models.dense.DenseEmbedder` to reuse (workers keep one per model)."""
 
     def __init__(self, model, text, *, method: str = "dense", batch_size: int = 4096, device="cpu",
-                 confidence: bool = False, similarity: bool = False, embedder=None):
+                 confidence: bool = False, similarity: bool = False, embedder=None, dtype=torch.float32):
         from ..models.dense import dense_embedder
 
         if method not in METHODS:
@@ -125,7 +125,7 @@ class WindowScorer:
         self.device = device
         self.confidence, self.similarity = confidence, similarity
         self.scale = float(model.scale().detach())
-        self.embedder = None if method != "dense" else (embedder or dense_embedder(model, device))
+        self.embedder = None if method != "dense" else (embedder or dense_embedder(model, device, dtype=dtype))
 
     def __call__(self, window, norm: Dict[str, np.ndarray], ok: np.ndarray) -> WindowResult:
         scores = WindowResult(window, ok)
@@ -257,17 +257,36 @@ def _no_valid_pixel(stack: RasterStack) -> str:
             "(their valid areas or nodata masks do not overlap); check the layers' extents and NODATA values")
 
 
+def dense_agreement(model, stack: RasterStack, stats, text, device, dtype, side: int = 128):
+    """(ok, in words): the dense engine in ``dtype`` against float32 on a probe window of
+    ``side`` pixels at the scene's centre (see :func:`rsvl.backend.runtime.precision.agreement`)."""
+    from rasterio.windows import Window
+
+    from ..models.dense import dense_embedder
+    from ..runtime.precision import agreement
+
+    h, w = min(side, stack.height), min(side, stack.width)
+    window = Window((stack.width - w) // 2, (stack.height - h) // 2, w, h)
+    norm, ok = read_window_normalised(stack, window, model.config.patch_size // 2, stats)
+    t = model.text_space(text.to(device))
+    reference = dense_embedder(model, device).similarity(norm, t)[:, torch.from_numpy(ok)]
+    reduced = dense_embedder(model, device, dtype=dtype).similarity(norm, t)[:, torch.from_numpy(ok)]
+    return agreement(reference.cpu().numpy(), reduced.cpu().numpy(), float(model.scale().detach()))
+
+
 def run_inference(
     model, stack: RasterStack, stats, text, *, classes: Sequence[ClassInfo], class_path: Optional[str],
     confidence_path: Optional[str] = None, similarity_path: Optional[str] = None,
     similarity_names: Optional[List[str]] = None, threshold: Optional[float] = None,
     method: str = "dense", tile: int = 256, batch_size: int = 4096, device="cpu", job: Optional[Job] = None,
+    dtype=torch.float32,
 ) -> InferenceOutputs:
     """Classify/score every pixel against the text embeddings ``text`` (K, D).
 
     class raster: code of the most similar text (0 = nodata: invalid input, or best
     cosine similarity below ``threshold``); confidence: softmax probability of that class
-    with the model's temperature; similarity: K float32 bands of cosine similarity."""
+    with the model's temperature; similarity: K float32 bands of cosine similarity. ``dtype``:
+    the dense engine's convolutions (:mod:`rsvl.backend.runtime.precision`)."""
     if tile < 16:
         raise InputError(f"tile size must be at least 16 pixels (got {tile})")
     job = job or Job()
@@ -276,7 +295,7 @@ def run_inference(
                             similarity_path=similarity_path, similarity_names=similarity_names, threshold=threshold,
                             k=text.shape[0])
     scorer = WindowScorer(model, text, method=method, batch_size=batch_size, device=device,
-                          confidence=bool(confidence_path), similarity=bool(similarity_path))
+                          confidence=bool(confidence_path), similarity=bool(similarity_path), dtype=dtype)
     outputs.check()
     start = time.perf_counter()
     with contextlib.ExitStack() as ctx:

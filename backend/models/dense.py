@@ -51,10 +51,12 @@ class DenseEmbedder:
     ``similarity(norm, text)`` gives the cosine similarity of every window pixel to the
     text embeddings directly, without keeping the whole window's embeddings."""
 
-    def __init__(self, model: MMLGNet, device="cpu", compute_tile: int = COMPUTE_TILE):
+    def __init__(self, model: MMLGNet, device="cpu", compute_tile: int = COMPUTE_TILE,
+                 dtype: torch.dtype = torch.float32):
         if compute_tile < 1:
             raise ValueError(f"compute_tile must be positive (got {compute_tile})")
         self.device = torch.device(device)
+        self.dtype = dtype  # the convolutions' (bfloat16/float16: cast once here); the sum of heads stays float32
         self.patch_size = model.config.patch_size
         self.halo = self.patch_size // 2
         self.compute_tile = compute_tile
@@ -78,7 +80,7 @@ class DenseEmbedder:
                     s = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
                     w = conv.weight.double() * s[:, None, None, None]
                     b = (conv.bias.double() - norm.running_mean.double()) * s + norm.bias.double()
-                    layers.append((self._weight(w), b.float().to(self.device), pool))
+                    layers.append((self._weight(w), b.to(self.device, self.dtype), pool))
                 self.layers[m] = layers
                 # fusion[:, slice of m] @ (fc(x) ) = (fusion_m @ fc_w) x + fusion_m @ fc_b
                 n = enc.fc.out_features
@@ -91,7 +93,7 @@ class DenseEmbedder:
             self.bias = bias.float().to(self.device)[None, :, None, None]
 
     def _weight(self, w: torch.Tensor) -> torch.Tensor:
-        return w.float().to(self.device).contiguous(memory_format=torch.channels_last)
+        return w.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
 
     def embed(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Dict of (N, bands, H+P-1, W+P-1) → L2-normalised (N, D, H, W), as
@@ -103,22 +105,22 @@ class DenseEmbedder:
         with torch.no_grad():
             for m, modality, idx in self.branches:
                 x = windows[modality] if idx is None else windows[modality][:, idx]
-                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
                 d = 1
                 for weight, bias, pool in self.layers[m]:
                     x = F.conv2d(x, weight, bias, dilation=d).relu_()
                     if pool:
                         x = _stride1_maxpool(x, d)
                         d *= 2
-                y = F.conv2d(x, self.heads[m], None, dilation=d)[..., :h, :w]
+                y = F.conv2d(x, self.heads[m], None, dilation=d)[..., :h, :w].float()
                 out = y if out is None else out.add_(y)
             if self.pixel:
                 halo = self.halo
                 x = torch.cat([windows[m] for m in self.modalities], dim=1)[..., halo:halo + h, halo:halo + w]
-                x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+                x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
                 for weight, bias, _pool in self.layers["pixel"]:
                     x = F.conv2d(x, weight, bias).relu_()
-                y = F.conv2d(x, self.heads["pixel"], None)
+                y = F.conv2d(x, self.heads["pixel"], None).float()
                 out = y if out is None else out.add_(y)
             return F.normalize(out.add_(self.bias), dim=1)
 
@@ -148,8 +150,10 @@ class EnsembleEmbedder(DenseEmbedder):
     :meth:`Ensemble.embed_dense` does, and ``similarity`` (inherited) compares them with
     text in the ensemble's space (:meth:`Ensemble.text_space`)."""
 
-    def __init__(self, model: Ensemble, device="cpu", compute_tile: int = COMPUTE_TILE):
-        self.engines = [DenseEmbedder(m, device, compute_tile) for m in model.members]  # each checks compute_tile
+    def __init__(self, model: Ensemble, device="cpu", compute_tile: int = COMPUTE_TILE,
+                 dtype: torch.dtype = torch.float32):
+        self.engines = [DenseEmbedder(m, device, compute_tile, dtype) for m in model.members]  # each checks the tile
+        self.dtype = dtype
         self.join = model.join
         first = self.engines[0]
         self.device, self.patch_size, self.halo = first.device, first.patch_size, first.halo
@@ -159,8 +163,10 @@ class EnsembleEmbedder(DenseEmbedder):
         return self.join([e.embed(windows) for e in self.engines])
 
 
-def dense_embedder(model, device="cpu", compute_tile: int = COMPUTE_TILE) -> DenseEmbedder:
+def dense_embedder(model, device="cpu", compute_tile: int = COMPUTE_TILE,
+                   dtype: torch.dtype = torch.float32) -> DenseEmbedder:
     """The dense engine of a trained model: :class:`DenseEmbedder` for an MMLGNet,
-    :class:`EnsembleEmbedder` for an ensemble."""
+    :class:`EnsembleEmbedder` for an ensemble; ``dtype`` the precision of its convolutions
+    (see :mod:`rsvl.backend.runtime.precision`)."""
     cls = EnsembleEmbedder if isinstance(model, Ensemble) else DenseEmbedder
-    return cls(model, device, compute_tile)
+    return cls(model, device, compute_tile, dtype)

@@ -71,6 +71,14 @@ NORMALIZE_HELP = (
     "default) or with this scene's own (scene: for another date or sensor, whose bands differ by a gain and an "
     "offset; assumes a similar mix of land cover; one more pass over the inputs).<br>"
 )
+PRECISION_CHOICES = ["auto", "float32", "bfloat16", "float16"]
+PRECISION_HELP = (
+    "<b>PRECISION</b> (advanced): the precision of the network's arithmetic. auto (default): bfloat16 where the "
+    "device multiplies it natively (a CPU with AMX or AVX-512-BF16, a CUDA GPU of compute capability 8.0 or newer) "
+    "and the model's map agrees with float32 on a probe window of the scene (99.9 % of the class map, confidence "
+    "within 0.01), else float32; the log says which and why. float32: the exact map. bfloat16, float16 (GPUs): "
+    "as asked, with a warning where the map would differ. RSVL_PRECISION in the environment stands for auto.<br>"
+)
 FORCE_HELP = (
     "<b>FORCE</b>: inputs are checked against the model: band counts always; band order when both the model and "
     "the inputs name their bands; pixel size against the training grid (a warning beyond 1.5x, refused beyond "
@@ -305,6 +313,11 @@ class RsvlAlgorithm(QgsProcessingAlgorithm):
 
     def normalize(self, parameters, context) -> str:
         return self.enum(parameters, "NORMALIZE", context)
+
+    def add_precision(self):
+        p = static_enum("PRECISION", "Arithmetic precision", PRECISION_CHOICES, "auto")
+        p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(p)
 
     def device(self, parameters, context) -> str:
         return self.enum(parameters, "DEVICE", context)

@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, NORMALIZE_HELP, RsvlAlgorithm
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, MODEL_FILTER, NORMALIZE_HELP, PRECISION_HELP, RsvlAlgorithm
 from .parameters import check_model, short_help
 
 DASK_SCHEDULER_HELP = (
@@ -66,7 +66,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             "<b>OUTPUT_CONFIDENCE</b>: optional float32 raster, softmax probability of the chosen class.<br>"
             "<b>TILE_SIZE</b>: windows are processed whole (dense shared-convolution inference); this is the "
             "window side in pixels — larger is faster, uses more memory.<br>" + FORCE_HELP + DEVICE_HELP
-            + NORMALIZE_HELP + DASK_SCHEDULER_HELP
+            + NORMALIZE_HELP + PRECISION_HELP + DASK_SCHEDULER_HELP
         )
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
@@ -99,6 +99,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
         self.add_force()
         self.add_device()
         self.add_normalize()
+        self.add_precision()
         add_dask_scheduler(self)
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
@@ -125,6 +126,7 @@ class ClassifyAlgorithm(RsvlAlgorithm):
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
             normalize=self.normalize(parameters, context),
+            precision=self.enum(parameters, "PRECISION", context),
             scheduler=dask_scheduler(self, parameters, context),
         )
         return api.classify, kwargs

@@ -15,7 +15,7 @@ from qgis.core import (
 )
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
-from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, NORMALIZE_HELP, RsvlAlgorithm, raster_path
+from .base import DEVICE_HELP, FORCE_HELP, INPUTS_HELP, NORMALIZE_HELP, PRECISION_HELP, RsvlAlgorithm, raster_path
 from .classify import DASK_SCHEDULER_HELP, add_dask_scheduler, check_dask_scheduler, dask_scheduler
 from .parameters import (
     FOUNDATION_FILTER,
@@ -60,7 +60,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             "friendly qualitative palette.<br>"
             "<b>THRESHOLD</b> (similarity threshold for the best-prompt map): pixels whose best similarity is "
             "below it are left empty in the best-prompt map (leave empty for none).<br>" + FORCE_HELP + DEVICE_HELP
-            + NORMALIZE_HELP
+            + NORMALIZE_HELP + PRECISION_HELP
             + PRESET_HELP +
             "<b>RESOLUTION</b>: tile (a score per window) or token (per 16-pixel patch token of a ViT, finer).<br>"
             "<b>MULTI_LABEL</b>: OUTPUT gets one 0/1 band per prompt instead: a prompt is present where its score "
@@ -99,6 +99,7 @@ class QueryAlgorithm(RsvlAlgorithm):
         self.add_force()
         self.add_device()
         self.add_normalize()
+        self.add_precision()
         add_foundation_parameters(self)
         for p in (static_enum("RESOLUTION", "Score resolution (pretrained checkpoints)", RESOLUTIONS, "tile"),
                   QgsProcessingParameterBoolean("MULTI_LABEL", "Multi-label output: one 0/1 band per prompt",
@@ -154,6 +155,7 @@ class QueryAlgorithm(RsvlAlgorithm):
             device=self.device(parameters, context),
             force=self.parameterAsBool(parameters, "FORCE", context),
             normalize=self.normalize(parameters, context),
+            precision=self.enum(parameters, "PRECISION", context),
             scheduler=dask_scheduler(self, parameters, context),
         )
         return api.query, kwargs
