@@ -475,7 +475,7 @@ def query(
             model_path, layers, prompts, output_similarity=output_similarity, output=output, preset=preset,
             templates=templates, tile_size=tile_size or None, stride=stride, resolution=resolution,
             multi_label_output=multi_label, threshold=threshold, bands=bands, scale=value_scale, offset=offset,
-            device=device, reference=reference, progress=progress, is_cancelled=is_cancelled)
+            device=device, reference=reference, progress=progress, is_cancelled=is_cancelled, precision=precision)
         return QueryResult(res.similarity, res.output, res.prompts, res.prompts, res.classes, res.seconds,
                            multi_label=res.multi_label, model=res.preset)
     tile_size = tile_size or 256

@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("retrieve", help="the tiles of a scene most similar to a text (pretrained checkpoint)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the image tower's arithmetic (see classify --precision)")
     p.add_argument("--model", "-m", required=True, help="a pretrained vision-language checkpoint")
     _add_layer_args(p, "", modalities=("ms",), help_of={
         "ms": "multispectral raster (Sentinel-2 bands for MS checkpoints), or an RGB raster for RGB checkpoints"})
@@ -452,7 +454,7 @@ def _retrieve(args, progress):
     res = retrieve(args.model, _layers(args), args.query, args.output, top_k=args.top_k, preset=args.preset,
                    templates=args.template, tile_size=args.tile_size or None, stride=args.stride,
                    bands=args.bands, scale=args.value_scale, offset=args.offset, device=args.device,
-                   reference=args.reference, progress=progress)
+                   reference=args.reference, progress=progress, precision=args.precision)
     for rank, score, (r, c, h, w) in res.ranked[:10]:
         print(f"{rank:3d}  {score:.4f}  rows {r}..{r + h}  cols {c}..{c + w}")
     print(f"tiles: {res.output}")

@@ -81,3 +81,27 @@ def test_classify_in_bfloat16_and_the_fallback(trained_model, tmp_path, monkeypa
     with pytest.raises(InputError, match="needs the dense engine"):
         api.classify(str(model_path), layers, str(tmp_path / "p.tif"), device="cpu", method="patch",
                      precision="bfloat16")
+
+
+def test_checkpoint_image_tower_in_bfloat16(rgb_checkpoint, tmp_path, monkeypatch, caplog):
+    """A pretrained checkpoint's zero-shot map in bfloat16 (the image tower cast, the text
+    tower and the scores float32): close to float32's; auto checks the tower on probe windows."""
+    from rsvl.backend.io.raster import LayerSpec
+
+    ckpt, preset, scene, _arch = rgb_checkpoint
+    layers = [LayerSpec(scene, "ms")]
+    maps = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / f"{precision}.tif"
+        api.query(ckpt, layers, ["water", "forest"], output_similarity=str(out), preset=preset, tile_size=32,
+                  stride=16, device="cpu", precision=precision)
+        with rasterio.open(out) as ds:
+            maps[precision] = ds.read()
+    assert np.array_equal(np.isnan(maps["float32"]), np.isnan(maps["bfloat16"]))
+    assert np.nanmax(np.abs(maps["float32"] - maps["bfloat16"])) < 0.05
+    monkeypatch.delenv("RSVL_PRECISION", raising=False)
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx512_bf16"})
+    with caplog.at_level(logging.INFO, logger="rsvl"):
+        api.query(ckpt, layers, ["water", "forest"], output_similarity=str(tmp_path / "auto.tif"), preset=preset,
+                  tile_size=32, stride=16, device="cpu")
+    assert "probe windows the image embeddings keep a cosine of at least" in caplog.text, caplog.text

@@ -55,6 +55,41 @@ class FoundationModel:
         patch = getattr(visual, "patch_size", None)
         self.token_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None
         self.path = path
+        self.dtype = torch.float32  # the image tower's (PRECISION); the text tower stays float32
+        self._candidate = None  # (dtype, image tower cast to it) prepared by check_precision
+
+    def check_precision(self, dtype, x, text) -> tuple:
+        """(ok, in words): the image tower cast to ``dtype`` against float32 on a probe batch
+        ``x`` of windows: the embeddings' smallest cosine (at least 0.995) and the best of the
+        prompts ``text`` (K, D) per window (all the same). The cast copy is kept for
+        :meth:`use_precision`; the float32 tower is untouched."""
+        import copy
+
+        reference = self.encode(x)
+        tower = copy.deepcopy(self.model.visual).to(dtype)
+        kept, self.model.visual = self.model.visual, tower
+        self.dtype, previous = dtype, self.dtype
+        try:
+            reduced = self.encode(x)
+        finally:
+            self.model.visual, self.dtype = kept, previous
+        self._candidate = (dtype, tower)
+        cosine = float((reference * reduced).sum(-1).min()) if len(reference) else 1.0
+        same = float((reference @ text.t()).argmax(-1).eq((reduced @ text.t()).argmax(-1)).float().mean()) \
+            if len(reference) else 1.0
+        ok = cosine >= 0.995 and same == 1.0
+        return ok, (f"on {len(reference)} probe windows the image embeddings keep a cosine of at least {cosine:.4f} "
+                    f"with float32's and the best prompt is the same on {same:.0%} (limits 0.995, 100 %)")
+
+    def use_precision(self, dtype) -> None:
+        """Run the image tower in ``dtype`` from now on (the text tower stays float32)."""
+        if dtype == self.dtype:
+            return
+        if self._candidate is not None and self._candidate[0] == dtype:
+            self.model.visual = self._candidate[1]
+        else:
+            self.model.visual = self.model.visual.to(dtype)
+        self.dtype, self._candidate = dtype, None
 
     # -- text ----------------------------------------------------------------------------
     def text_embeddings(self, prompts: Sequence[str], templates: Optional[Sequence[str]] = None,
@@ -103,6 +138,10 @@ class FoundationModel:
         or with ``tokens`` (N, g, g, D) per patch token (projected with ``visual.proj``)."""
         visual = self.model.visual
         with torch.no_grad():
+            if self.dtype != torch.float32:  # reduced precision: the tower in dtype, the normalisation in float32
+                x = x.to(self.dtype)
+                if not tokens:
+                    return torch.nn.functional.normalize(self.model.encode_image(x).float(), dim=-1)
             if not tokens:
                 return self.model.encode_image(x, normalize=True).float()
             if self.token_size is None or getattr(visual, "proj", None) is None:

@@ -52,6 +52,7 @@ def retrieve(
     templates: Optional[Sequence[str]] = None, tile_size: Optional[int] = None, stride: Optional[int] = None,
     min_valid: float = 0.5, bands: Optional[str] = None, scale: str = "auto", offset: float = 0.0,
     batch_size: int = 8, device: str = "auto", reference=None, progress=None, is_cancelled=None,
+    precision: str = "auto",
 ) -> RetrieveResult:
     """The TOP_K tiles of a scene most similar to a text query, as polygons (GeoPackage)
     with ``rank`` and ``score`` (cosine similarity) fields. Tiles are ``tile_size`` pixels
@@ -77,6 +78,9 @@ def retrieve(
         check_outputs([("OUTPUT", output, 1 << 20)])
         text = fm.text_embeddings([query], templates).to(dev)
         boxes = as_boxes(tile_windows(stack.width, stack.height, tile, stride, edge="shift"))
+        from .zeroshot import choose_vit_precision
+
+        choose_vit_precision(precision, fm, setup, boxes, text, dev)
         scores = score_windows(setup, text, boxes, tokens=False, batch_size=batch_size, job=job.span(0.05, 0.95))
         # Tiles mostly of nodata (scene edges, clouds masked out) are not ranked.
         kept = [(float(g[0, 0, 0]), box) for box, g, frac in zip(scores.boxes, scores.grids, scores.valid)

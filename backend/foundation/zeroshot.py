@@ -236,6 +236,30 @@ def write_maps(setup: ZeroShotSetup, scores: WindowScores, classes, names: Seque
             set_category_names(class_tmp, classes)
 
 
+def choose_vit_precision(precision, fm: FoundationModel, setup: ZeroShotSetup, boxes, text, device, probe: int = 8):
+    """PRECISION for a checkpoint's image tower (:func:`rsvl.backend.runtime.precision.choose`),
+    its check :meth:`FoundationModel.check_precision` on the first ``probe`` windows with valid
+    pixels; the tower is cast when reduced precision is chosen."""
+    from ..runtime.precision import choose
+
+    def check(dtype):
+        batch = []
+        for box in boxes:
+            arr, ok = _read_window(setup, box)
+            if ok.any():
+                batch.append(setup.prep(arr, ok))
+            if len(batch) >= probe:
+                break
+        if not batch:
+            return True, "no valid window to probe"
+        x = _resize(torch.from_numpy(np.stack(batch)).to(fm.device), fm.image_size)
+        return fm.check_precision(dtype, x, text)
+
+    choice = choose(precision, device, check=check)
+    fm.use_precision(choice.dtype)
+    return choice
+
+
 def open_for_scene(checkpoint: str, preset, device: str, layers, *, tile_size: Optional[int], stride: Optional[int],
                    bands: Optional[str], scale: str, offset: float, reference=None, job=None,
                    stride_default: str = "half"):
@@ -278,7 +302,7 @@ def zeroshot_map(
     tile_size: Optional[int] = None, stride: Optional[int] = None, resolution: str = "tile",
     multi_label_output: bool = False, threshold: Optional[float] = None, bands: Optional[str] = None,
     scale: str = "auto", offset: float = 0.0, batch_size: int = 8, device: str = "auto", reference=None,
-    progress=None, is_cancelled=None,
+    progress=None, is_cancelled=None, precision: str = "auto",
 ) -> ZeroShotResult:
     """Map a scene from text alone with a pretrained vision-language checkpoint: one
     cosine-similarity band per prompt (``output_similarity``) and the styled best-prompt map
@@ -314,6 +338,7 @@ def zeroshot_map(
         job.step(0.02, "encoding prompts")
         text = fm.text_embeddings(prompts, templates, progress=job.span(0.02, 0.05).step).to(dev)
         boxes = as_boxes(tile_windows(stack.width, stack.height, tile, stride, edge="shift"))
+        choose_vit_precision(precision, fm, setup, boxes, text, dev)
         scores = score_windows(setup, text, boxes, tokens=resolution == "token", batch_size=batch_size,
                                job=job.span(0.05, 0.9))
         write_maps(setup, scores, classes, prompts, output_similarity=output_similarity, output=output,

@@ -77,7 +77,9 @@ PRECISION_HELP = (
     "device multiplies it natively (a CPU with AMX or AVX-512-BF16, a CUDA GPU of compute capability 8.0 or newer) "
     "and the model's map agrees with float32 on a probe window of the scene (99.9 % of the class map, confidence "
     "within 0.01), else float32; the log says which and why. float32: the exact map. bfloat16, float16 (GPUs): "
-    "as asked, with a warning where the map would differ. RSVL_PRECISION in the environment stands for auto.<br>"
+    "as asked, with a warning where the map would differ. Pretrained checkpoints: the image tower, checked on 8 "
+    "probe windows (embeddings' cosine with float32 at least 0.995, the same best prompt). RSVL_PRECISION in the "
+    "environment stands for auto.<br>"
 )
 FORCE_HELP = (
     "<b>FORCE</b>: inputs are checked against the model: band counts always; band order when both the model and "

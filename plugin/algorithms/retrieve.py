@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from .base import DEVICE_HELP, RsvlAlgorithm, raster_path
+from .base import DEVICE_HELP, PRECISION_HELP, RsvlAlgorithm, raster_path
 from .parameters import FOUNDATION_FILTER, PRESET_HELP, add_foundation_parameters, foundation_kwargs, short_help
 
 
@@ -36,7 +36,7 @@ class RetrieveAlgorithm(RsvlAlgorithm):
             "<b>TOP_K</b>: how many tiles to keep. Tiles with less than half of their pixels valid are not ranked."
             "<br><b>OUTPUT</b>: polygons of the tiles with fields rank (1 = best), score (cosine similarity), query, "
             "row, col and size (pixels), styled by score.<br>" + PRESET_HELP.replace(
-                "(0 = half the tile)", "(0 = the tile size: tiles do not overlap)") + DEVICE_HELP
+                "(0 = half the tile)", "(0 = the tile size: tiles do not overlap)") + DEVICE_HELP + PRECISION_HELP
         )
 
     def shortHelpString(self):  # noqa: N802 (QGIS API name)
@@ -61,6 +61,7 @@ class RetrieveAlgorithm(RsvlAlgorithm):
         self.addParameter(QgsProcessingParameterVectorDestination("OUTPUT", "Retrieved tiles",
                                                                   type=QgsProcessing.TypeVectorPolygon))
         self.add_device()
+        self.add_precision()
         add_foundation_parameters(self, tiling_default_stride="the tile size")
 
     def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API name)
@@ -92,6 +93,7 @@ class RetrieveAlgorithm(RsvlAlgorithm):
             top_k=self.parameterAsInt(parameters, "TOP_K", context), preset=f["preset"], templates=f["templates"],
             tile_size=f["tile_size"] or None, stride=f["stride"], bands=f["bands"], scale=f["value_scale"],
             offset=f["offset"], device=self.device(parameters, context),
+            precision=self.enum(parameters, "PRECISION", context),
         )
         return retrieve, kwargs
 
