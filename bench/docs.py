@@ -350,7 +350,7 @@ def _row_notes(d: dict, splits: List[str]) -> str:
         notes.append(f"*EnMAP random*, *EnMAP checkerboard*: the real EnMAP L2A scene over Potsdam (224 bands at "
                      "30 m, its six water-vapour bands empty as in the product and left out by rsvl and the "
                      f"baselines alike; 6 land-cover classes); a stratified {d.get('enmap_fraction', 0.1):.0%} of its "
-                     f"labels trains, at random or from one colour of a {d.get('enmap_block', 8)}-pixel checkerboard "
+                     f"labels trains, at random or from one colour of a checkerboard of {d.get('enmap_block', 8)}-pixel squares "
                      "(the other colour tests);")
     if notes:
         notes[-1] = notes[-1][:-1] + "."
