@@ -142,12 +142,31 @@ def gemm_peak(sizes=(512, 1024, 2048)) -> dict:
     count, preallocated output), best of ``REPEATS`` per size; the peak is the best size."""
     import torch
 
-    rates = {}
-    for n in sizes:
-        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-        rates[n] = n ** 3 / time_it(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)) / 1e9
+    rates = gemm_rates(sizes, torch.float32)
     return {"gemm_gmacs_per_s_by_size": {str(n): r for n, r in rates.items()},
             "gemm_peak_gmacs_per_s": max(rates.values()), "gemm_threads": torch.get_num_threads()}
+
+
+def gemm_rates(sizes, dtype) -> dict:
+    """GMAC/s of ``n × n`` matmuls in ``dtype`` (preallocated output), best of ``REPEATS`` per size."""
+    import torch
+
+    rates = {}
+    for n in sizes:
+        a, b, c = (torch.randn(n, n).to(dtype) for _ in range(3))
+        rates[n] = n ** 3 / time_it(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)) / 1e9
+    return rates
+
+
+def bench_window(side: int):
+    """(the paper-sized model, a normalised ``side`` × ``side`` window of 64 HSI bands + LiDAR
+    with its halo, the class texts): what the engine benches compute on."""
+    model = paper_model()
+    halo = model.config.patch_size // 2
+    rng = np.random.default_rng(0)
+    norm = {"hsi": rng.standard_normal((64, side + 2 * halo, side + 2 * halo), dtype=np.float32),
+            "lidar": rng.standard_normal((1, side + 2 * halo, side + 2 * halo), dtype=np.float32)}
+    return model, norm, model.class_embeddings
 
 
 def gemm_peak_bf16(sizes=(512, 1024, 2048)) -> dict:
@@ -155,11 +174,7 @@ def gemm_peak_bf16(sizes=(512, 1024, 2048)) -> dict:
     reduced-precision maps on this machine."""
     import torch
 
-    rates = {}
-    for n in sizes:
-        a, b = torch.randn(n, n).bfloat16(), torch.randn(n, n).bfloat16()
-        c = torch.empty(n, n, dtype=torch.bfloat16)
-        rates[n] = n ** 3 / time_it(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c)) / 1e9
+    rates = gemm_rates(sizes, torch.bfloat16)
     return {"gemm_bf16_gmacs_per_s_by_size": {str(n): r for n, r in rates.items()},
             "gemm_peak_gmacs_per_s_bf16": max(rates.values())}
 
@@ -172,12 +187,7 @@ def bench_dense_bf16(side=128) -> dict:
     from rsvl.backend.models.dense import DenseEmbedder
     from rsvl.backend.runtime.precision import agreement, native_bfloat16
 
-    model = paper_model()
-    halo = model.config.patch_size // 2
-    rng = np.random.default_rng(0)
-    norm = {"hsi": rng.standard_normal((64, side + 2 * halo, side + 2 * halo), dtype=np.float32),
-            "lidar": rng.standard_normal((1, side + 2 * halo, side + 2 * halo), dtype=np.float32)}
-    text = model.class_embeddings
+    model, norm, text = bench_window(side)
     f32, bf16 = DenseEmbedder(model), DenseEmbedder(model, dtype=torch.bfloat16)
     a, b = f32.similarity(norm, text), bf16.similarity(norm, text)
     t = time_best({"f32": lambda: f32.similarity(norm, text), "bf16": lambda: bf16.similarity(norm, text)})
@@ -200,12 +210,8 @@ def bench_dense_vs_patch(side=128):
     from rsvl.backend.mapping.inference import embed_patches
     from rsvl.backend.models.dense import DenseEmbedder
 
-    model = paper_model()
+    model, norm, text = bench_window(side)
     halo = model.config.patch_size // 2
-    rng = np.random.default_rng(0)
-    norm = {"hsi": rng.standard_normal((64, side + 2 * halo, side + 2 * halo), dtype=np.float32),
-            "lidar": rng.standard_normal((1, side + 2 * halo, side + 2 * halo), dtype=np.float32)}
-    text = model.class_embeddings
     engine = DenseEmbedder(model)
 
     def dense():

@@ -65,14 +65,9 @@ class CheckpointExplorer(Explorer):
               is_cancelled=None) -> View:
         from .zeroshot import _read_window, _resize
 
-        window = self.window_of(extent)
-        step = self.step_for(window, max_pixels)
-        key = hashlib.sha256(f"{self._base}|{window}|{step}".encode()).hexdigest()[:32]
-        view = self.cache.get(key)
+        window, step, key, view = self.lookup(extent, max_pixels)
         if view is not None:
-            import dataclasses
-
-            return dataclasses.replace(view, seconds=0.0)
+            return view
         job = Job(progress, is_cancelled)
         start = time.perf_counter()
         r0, c0, h, w = window
@@ -159,10 +154,8 @@ class CheckpointExplorer(Explorer):
             raise InputError("no pixel of the view is valid in the input (all nodata there): pan to the data")
         t = stack.grid.transform
         grid = Grid(stack.grid.crs, t * Affine.translation(c0, r0) * Affine.scale(step), cols.size, rows.size)
-        note = "" if step == 1 else (
-            f"the view has {h * w / 1e6:.2f} Mpx, more than the budget of {max_pixels / 1e6:.2f} Mpx: one pixel in "
-            f"{step} along each axis is mapped ({step} x the pixel size)")
-        view = View(key, grid, window, step, index, emb, time.perf_counter() - start, note, {"unit": False})
+        view = View(key, grid, window, step, index, emb, time.perf_counter() - start,
+                    self.coarse_note(window, step, max_pixels, "mapped"), {"unit": False})
         self.cache.put(view)
         log.info("explore: %s of %s embedded into %s for a %d x %d px view in %.2f s", count(len(kept), "window"),
                  self.fm.preset.name, count(int(emb.shape[0]), "cell"), cols.size, rows.size, view.seconds)

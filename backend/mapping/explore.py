@@ -242,6 +242,24 @@ class Explorer:
         pixels = window[2] * window[3]
         return 1 if pixels <= max_pixels else int(math.ceil(math.sqrt(pixels / max(max_pixels, 1))))
 
+    def lookup(self, extent, max_pixels: int):
+        """(window, step, cache key, the cached view or None) of the view of ``extent``; a
+        cached view comes with ``seconds`` 0 (no time spent; the arrays are shared)."""
+        window = self.window_of(extent)
+        step = self.step_for(window, max_pixels)
+        key = hashlib.sha256(f"{self._base}|{window}|{step}".encode()).hexdigest()[:32]
+        view = self.cache.get(key)
+        return window, step, key, (dataclasses.replace(view, seconds=0.0) if view is not None else None)
+
+    @staticmethod
+    def coarse_note(window, step: int, max_pixels: int, done: str = "embedded") -> str:
+        """What a view coarser than its layers says to the user ('' at native resolution)."""
+        if step == 1:
+            return ""
+        return (f"the view has {window[2] * window[3] / 1e6:.2f} Mpx, more than the budget of {max_pixels / 1e6:.2f} "
+                f"Mpx: one pixel in {step} along each axis is {done} ({step} x the pixel size); zoom in for the native "
+                "resolution")
+
     def embed(self, extent: Optional[Sequence[float]] = None, max_pixels: int = MAX_PIXELS, progress=None,
               is_cancelled=None) -> View:
         """The embeddings of the view (from the cache when it has them: then ``seconds`` is 0)."""
@@ -249,12 +267,9 @@ class Explorer:
 
         from ..data.samples import read_window_normalised
 
-        window = self.window_of(extent)
-        step = self.step_for(window, max_pixels)
-        key = hashlib.sha256(f"{self._base}|{window}|{step}".encode()).hexdigest()[:32]
-        view = self.cache.get(key)
+        window, step, key, view = self.lookup(extent, max_pixels)
         if view is not None:
-            return dataclasses.replace(view, seconds=0.0)  # from the cache: no time spent (the arrays are shared)
+            return view
         job = Job(progress, is_cancelled)
         start = time.perf_counter()
         r0, c0, h, w = window
@@ -301,10 +316,8 @@ class Explorer:
         t = self.grid.transform
         transform = t * Affine.translation(c0, r0) * Affine.scale(step)
         grid = Grid(self.grid.crs, transform, ow, oh)
-        note = "" if step == 1 else (
-            f"the view has {h * w / 1e6:.2f} Mpx, more than the budget of {max_pixels / 1e6:.2f} Mpx: one pixel in "
-            f"{step} along each axis is embedded ({step} x the pixel size); zoom in for the native resolution")
-        view = View(key, grid, window, step, index.astype(np.int32), emb, time.perf_counter() - start, note)
+        view = View(key, grid, window, step, index.astype(np.int32), emb, time.perf_counter() - start,
+                    self.coarse_note(window, step, max_pixels))
         self.cache.put(view)
         log.info("explore: embedded %s (%d x %d px, step %d) in %.2f s (%.0f px/s)", count(n, "valid pixel"), ow, oh,
                  step, view.seconds, oh * ow / max(view.seconds, 1e-9))
