@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random pixels; checkerboard squares (first map from one colour, second from the other); "
                         "random blocks (see --block-size, --buffer)")
     p.add_argument("--block-size", type=int, default=20, help="square side in pixels (checkerboard, blocks)")
+    p.add_argument("--label-nodata", help="values of --labels that mean 'no label', e.g. '-1' or '-1, 255' (default: "
+                                          "its nodata value, else 0; with another value, 0 is a class)")
+    p.add_argument("--class-names", help="class names for --labels' codes: .qml, .clr or 'code,name' text file")
     p.add_argument("--buffer", type=int, default=0,
                    help="drop second-map pixels within this many pixels of a first-map pixel (patch_size // 2 keeps "
                         "test patches free of training pixels)")
@@ -479,7 +482,8 @@ def _split(args, progress):
     from .io.labels import split_label_raster
 
     res = split_label_raster(args.labels, args.fraction, args.seed, args.first, args.second,
-                             mode=args.mode, block_size=args.block_size, buffer=args.buffer)
+                             mode=args.mode, block_size=args.block_size, buffer=args.buffer,
+                             nodata_values=args.label_nodata, names_file=args.class_names)
     print(f"{args.first}: {sum(res.first.values())} pixels\n{args.second}: {sum(res.second.values())} pixels")
 
 

@@ -251,3 +251,31 @@ def test_cli_takes_bad_bands_and_label_nodata(hsi_scene, helpers, tmp_path, cli)
     res = cli("train", "--hsi", str(cube), "--labels", str(labels), "-o", str(model), "--epochs", "1",
               "--device", "cpu")
     assert res.returncode != 0 and "set --label-nodata (e.g. -1)" in res.stderr, res.stderr
+
+
+def test_split_reads_labels_with_minus_one_no_data_and_names(hsi_scene, tmp_path, cli):
+    """rsvl:split with LABEL_NODATA and CLASS_NAMES: the outputs hold rsvl's codes (v + 1),
+    named and coloured, and train on them as on the input."""
+    from rsvl.backend.io.labels import RasterLabels, split_label_raster
+    from rsvl.backend.io.raster import Grid
+
+    with rasterio.open(hsi_scene.labels) as ds:
+        codes, transform = ds.read(1).astype(np.int16), ds.transform
+    raw = _int_labels(tmp_path / "raw.tif", np.where(codes > 0, codes - 1, -1), transform, None, "int16")
+    (tmp_path / "names.txt").write_text("0 water\n1 forest\n2 buildings\n3 grassland\n")
+    res = split_label_raster(str(raw), 0.5, 0, str(tmp_path / "a.tif"), str(tmp_path / "b.tif"),
+                             nodata_values="-1", names_file=str(tmp_path / "names.txt"))
+    assert [(c.code, c.name) for c in res.classes] == [(1, "water"), (2, "forest"), (3, "buildings"), (4, "grassland")]
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        first, second = a.read(1), b.read(1)
+        grid = Grid.of(a)
+    assert set(np.unique(first)) <= {0, 1, 2, 3, 4} and ((first > 0) | (second > 0)).sum() == (codes > 0).sum()
+    assert np.array_equal(np.maximum(first, second)[codes > 0], codes[codes > 0])
+    labels = RasterLabels(str(tmp_path / "a.tif"), grid)
+    try:
+        assert [c.name for c in labels.classes] == ["water", "forest", "buildings", "grassland"]
+    finally:
+        labels.close()
+    out = cli("split", "--labels", raw, "--fraction", "0.5", "--first", tmp_path / "c.tif", "--second",
+              tmp_path / "d.tif", "--label-nodata", "-1")
+    assert out.returncode == 0, out.stderr

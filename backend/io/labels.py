@@ -633,14 +633,19 @@ class SplitResult:
 
 def split_label_raster(path: str, fraction: float, seed: int, first_path: str, second_path: str,
                        mode: str = "random", block_size: int = 20, buffer: int = 0,
-                       progress=None, is_cancelled=None) -> SplitResult:
+                       progress=None, is_cancelled=None, nodata_values=None,
+                       names_file: Optional[str] = None) -> SplitResult:
     """Write a seeded split of a class raster into two class rasters on the same grid (same
     colour table and category names): ``fraction`` of each class's pixels in the first
     (e.g. training), the rest in the second (e.g. test), at random or spatially apart
-    (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.data.splits`)."""
+    (``mode``, ``block_size``, ``buffer``: see :mod:`rsvl.backend.data.splits`).
+    ``nodata_values`` and ``names_file`` read the input as training does (LABEL_NODATA,
+    CLASS_NAMES: :class:`RasterLabels`); when 0 is a class the outputs hold rsvl's codes
+    (value v as v + 1, 0 = no label) with the classes' names and colours."""
     from ..data.splits import split_codes
     from ..runtime.jobs import Job
     from .atomic import atomic_path, check_geotiff, check_outputs
+    from .legend import parse_nodata_values
 
     check_outputs([("OUTPUT_FIRST", first_path, 0), ("OUTPUT_SECOND", second_path, 0)], inputs=[("INPUT", path)])
     check_geotiff([("OUTPUT_FIRST", first_path), ("OUTPUT_SECOND", second_path)])
@@ -652,8 +657,16 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
             colormap = src.colormap(1)
         except ValueError:
             colormap = None
-    labels = read_label_raster(path, grid)
+    reader = RasterLabels(path, grid, nodata_values=parse_nodata_values(nodata_values), names_file=names_file)
+    try:
+        labels = LabelMap(reader.read(Window(0, 0, grid.width, grid.height)), reader.classes)
+        recoded = bool(reader.shift) or bool(names_file)
+    finally:
+        reader.close()
     legend = _category_names(path)
+    if recoded:  # the outputs' codes and names are rsvl's, not the input's values
+        colormap = {0: (0, 0, 0, 0), **{c.code: (*c.colour, 255) for c in labels.classes}}
+        legend = []
     job.step(0.3, "splitting")
     first, second = split_codes(labels.codes, fraction, seed, mode, block_size, buffer,
                                 names={c.code: c.name for c in labels.classes})

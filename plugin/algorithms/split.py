@@ -11,7 +11,7 @@ from qgis.core import (
 
 from ..styling import backend_classes, style_output_on_load, write_class_style
 from .base import RsvlAlgorithm, raster_path
-from .parameters import short_help, static_enum
+from .parameters import LABEL_CONVENTIONS_HELP, short_help, static_enum
 
 MODES = ["random", "checkerboard", "blocks"]
 
@@ -31,7 +31,7 @@ class SplitAlgorithm(RsvlAlgorithm):
             "and class names, seeded and reproducible. A random pixel split puts test pixels next to training "
             "pixels, so a patch around a test pixel sees training pixels and patch models look better than they "
             "are; the spatial modes keep the two apart.<br><br>"
-            "<b>INPUT</b>: class raster (0 or nodata = unlabelled).<br>"
+            "<b>INPUT</b>: class raster (its nodata value, else 0, = unlabelled; see LABEL_NODATA).<br>"
             "<b>FRACTION</b>: share of each class's pixels that goes to the training map.<br>"
             "<b>MODE</b>: <i>random</i> pixels, stratified by class; <i>checkerboard</i>: squares of BLOCK_SIZE "
             "pixels, training pixels drawn only from the dark squares, test pixels are every labelled pixel of the "
@@ -41,6 +41,7 @@ class SplitAlgorithm(RsvlAlgorithm):
             "<b>BUFFER</b>: test pixels within this many pixels of a training pixel are dropped (half the patch "
             "size, e.g. 5 for 11 × 11 patches, keeps every test patch free of training pixels).<br>"
             "<b>SEED</b>: random seed.<br>"
+            + LABEL_CONVENTIONS_HELP.replace("the label raster", "the input raster") +
             "<b>OUTPUT_FIRST</b>, <b>OUTPUT_SECOND</b>: the training and the test class rasters."
         )
 
@@ -71,6 +72,7 @@ class SplitAlgorithm(RsvlAlgorithm):
                                             defaultValue=0, minValue=0)
         seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(seed)
+        self.add_label_conventions("Input")
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_FIRST", "Training labels"))
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT_SECOND", "Test labels"))
 
@@ -87,6 +89,8 @@ class SplitAlgorithm(RsvlAlgorithm):
             mode=self.enum(parameters, "MODE", context),
             block_size=self.parameterAsInt(parameters, "BLOCK_SIZE", context),
             buffer=self.parameterAsInt(parameters, "BUFFER", context),
+            nodata_values=self.parameterAsString(parameters, "LABEL_NODATA", context).strip() or None,
+            names_file=self.parameterAsFile(parameters, "CLASS_NAMES", context) or None,
         )
 
         return split_label_raster, kwargs
