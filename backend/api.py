@@ -510,10 +510,11 @@ def open_explorer(model_path: str, layers: Sequence[LayerSpec], *, reference: Op
                   device: str = "auto", force: bool = False, normalize: str = "model", cache=None,
                   preset: str = "auto", templates: Optional[Sequence[str]] = None, tile_size: Optional[int] = None,
                   stride: Optional[int] = None, resolution: str = "tile", bands: Optional[str] = None,
-                  value_scale: str = "auto", offset: float = 0.0):
+                  value_scale: str = "auto", offset: float = 0.0, precision: str = "auto"):
     """An :class:`~rsvl.backend.mapping.explore.Explorer` of an rsvl model, or of a pretrained
     checkpoint (:class:`~rsvl.backend.foundation.explore.CheckpointExplorer`: ``preset`` …
-    ``offset`` as in :func:`query`), on ``layers`` (checked as :func:`query` checks them):
+    ``offset`` as in :func:`query`; they run in float32), on ``layers`` (checked as :func:`query`
+    checks them; ``precision`` as in :func:`classify`, for rsvl models):
     embed a view once, then score prompts and clicked pixels against it. Close it (or use it
     in a ``with``) to release the layers."""
     from .mapping.explore import Explorer
@@ -537,7 +538,8 @@ def open_explorer(model_path: str, layers: Sequence[LayerSpec], *, reference: Op
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     try:
         stats = normalisation(stack, header, normalize, Job())
-        return Explorer(model, header, stack, dev, model_path, stats, cache=cache)
+        choice = _precision(precision, model, stack, stats, model.class_embeddings, dev, "dense")
+        return Explorer(model, header, stack, dev, model_path, stats, cache=cache, dtype=choice.dtype)
     except Exception:
         stack.close()
         raise

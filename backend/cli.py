@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-similarity", required=True, help="float raster on the view's grid: one band per prompt, "
                                                               "then one per point")
     p.add_argument("--cache-dir", help="keep the view's embeddings here (a later run with the same view reads them)")
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="arithmetic precision (see classify --precision)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="accept inputs whose band order or pixel size differs from "
                                                          "training (with a warning)")
@@ -391,7 +393,8 @@ def _explore(args, progress):
     check_geotiff([("OUTPUT_SIMILARITY", args.output_similarity)])
     check_outputs([("OUTPUT_SIMILARITY", args.output_similarity, 0)])
     with api.open_explorer(args.model, _layers(args), reference=args.reference, align=not args.no_align,
-                           device=args.device, force=args.force, cache=EmbeddingCache(folder=args.cache_dir)) as ex:
+                           device=args.device, force=args.force, cache=EmbeddingCache(folder=args.cache_dir),
+                           precision=args.precision) as ex:
         view = ex.embed(extent, max_pixels=args.max_pixels, progress=progress)
         h, w = view.shape
         print(f"view: {w} x {h} px (step {view.step}), {view.emb.shape[0]} valid, embedded in {view.seconds:.2f} s"

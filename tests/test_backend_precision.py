@@ -105,3 +105,21 @@ def test_checkpoint_image_tower_in_bfloat16(rgb_checkpoint, tmp_path, monkeypatc
         api.query(ckpt, layers, ["water", "forest"], output_similarity=str(tmp_path / "auto.tif"), preset=preset,
                   tile_size=32, stride=16, device="cpu")
     assert "probe windows the image embeddings keep a cosine of at least" in caplog.text, caplog.text
+
+
+def test_explorer_in_bfloat16(trained_model, tmp_path):
+    """The Explore path takes PRECISION too: a bfloat16 view is close to float32's, and the two
+    are cached apart."""
+    from rsvl.backend.mapping.explore import EmbeddingCache
+
+    model_path, _result, layers = trained_model
+    cache = EmbeddingCache()
+    with api.open_explorer(str(model_path), layers, device="cpu", precision="float32", cache=cache) as ex32:
+        v32 = ex32.embed()
+        s32 = ex32.prompts(v32, ["water"])
+    with api.open_explorer(str(model_path), layers, device="cpu", precision="bfloat16", cache=cache) as ex16:
+        assert ex16.embedder.dtype == torch.bfloat16
+        v16 = ex16.embed()
+        s16 = ex16.prompts(v16, ["water"])
+    assert v16.key != v32.key and len(cache.views) == 2 and v16.seconds > 0
+    assert np.nanmax(np.abs(s16 - s32)) < 0.05

@@ -198,20 +198,20 @@ class Explorer:
     kind = "rsvl"
 
     def __init__(self, model, header, stack: RasterStack, device, model_path: str, stats,
-                 cache: Optional[EmbeddingCache] = None):
+                 cache: Optional[EmbeddingCache] = None, dtype=torch.float32):
         from ..models.dense import dense_embedder
 
         self.model, self.header, self.stack, self.device = model, header, stack, device
         self.model_path, self.stats = model_path, stats
         self.cache = cache if cache is not None else EmbeddingCache()
-        self.embedder = dense_embedder(model, device)
+        self.embedder = dense_embedder(model, device, dtype=dtype)  # PRECISION (runtime/precision.py)
         self.halo = model.config.patch_size // 2
         self._texts: Dict[str, torch.Tensor] = {}
         self._encoder = None
         self._lock = threading.Lock()  # one embedding pass at a time: GDAL datasets are not shared between threads
         layers = [(layer.modality, os.path.abspath(str(layer.path)), layer.nodata, layer.bands) for layer in stack.layers]
         self._base = hashlib.sha256(json.dumps([_fingerprint(model_path), layers, stack.reference,
-                                                stack.align], default=str).encode()).hexdigest()[:24]
+                                                stack.align, str(dtype)], default=str).encode()).hexdigest()[:24]
 
     @property
     def grid(self) -> Grid:
