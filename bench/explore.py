@@ -171,15 +171,8 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {args.out}")
     if args.latest:
-        from rsvl.backend.io.atomic import atomic_path
-
-        latest = Path(args.latest)
-        data = json.loads(latest.read_text()) if latest.exists() else {}
-        data.update({k: results[k] for k in KEYS if k in results})
-        data["explore_source"] = Path(args.out).name
-        with atomic_path(str(latest)) as tmp:
-            Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
-        print(f"updated: {args.latest}")
+        base.merge_into_latest(Path(args.latest), {**{k: results[k] for k in KEYS if k in results},
+                                                   "explore_source": Path(args.out).name})
     return 0
 
 

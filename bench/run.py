@@ -46,6 +46,18 @@ SCALEOUT_SPEEDUPS = ("dask_2_vs_1_speedup", "ddp_2_vs_1_speedup")  # measured by
 SCALEOUT_KEYS = SCALEOUT_SPEEDUPS + ("scaleout_source",)
 
 
+def merge_into_latest(latest: Path, values: dict) -> None:
+    """``values`` (figures measured by another bench script) into ``latest`` beside bench/run.py's
+    figures, its other keys kept; written atomically."""
+    from rsvl.backend.io.atomic import atomic_path
+
+    data = json.loads(latest.read_text()) if latest.exists() else {}
+    data.update(values)
+    with atomic_path(str(latest)) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
+    print(f"updated: {latest}")
+
+
 def machine() -> dict:
     import torch
 

@@ -215,20 +215,10 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"written: {args.out}")
     if args.latest:
-        merge_into_latest(Path(args.latest), results, Path(args.out))
+        # dask_2_vs_1_speedup and ddp_2_vs_1_speedup beside bench/run.py's figures
+        base.merge_into_latest(Path(args.latest), {**{k: results[k] for k in base.SCALEOUT_SPEEDUPS},
+                                                   "scaleout_source": Path(args.out).name})
     return 0
-
-
-def merge_into_latest(latest: Path, results: dict, source: Path) -> None:
-    """``dask_2_vs_1_speedup`` and ``ddp_2_vs_1_speedup`` beside bench/run.py's figures."""
-    from rsvl.backend.io.atomic import atomic_path
-
-    data = json.loads(latest.read_text()) if latest.exists() else {}
-    data.update({k: results[k] for k in base.SCALEOUT_SPEEDUPS})
-    data["scaleout_source"] = source.name
-    with atomic_path(str(latest)) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
-    print(f"updated: {latest}")
 
 
 if __name__ == "__main__":

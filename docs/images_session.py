@@ -16,25 +16,22 @@ _ARGS = open("/proc/self/cmdline", encoding="utf-8").read().split("\0")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_ARGS[_ARGS.index("--code") + 1]))),
                                 "tests"))
 
-from desktop_common import CONFIG, RESULT, quit_qgis, run_processing_dialog, save, start_later, wait  # noqa: E402
+from desktop_common import (  # noqa: E402 (after its folder is on sys.path)
+    CONFIG,
+    RESULT,
+    quit_qgis,
+    run_processing_dialog,
+    save,
+    settle,
+    start_later,
+    wait,
+)
 
 WINDOW = (1280, 800)  # main window: big enough for the panels, small enough to read once scaled in a page
 MAX_BYTES = 300_000
 PROMPTS = ["forest", "meadow", "water"]
 SIMILARITY_PROMPT = "forest"
 EXPLORE_THRESHOLD = 20  # the panel's slider: cosine similarity 0.20
-
-
-def settle(seconds=0.5):
-    """Let Qt lay out and paint what just changed."""
-    import time
-
-    from qgis.core import QgsApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QgsApplication.processEvents()
-        time.sleep(0.02)
 
 
 def save_png(widget, name):
@@ -106,29 +103,16 @@ def load_scene():
 
 
 def style_similarity(layer, band):
-    """One prompt's similarity band with a continuous colour ramp, stretched to its range."""
+    """One prompt's similarity band in the Explore panel's colour ramp, stretched to its range."""
     import math
 
-    from qgis.core import (
-        QgsColorRampShader,
-        QgsRasterBandStats,
-        QgsRasterShader,
-        QgsSingleBandPseudoColorRenderer,
-        QgsStyle,
-    )
+    from qgis.core import QgsRasterBandStats
+
+    from rsvl.plugin.explore.session import similarity_renderer
 
     stats = layer.dataProvider().bandStatistics(band, QgsRasterBandStats.Min | QgsRasterBandStats.Max)
     low, high = math.floor(stats.minimumValue * 100) / 100, math.ceil(stats.maximumValue * 100) / 100
-    ramp = QgsStyle.defaultStyle().colorRamp("Viridis")
-    function = QgsColorRampShader(low, high, ramp, QgsColorRampShader.Interpolated, QgsColorRampShader.Continuous)
-    function.classifyColorRamp(5, band, layer.extent(), layer.dataProvider())
-    shader = QgsRasterShader()
-    shader.setRasterShaderFunction(function)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
-    renderer.setClassificationMin(low)
-    renderer.setClassificationMax(high)
-    layer.setRenderer(renderer)
-    layer.triggerRepaint()
+    similarity_renderer(layer, low, high, band)
 
 
 def find_layer(path):

@@ -38,6 +38,16 @@ def wait(predicate, timeout, what):
         time.sleep(0.05)
 
 
+def settle(seconds=0.5):
+    """Let Qt lay out and paint what just changed."""
+    from qgis.core import QgsApplication
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+
+
 def project_layer(path):
     """Name and renderer type of the project layer read from ``path`` (None if none is)."""
     from qgis.core import QgsProject

@@ -17,18 +17,16 @@ import sys
 _ARGS = open("/proc/self/cmdline", encoding="utf-8").read().split("\0")
 sys.path.insert(0, os.path.dirname(os.path.abspath(_ARGS[_ARGS.index("--code") + 1])))
 
-from desktop_common import CONFIG, RESULT, quit_qgis, run_processing_dialog, save, start_later, wait  # noqa: E402
-
-
-def settle(seconds=0.3):
-    import time
-
-    from qgis.core import QgsApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QgsApplication.processEvents()
-        time.sleep(0.02)
+from desktop_common import (  # noqa: E402 (after its folder is on sys.path)
+    CONFIG,
+    RESULT,
+    quit_qgis,
+    run_processing_dialog,
+    save,
+    settle,
+    start_later,
+    wait,
+)
 
 
 def threshold_at(panel, quantile):
@@ -38,7 +36,7 @@ def threshold_at(panel, quantile):
     sims = panel.session.shown.sims
     value = float(np.nanquantile(np.nan_to_num(sims.max(axis=0), nan=-1.0), quantile))
     panel.slider.setValue(int(round(value * 100)))
-    settle()
+    settle(0.3)
     return panel.slider.value() / 100
 
 

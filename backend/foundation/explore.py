@@ -17,15 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from affine import Affine
 
 from ..errors import InputError, count
-from ..io.raster import Grid
 from ..io.windows import as_boxes, tile_windows
 from ..mapping.explore import MAX_PIXELS, EmbeddingCache, Explorer, View, _fingerprint
 from ..runtime.jobs import Job
@@ -53,8 +52,6 @@ class CheckpointExplorer(Explorer):
         self.cache = cache if cache is not None else EmbeddingCache()
         self.model_path = checkpoint
         self._texts = {}
-        import threading
-
         self._lock = threading.Lock()
         layer_key = [(s.layer.modality, str(s.layer.path), s.layer.nodata) for s in self.stack.sources]
         self._base = hashlib.sha256(json.dumps([_fingerprint(checkpoint), self.fm.preset.name, layer_key, self.tile,
@@ -152,10 +149,8 @@ class CheckpointExplorer(Explorer):
             emb = torch.from_numpy((total / np.maximum(n, 1)[:, None]).astype(np.float32)).to(torch.float16)
         else:
             raise InputError("no pixel of the view is valid in the input (all nodata there): pan to the data")
-        t = stack.grid.transform
-        grid = Grid(stack.grid.crs, t * Affine.translation(c0, r0) * Affine.scale(step), cols.size, rows.size)
-        view = View(key, grid, window, step, index, emb, time.perf_counter() - start,
-                    self.coarse_note(window, step, max_pixels, "mapped"), {"unit": False})
+        view = View(key, self.view_grid(window, step, rows.size, cols.size), window, step, index, emb,
+                    time.perf_counter() - start, self.coarse_note(window, step, max_pixels, "mapped"), {"unit": False})
         self.cache.put(view)
         log.info("explore: %s of %s embedded into %s for a %d x %d px view in %.2f s", count(len(kept), "window"),
                  self.fm.preset.name, count(int(emb.shape[0]), "cell"), cols.size, rows.size, view.seconds)
@@ -173,11 +168,4 @@ class CheckpointExplorer(Explorer):
         return torch.stack([self._texts[p] for p in prompts])
 
     def text_space(self, text: torch.Tensor) -> torch.Tensor:
-        return text
-
-    @property
-    def grid(self) -> Grid:
-        return self.stack.grid
-
-    def close(self) -> None:
-        self.stack.close()
+        return text  # the checkpoint's own text space

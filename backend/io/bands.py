@@ -138,17 +138,13 @@ def parse_band_list(text: str, modalities: Dict[str, int], parameter: str = "BAD
 
 def ranges(positions: Sequence[int]) -> str:
     """0-based positions as 1-based band ranges: ``"130–135, 165"``."""
-    items, run = [], []
+    runs: List[List[int]] = []  # [first, last] of each run of consecutive positions
     for p in sorted(positions):
-        if run and p == run[-1] + 1:
-            run.append(p)
-            continue
-        if run:
-            items.append(f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}–{run[-1] + 1}")
-        run = [p]
-    if run:
-        items.append(f"{run[0] + 1}" if len(run) == 1 else f"{run[0] + 1}–{run[-1] + 1}")
-    return ", ".join(items)
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(f"{a + 1}" if a == b else f"{a + 1}–{b + 1}" for a, b in runs)
 
 
 @dataclass

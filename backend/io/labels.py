@@ -1,7 +1,8 @@
 """Training and reference labels on the reference grid.
 
-Labels come from a class raster (0 or nodata = unlabelled; category names and colour
-table are kept) or from a vector file (points or polygons, any CRS) with a class field
+Labels come from a class raster (its nodata value, else 0, = unlabelled, or the values of
+LABEL_NODATA; category names and colour table, or a legend file beside it, are kept) or from a
+vector file (points or polygons, any CRS) with a class field
 (string or integer), rasterised onto the reference grid. Each class has an integer
 ``code`` (the value written in class rasters, never 0), a ``name`` and an RGB colour.
 
@@ -56,6 +57,7 @@ class LabelMap:
 
     codes: np.ndarray  # (height, width) int32
     classes: List[ClassInfo]
+    shift: int = 0  # 1 where 0 is a class: raster value v is code v + 1 (RasterLabels)
 
     def counts(self) -> dict:
         values, counts = np.unique(self.codes[self.codes > 0], return_counts=True)
@@ -135,7 +137,8 @@ class RasterLabels:
                     f"label raster {path!r} is floating point ({dtype}): class rasters must hold integer codes"
                 )
             self.nodata = ds.nodata
-            self.no_label = self._no_label(ds, nodata_values)
+            category = _category_names(path)
+            self.no_label = self._no_label(ds, nodata_values, category)
             self.shift = 0 if 0 in self.no_label else 1
             fill = int(self.nodata) if self.nodata is not None and int(self.nodata) in self.no_label else \
                 min(self.no_label)
@@ -145,11 +148,9 @@ class RasterLabels:
                 # equal one is sampled (nearest). 0 is unlabelled even without a nodata value
                 # (GDAL's mode would otherwise turn a winning 0 into 1, next to nodata 0).
                 finer = _finer_than(ds, grid)
-                unlabelled = fill
                 self._reader = WarpedVRT(
                     ds, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                    resampling=Resampling.mode if finer else Resampling.nearest, src_nodata=unlabelled,
-                    nodata=unlabelled,
+                    resampling=Resampling.mode if finer else Resampling.nearest, src_nodata=fill, nodata=fill,
                 )
                 if finer:
                     log.info("label raster %s is finer than the input grid: each pixel takes the most frequent "
@@ -164,7 +165,7 @@ class RasterLabels:
         except Exception:
             self.close()
             raise
-        names = dict(enumerate(_category_names(path)))  # by raster value
+        names = dict(enumerate(category))  # by raster value
         from .legend import find_legend, read_legend
 
         sidecar = names_file or find_legend(path)
@@ -184,16 +185,15 @@ class RasterLabels:
         colours = assign_colours(class_names, [tuple(t[:3]) if t is not None and any(t[:3]) else None for t in table])
         self.classes = [ClassInfo(c, n, rgb) for c, n, rgb in zip(codes, class_names, colours)]
 
-    def _no_label(self, ds, nodata_values) -> set:
-        """The raster values that mean "no label"."""
+    def _no_label(self, ds, nodata_values, category: Sequence[str]) -> set:
+        """The raster values that mean "no label" (``category``: the raster's category names)."""
         if nodata_values is not None:
             return set(int(v) for v in nodata_values)
         if ds.nodata is None or not float(ds.nodata).is_integer():
             return {0}
         values = {int(ds.nodata)}
         if 0 not in values:
-            names = _category_names(self.path)
-            if names and _means_no_label(names[0]):  # e.g. 0 "unclassified" beside nodata 255
+            if category and _means_no_label(category[0]):  # e.g. 0 "unclassified" beside nodata 255
                 values.add(0)
             else:
                 log.info("label raster %s: its nodata value %d means 'no label', and 0 is a class (LABEL_NODATA "
@@ -253,7 +253,7 @@ def read_label_raster(path: str, grid: Grid, nodata_values=None, names_file=None
     :class:`RasterLabels`)."""
     src = RasterLabels(path, grid, nodata_values=nodata_values, names_file=names_file)
     try:
-        return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes)
+        return LabelMap(src.read(Window(0, 0, grid.width, grid.height)), src.classes, src.shift)
     finally:
         src.close()
 
@@ -657,14 +657,9 @@ def split_label_raster(path: str, fraction: float, seed: int, first_path: str, s
             colormap = src.colormap(1)
         except ValueError:
             colormap = None
-    reader = RasterLabels(path, grid, nodata_values=parse_nodata_values(nodata_values), names_file=names_file)
-    try:
-        labels = LabelMap(reader.read(Window(0, 0, grid.width, grid.height)), reader.classes)
-        recoded = bool(reader.shift) or bool(names_file)
-    finally:
-        reader.close()
+    labels = read_label_raster(path, grid, parse_nodata_values(nodata_values), names_file)
     legend = _category_names(path)
-    if recoded:  # the outputs' codes and names are rsvl's, not the input's values
+    if labels.shift or names_file:  # the outputs' codes and names are rsvl's, not the input's values
         colormap = {0: (0, 0, 0, 0), **{c.code: (*c.colour, 255) for c in labels.classes}}
         legend = []
     job.step(0.3, "splitting")

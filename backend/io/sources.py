@@ -78,7 +78,6 @@ class LayerSource:
         self.out_dtype, self.mask = _mask_kind(reader, self.indexes)
         from .bands import band_metadata
 
-        self.input_count = self.count
         self.positions = list(range(self.count))  # of the bands read, among the layer's data bands
         self.wavelengths, self.declared_bad = band_metadata(dataset, self.indexes)
         if layer.bands is not None:

@@ -242,6 +242,11 @@ class Explorer:
         pixels = window[2] * window[3]
         return 1 if pixels <= max_pixels else int(math.ceil(math.sqrt(pixels / max(max_pixels, 1))))
 
+    def view_grid(self, window, step: int, height: int, width: int) -> Grid:
+        """The grid of a view: every ``step``-th pixel of the reference grid from ``window``'s corner."""
+        return Grid(self.grid.crs, self.grid.transform * Affine.translation(window[1], window[0]) * Affine.scale(step),
+                    width, height)
+
     def lookup(self, extent, max_pixels: int):
         """(window, step, cache key, the cached view or None) of the view of ``extent``; a
         cached view comes with ``seconds`` 0 (no time spent; the arrays are shared)."""
@@ -313,11 +318,8 @@ class Explorer:
         job.check()
         dim = self.header.config.embed_dim
         emb = torch.cat(chunks) if chunks else torch.zeros((0, dim), dtype=torch.float16)
-        t = self.grid.transform
-        transform = t * Affine.translation(c0, r0) * Affine.scale(step)
-        grid = Grid(self.grid.crs, transform, ow, oh)
-        view = View(key, grid, window, step, index.astype(np.int32), emb, time.perf_counter() - start,
-                    self.coarse_note(window, step, max_pixels))
+        view = View(key, self.view_grid(window, step, oh, ow), window, step, index.astype(np.int32), emb,
+                    time.perf_counter() - start, self.coarse_note(window, step, max_pixels))
         self.cache.put(view)
         log.info("explore: embedded %s (%d x %d px, step %d) in %.2f s (%.0f px/s)", count(n, "valid pixel"), ow, oh,
                  step, view.seconds, oh * ow / max(view.seconds, 1e-9))
@@ -346,8 +348,7 @@ class Explorer:
     def text_space(self, text: torch.Tensor) -> torch.Tensor:
         """Text embeddings in the space the view's embeddings live in (an ensemble's joint
         space: :meth:`Ensemble.text_space`), as rsvl:query compares them."""
-        space = getattr(self.model, "text_space", None)
-        return space(text) if space is not None else text
+        return self.model.text_space(text)
 
     def prompts(self, view: View, prompts: Sequence[str], use_template: bool = True) -> np.ndarray:
         """(K, h, w) cosine similarity of the view's pixels to each prompt, NaN at nodata."""

@@ -62,15 +62,9 @@ def similarity_renderer(layer: QgsRasterLayer, threshold: float, top: float, ban
     """Pseudocolour from ``threshold`` to ``top``; values below the threshold (and nodata)
     are transparent (the shader clips them)."""
     top = max(top, threshold + 1e-3)
-    ramp = QgsStyle.defaultStyle().colorRamp(RAMP)
-    shader = QgsColorRampShader(threshold, top, ramp, QgsColorRampShader.Interpolated)
-    steps = 8
-    items = [QgsColorRampShader.ColorRampItem(threshold + (top - threshold) * i / steps,
-                                              ramp.color(i / steps) if ramp else QColor.fromHsvF(0.7 * (1 - i / steps),
-                                                                                                  1, 1),
-                                              f"{threshold + (top - threshold) * i / steps:.3f}")
-             for i in range(steps + 1)]
-    shader.setColorRampItemList(items)
+    shader = QgsColorRampShader(threshold, top, QgsStyle.defaultStyle().colorRamp(RAMP),
+                                QgsColorRampShader.Interpolated, QgsColorRampShader.Continuous)
+    shader.classifyColorRamp(band=band)  # the ramp's own stops, from threshold to top
     shader.setClip(True)
     raster_shader = QgsRasterShader()
     raster_shader.setRasterShaderFunction(shader)
@@ -93,7 +87,6 @@ class ExploreSession:
         self.view = None
         self.shown: Optional[Shown] = None
         self.threshold = 0.0
-        self.area: Optional[QgsGeometry] = None  # a drawn polygon, in the project CRS
         self._serial = 0
 
     # -- model and layers ----------------------------------------------------------------
