@@ -186,6 +186,9 @@ def train(
     group_text = setup.group_text
     config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=cfg.patch_size, **setup.config)
     cfg.members = int(cfg.members)
+    from .runtime.precision import choose_training
+
+    precision = choose_training(cfg.precision, dev).name
     models, outcomes, seeds = [], [], [cfg.seed + MEMBER_SEED_STEP * k for k in range(cfg.members)]
     for k, member_seed in enumerate(seeds):
         torch.manual_seed(member_seed)
@@ -204,7 +207,8 @@ def train(
             log.info("ensemble member %d of %d (cfg.seed %d)", k + 1, cfg.members, member_seed)
         settings = TrainSettings(cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.validation_fraction, cfg.patience,
                                  member_seed, cfg.device,
-                                 cfg.loss, augment=cfg.augment, balanced=cfg.balanced, split_seed=cfg.seed, **recipe_settings)
+                                 cfg.loss, augment=cfg.augment, balanced=cfg.balanced, split_seed=cfg.seed, precision=precision,
+                                 **recipe_settings)
         span = job.span(0.2 + 0.77 * k / cfg.members, 0.2 + 0.77 * (k + 1) / cfg.members)
         outcomes.append(train_loop(model, patches, y, settings, dev, span, stats=stats, group_text=group_text,
                                    ranks=ranks, unlabelled=unlabelled))
@@ -231,7 +235,8 @@ def train(
         "class_counts": {c.name: int((y == i).sum()) for i, c in enumerate(classes)},
         "epochs_run": outcome.epochs_run, "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
         "seconds": round(seconds, 3), "samples_per_s": round(samples_per_s, 1),
-        "device": str(dev), "seed": cfg.seed, "loss": cfg.loss, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "device": str(dev), "precision": precision, "seed": cfg.seed, "loss": cfg.loss, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
         "learning_rate": cfg.learning_rate, "validation_fraction": cfg.validation_fraction, "patience": cfg.patience,
         "recipe": cfg.recipe, "augment": cfg.augment, "balanced": cfg.balanced, "semi_supervised": bool(cfg.semi_supervised),
         "mixup": settings.mixup,
@@ -390,7 +395,7 @@ def classify(
         _no_scheduler_for("few-shot model", scheduler)
         classes, pixels, seconds = classify_fewshot(
             model_path, layers, output, confidence=confidence, similarity=similarity, device=device,
-            reference=reference, progress=progress, is_cancelled=is_cancelled)
+            reference=reference, progress=progress, is_cancelled=is_cancelled, precision=precision)
         return ClassifyResult(output, confidence, similarity, classes, pixels, seconds, "fewshot")
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     with stack:
@@ -513,8 +518,9 @@ def open_explorer(model_path: str, layers: Sequence[LayerSpec], *, reference: Op
                   value_scale: str = "auto", offset: float = 0.0, precision: str = "auto"):
     """An :class:`~rsvl.backend.mapping.explore.Explorer` of an rsvl model, or of a pretrained
     checkpoint (:class:`~rsvl.backend.foundation.explore.CheckpointExplorer`: ``preset`` …
-    ``offset`` as in :func:`query`; they run in float32), on ``layers`` (checked as :func:`query`
-    checks them; ``precision`` as in :func:`classify`, for rsvl models):
+    ``offset`` as in :func:`query`), on ``layers`` (checked as :func:`query` checks them;
+    ``precision`` as in :func:`classify`; a checkpoint's image tower is checked on probe
+    windows by the embeddings' cosine alone, since no prompt is known yet):
     embed a view once, then score prompts and clicked pixels against it. Close it (or use it
     in a ``with``) to release the layers."""
     from .mapping.explore import Explorer
@@ -534,7 +540,8 @@ def open_explorer(model_path: str, layers: Sequence[LayerSpec], *, reference: Op
         checkpoint_kind(model_path, "MODEL")
         return CheckpointExplorer(model_path, as_layers(layers), preset=preset, templates=templates,
                                   tile_size=tile_size, stride=stride, resolution=resolution, bands=bands,
-                                  scale=value_scale, offset=offset, device=device, reference=reference, cache=cache)
+                                  scale=value_scale, offset=offset, device=device, reference=reference, cache=cache,
+                                  precision=precision)
     model, header, stack, dev = _open_for_model(model_path, layers, reference, align, device, force)
     try:
         stats = normalisation(stack, header, normalize, Job())

@@ -301,7 +301,7 @@ def _train_fewshot(args, progress):
         tile_size=args.fewshot_tile_size or None, stride=args.fewshot_stride, resolution=args.fewshot_resolution,
         bands=args.bands, value_scale=args.value_scale, offset=args.offset, epochs=args.epochs or 100,
         learning_rate=args.fewshot_learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
-        device=args.device, reference=args.reference, progress=progress,
+        device=args.device, reference=args.reference, progress=progress, precision=args.precision,
     )
 
     def oa(v):

@@ -240,6 +240,12 @@ FAST = dict(patch_size=5, epochs=40, batch_size=64, learning_rate=3e-3, patience
 
 
 @pytest.fixture(scope="session")
+def fast_options():
+    """The fast training settings :func:`trained_model` was trained with."""
+    return dict(FAST)
+
+
+@pytest.fixture(scope="session")
 def trained_model(shared_scene, tmp_path_factory):
     """HSI + LiDAR model trained once on the shared scene (fast settings)."""
     from rsvl.backend import api

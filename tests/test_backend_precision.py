@@ -123,3 +123,123 @@ def test_explorer_in_bfloat16(trained_model, tmp_path):
         s16 = ex16.prompts(v16, ["water"])
     assert v16.key != v32.key and len(cache.views) == 2 and v16.seconds > 0
     assert np.nanmax(np.abs(s16 - s32)) < 0.05
+
+
+def test_training_precision_choice(monkeypatch, caplog):
+    """rsvl:train's PRECISION: auto trains in float32 unless bfloat16 training is the measured
+    default (TRAIN_AUTO_REDUCED) and the device has it natively; bfloat16 without native support
+    runs with a warning; float16 is for CUDA."""
+    monkeypatch.delenv("RSVL_PRECISION", raising=False)
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(P, "TRAIN_AUTO_REDUCED", False)
+    choice = P.choose_training("auto", "cpu")
+    assert choice.name == "float32" and "not the default" in choice.reason
+    monkeypatch.setattr(P, "TRAIN_AUTO_REDUCED", True)
+    assert P.choose_training("auto", "cpu").name == "bfloat16"
+    monkeypatch.setenv("RSVL_PRECISION", "float32")
+    assert P.choose_training("auto", "cpu").name == "float32"
+    monkeypatch.delenv("RSVL_PRECISION")
+    monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2"})
+    assert P.choose_training("auto", "cpu").name == "float32"
+    with caplog.at_level(logging.WARNING, logger="rsvl"):
+        assert P.choose_training("bfloat16", "cpu").name == "bfloat16"
+    assert "slower than in float32" in caplog.text
+    with pytest.raises(InputError, match="float16 is for CUDA GPUs"):
+        P.choose_training("float16", "cpu")
+
+
+def test_training_in_bfloat16(shared_scene, trained_model, fast_options, tmp_path):
+    """PRECISION bfloat16 trains with the forward pass in autocast: another (float32) model of
+    about the same validation accuracy, its precision in the header; float32 is today's run."""
+    from safetensors.torch import load_file
+
+    path32, result32, layers = trained_model
+    out = tmp_path / "bf16.safetensors"
+    result16 = api.train(layers, str(shared_scene.labels), str(out), **fast_options, precision="bfloat16")
+    assert result16.header["training"]["precision"] == "bfloat16"
+    assert result32.header["training"]["precision"] == "float32"
+    w32, w16 = load_file(str(path32)), load_file(str(out))
+    assert all(t.dtype == torch.float32 for t in w16.values() if t.is_floating_point())
+    assert any(not torch.equal(w32[k], w16[k]) for k in w32 if w32[k].is_floating_point())  # autocast did run
+    assert abs(result16.validation.oa - result32.validation.oa) <= 0.1
+    again = api.train(layers, str(shared_scene.labels), str(tmp_path / "f32.safetensors"), **fast_options, precision="float32")
+    w = load_file(str(tmp_path / "f32.safetensors"))
+    assert all(torch.equal(w32[k], w[k]) for k in w32)  # float32: bit-identical to the default run
+    assert again.validation.oa == result32.validation.oa
+
+
+def test_float16_training_scales_the_loss(random_model, monkeypatch):
+    """float16 autocast (CUDA's; torch runs it on the CPU too) goes through the loss scaler and
+    still learns a separable toy problem."""
+    from rsvl.backend.runtime.jobs import Job
+    from rsvl.backend.training.loop import TrainSettings, train
+
+    model = random_model({"hsi": 4}, 5, n_classes=2)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 64)
+    hsi = (rng.standard_normal((128, 4, 5, 5)) + (2 * y - 1)[:, None, None, None] * 1.5).astype(np.float32)
+    settings = TrainSettings(epochs=15, batch_size=32, learning_rate=3e-3, validation_fraction=0.25, seed=0,
+                             precision="float16")
+    scaled = []
+    scale = torch.amp.GradScaler.scale
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", lambda self, loss: scaled.append(loss.dtype) or scale(self, loss))
+    outcome = train(model, {"hsi": hsi}, y, settings, torch.device("cpu"), Job())
+    assert scaled and set(scaled) == {torch.float32}  # every step scaled; the loss itself in float32
+    assert outcome.history[-1]["val_oa"] >= 0.9
+
+
+def test_fewshot_and_checkpoint_explorer_in_bfloat16(fewshot_scene, rgb_checkpoint, tmp_path):
+    """The few-shot paths (training the head on the tower's features, classifying) and the
+    Explore panel's checkpoint path take PRECISION: bfloat16 close to float32, views cached apart."""
+    from rsvl.backend.io.raster import LayerSpec
+    from rsvl.backend.mapping.explore import EmbeddingCache
+
+    root, preset, _ = fewshot_scene
+    layers = [LayerSpec(str(root / "rgb.tif"), "ms")]
+    maps = {}
+    for precision in ("float32", "bfloat16"):
+        res = api.train_fewshot(str(root / "clip.pt"), layers, str(root / "labels.tif"),
+                                str(tmp_path / f"fs_{precision}.safetensors"), preset=preset, tile_size=32, stride=16,
+                                device="cpu", epochs=0, validation_fraction=0.0, precision=precision)
+        api.classify(res.model_path, layers, str(tmp_path / f"fs_{precision}.tif"),
+                     similarity=str(tmp_path / f"fs_{precision}_sim.tif"), device="cpu", precision=precision)
+        with rasterio.open(tmp_path / f"fs_{precision}_sim.tif") as ds:
+            maps[precision] = ds.read()
+    assert np.array_equal(np.isnan(maps["float32"]), np.isnan(maps["bfloat16"]))
+    assert 0 < np.nanmax(np.abs(maps["float32"] - maps["bfloat16"])) < 0.05
+    ckpt, preset, scene, _arch = rgb_checkpoint
+    cache, scores = EmbeddingCache(), {}
+    for precision in ("float32", "bfloat16"):
+        with api.open_explorer(ckpt, [LayerSpec(scene, "ms")], preset=preset, tile_size=32, stride=16,
+                               device="cpu", precision=precision, cache=cache) as ex:
+            assert ex.precision == precision
+            scores[precision] = ex.prompts(ex.embed(), ["water"])
+    assert len(cache.views) == 2
+    assert np.nanmax(np.abs(scores["float32"] - scores["bfloat16"])) < 0.05
+
+
+def test_allocator_thresholds(monkeypatch):
+    """tune_allocator sets glibc's thresholds once (the engines' windows come from the heap),
+    leaves a user's MALLOC_*_ settings alone unless forced (Dask workers), and calls mallopt
+    with glibc's parameter numbers."""
+    import ctypes
+
+    from rsvl.backend.runtime import allocator as A
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(A, "_DONE", [False])
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert A.tune_allocator() is False and calls == []
+    assert A.tune_allocator(force=True) is True
+    assert calls == [(-3, 32 * 2**20), (-1, 64 * 2**20)]
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setattr(A, "_DONE", [False])
+    calls.clear()
+    assert A.tune_allocator() is True and A.tune_allocator() is True and len(calls) == 2  # once per process

@@ -39,8 +39,8 @@ class CheckpointExplorer(Explorer):
 
     def __init__(self, checkpoint: str, layers, *, preset="auto", templates=None, tile_size=None, stride=None,
                  resolution: str = "tile", bands=None, scale="auto", offset=0.0, device="auto", reference=None,
-                 cache: Optional[EmbeddingCache] = None):
-        from .zeroshot import open_for_scene
+                 cache: Optional[EmbeddingCache] = None, precision: str = "auto"):
+        from .zeroshot import choose_vit_precision, open_for_scene
 
         if resolution not in ("tile", "token"):
             raise InputError(f"RESOLUTION must be tile or token (got {resolution!r})")
@@ -48,6 +48,12 @@ class CheckpointExplorer(Explorer):
             checkpoint, preset, device, layers, tile_size=tile_size, stride=stride, bands=bands, scale=scale,
             offset=offset, reference=reference)
         self.stack = self.setup.stack
+        try:
+            boxes = as_boxes(tile_windows(self.stack.width, self.stack.height, self.tile, self.stride, edge="shift"))
+            self.precision = choose_vit_precision(precision, self.fm, self.setup, boxes, None, self.device).name
+        except Exception:
+            self.stack.close()
+            raise
         self.templates, self.tokens = templates, resolution == "token"
         self.cache = cache if cache is not None else EmbeddingCache()
         self.model_path = checkpoint
@@ -55,7 +61,8 @@ class CheckpointExplorer(Explorer):
         self._lock = threading.Lock()
         layer_key = [(s.layer.modality, str(s.layer.path), s.layer.nodata) for s in self.stack.sources]
         self._base = hashlib.sha256(json.dumps([_fingerprint(checkpoint), self.fm.preset.name, layer_key, self.tile,
-                                                self.stride, resolution, bands, scale, offset, reference],
+                                                self.stride, resolution, bands, scale, offset, reference,
+                                                self.precision],
                                                default=str).encode()).hexdigest()[:24]
 
     def embed(self, extent: Optional[Sequence[float]] = None, max_pixels: int = MAX_PIXELS, progress=None,

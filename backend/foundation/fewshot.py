@@ -33,7 +33,7 @@ from ..evaluation.metrics import Accuracy, accuracy_from_matrix, confusion_matri
 from ..io.labels import ClassInfo
 from ..io.windows import as_boxes, tile_windows
 from .fewshot_file import FEWSHOT_KEY, FewShotHeader, read_fewshot
-from .zeroshot import ZeroShotSetup, _read_window, _resize, open_for_scene, score_windows, write_maps
+from .zeroshot import ZeroShotSetup, _read_window, _resize, choose_vit_precision, open_for_scene, score_windows, write_maps
 
 log = logging.getLogger("rsvl")
 def _labelled_pixels(labels, grid) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,9 +158,11 @@ def train_fewshot(
     tile_size: Optional[int] = None, stride: Optional[int] = None, resolution: str = "tile",
     bands: Optional[str] = None, value_scale: str = "auto", offset: float = 0.0, epochs: int = 100,
     learning_rate: float = 1e-2, validation_fraction: float = 0.2, seed: int = 0, device: str = "auto",
-    reference=None, progress=None, is_cancelled=None,
+    reference=None, progress=None, is_cancelled=None, precision: str = "auto",
 ) -> FewShotResult:
-    """Adapt a pretrained checkpoint to the user's labels (see the module docstring)."""
+    """Adapt a pretrained checkpoint to the user's labels (see the module docstring).
+    ``precision``: the image tower's (:func:`rsvl.backend.foundation.zeroshot.choose_vit_precision`,
+    checked with the class names' text embeddings); the head trains in float32."""
     from safetensors.torch import save_file
 
     from ..io.atomic import atomic_path, check_extension, check_outputs
@@ -189,6 +191,11 @@ def train_fewshot(
         if rows.size == 0:
             raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
         boxes = as_boxes(tile_windows(stack.width, stack.height, tile, stride, edge="shift"))
+        present = sorted(set(codes.tolist()))
+        names = [c.name for c in classes if c.code in present]
+        job.step(0.03, "encoding class names")
+        text = fm.text_embeddings(names, templates)
+        choose_vit_precision(precision, fm, setup, boxes, text, fm.device)
         feats, ok = pixel_features(setup, boxes, rows, cols, tokens=resolution == "token",
                                    job=job.span(0.05, 0.85))
     if (~ok).any():
@@ -207,8 +214,7 @@ def train_fewshot(
             members = np.flatnonzero(y == k)
             n_val = int(round(validation_fraction * members.size)) if members.size > 1 else 0
             val[rng.permutation(members)[:n_val]] = True
-    job.step(0.86, "encoding class names")
-    text = fm.text_embeddings([c.name for c in classes], templates).cpu()
+    text = fm.text_embeddings([c.name for c in classes], templates).cpu()  # cached: computed above
     head, scale, history, best_epoch = fit_head(
         feats[~val], y[~val], text, epochs=epochs, learning_rate=learning_rate,
         val_features=feats[val] if val.any() else None, val_y=y[val] if val.any() else None, seed=seed)
@@ -238,10 +244,11 @@ def train_fewshot(
 
 def classify_fewshot(model_path: str, layers, output: str, *, confidence: Optional[str] = None,
                      similarity: Optional[str] = None, device: str = "auto", reference=None, progress=None,
-                     is_cancelled=None, batch_size: int = 8) -> Tuple[List[ClassInfo], int, float]:
+                     is_cancelled=None, batch_size: int = 8,
+                     precision: str = "auto") -> Tuple[List[ClassInfo], int, float]:
     """Classify a scene with a few-shot model: the head's class vectors score the stitched
-    window (or token) embeddings; outputs as rsvl:classify writes them. Returns (classes,
-    pixels, seconds)."""
+    window (or token) embeddings; outputs as rsvl:classify writes them. ``precision``: the
+    image tower's (checked with the head's class vectors). Returns (classes, pixels, seconds)."""
     from ..io.atomic import check_outputs
     from ..mapping.inference import class_dtype
     from ..runtime.jobs import Job
@@ -249,7 +256,7 @@ def classify_fewshot(model_path: str, layers, output: str, *, confidence: Option
     header, head = read_fewshot(model_path)
     job = Job(progress, is_cancelled)
     start = time.perf_counter()
-    _fm, setup, _tile, _stride, dev = open_for_scene(
+    fm, setup, _tile, _stride, dev = open_for_scene(
         header.checkpoint, header.preset, device, layers, tile_size=header.tile, stride=header.stride,
         bands=header.bands, scale=header.value_scale, offset=header.offset, reference=reference, job=job)
     k = len(header.classes)
@@ -258,6 +265,7 @@ def classify_fewshot(model_path: str, layers, output: str, *, confidence: Option
         check_outputs([("OUTPUT", output, pixels * np.dtype(class_dtype(header.classes)).itemsize),
                        ("OUTPUT_CONFIDENCE", confidence, pixels * 4), ("OUTPUT_SIMILARITY", similarity, pixels * 4 * k)])
         boxes = as_boxes(tile_windows(stack.width, stack.height, header.tile, header.stride, edge="shift"))
+        choose_vit_precision(precision, fm, setup, boxes, head.to(dev), dev)
         scores = score_windows(setup, head.to(dev), boxes, tokens=header.resolution == "token",
                                batch_size=batch_size, job=job.span(0.05, 0.9))
         write_maps(setup, scores, header.classes, [c.name for c in header.classes], output_similarity=similarity,

@@ -26,6 +26,9 @@ class FoundationModel:
         import open_clip
         from open_clip.factory import resize_pos_embed
 
+        from ..runtime.allocator import tune_allocator
+
+        tune_allocator()  # window batches from the heap, not mmap'd per batch
         state = read_checkpoint(path)
         if isinstance(preset, Preset):
             self.preset = preset
@@ -61,7 +64,8 @@ class FoundationModel:
     def check_precision(self, dtype, x, text) -> tuple:
         """(ok, in words): the image tower cast to ``dtype`` against float32 on a probe batch
         ``x`` of windows: the embeddings' smallest cosine (at least 0.995) and the best of the
-        prompts ``text`` (K, D) per window (all the same). The cast copy is kept for
+        prompts ``text`` (K, D) per window (all the same; ``text`` None: the cosine alone, where
+        no prompt is known yet). The cast copy is kept for
         :meth:`use_precision`; the float32 tower is untouched."""
         import copy
 
@@ -75,6 +79,9 @@ class FoundationModel:
             self.model.visual, self.dtype = kept, previous
         self._candidate = (dtype, tower)
         cosine = float((reference * reduced).sum(-1).min()) if len(reference) else 1.0
+        if text is None:
+            return cosine >= 0.995, (f"on {len(reference)} probe windows the image embeddings keep a cosine of at "
+                                     f"least {cosine:.4f} with float32's (limit 0.995)")
         same = float((reference @ text.t()).argmax(-1).eq((reduced @ text.t()).argmax(-1)).float().mean()) \
             if len(reference) else 1.0
         ok = cosine >= 0.995 and same == 1.0

@@ -239,7 +239,8 @@ def write_maps(setup: ZeroShotSetup, scores: WindowScores, classes, names: Seque
 def choose_vit_precision(precision, fm: FoundationModel, setup: ZeroShotSetup, boxes, text, device, probe: int = 8):
     """PRECISION for a checkpoint's image tower (:func:`rsvl.backend.runtime.precision.choose`),
     its check :meth:`FoundationModel.check_precision` on the first ``probe`` windows with valid
-    pixels; the tower is cast when reduced precision is chosen."""
+    pixels against the prompts ``text`` (None: the embeddings' cosine alone); the tower is cast
+    when reduced precision is chosen. Returns the :class:`~rsvl.backend.runtime.precision.Choice`."""
     from ..runtime.precision import choose
 
     def check(dtype):

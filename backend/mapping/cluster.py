@@ -54,6 +54,7 @@ from .. import __version__
 from ..errors import InputError, ModelFileError, RsvlError
 from ..io.labels import ClassInfo
 from ..io.raster import BandStats, LayerSpec, RasterStack, gdal_cache_limit
+from ..runtime.allocator import tune_allocator
 from ..runtime.jobs import Job
 
 log = logging.getLogger("rsvl")
@@ -144,27 +145,6 @@ _MODEL_LOADS = [0]
 _THREAD = threading.local()
 
 
-def _tune_allocator() -> None:
-    """Undo, in this worker process, what Dask's nanny sets for every worker:
-    ``MALLOC_TRIM_THRESHOLD_=65536`` (``distributed.nanny.pre-spawn-environ``). Setting it
-    switches off glibc's dynamic mmap threshold, so every tensor over 128 KiB is mmap'd and
-    unmapped again, page faults included: the dense engine ran 1.55x slower (6.3 s → 9.9 s
-    of compute for the same windows). Here large blocks are kept up to glibc's own dynamic
-    ceiling (32 MiB) and memory is trimmed past 64 MiB free, as in a plain process.
-    Other C libraries, or none found: nothing is changed."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    if mallopt(m_mmap_threshold, 32 * 2**20) and mallopt(m_trim_threshold, 64 * 2**20):
-        log.debug("worker %s: glibc malloc thresholds set for large tensors", socket.gethostname())
-
-
 def model_loads() -> int:
     """How many times this process loaded a model for window tasks (tests: once per worker)."""
     return _MODEL_LOADS[0]
@@ -196,7 +176,7 @@ def _engine(spec: RunSpec):
                 del _ENGINES[old]  # the file changed: drop the stale copy
             engine = _ENGINES[key] = (model, embedder, device, digest)
             if not _MODEL_LOADS[0]:
-                _tune_allocator()
+                tune_allocator(force=True)  # against the nanny's MALLOC_TRIM_THRESHOLD_=65536
             _MODEL_LOADS[0] += 1
             log.info("worker %s: loaded model %s", socket.gethostname(), os.path.basename(spec.model_path))
     if engine[3] != spec.model_sha256:

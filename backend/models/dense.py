@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..runtime.allocator import tune_allocator
 from .mmlgnet import Ensemble, MMLGNet
 
 COMPUTE_TILE = 64  # output pixels per side of one dense sub-tile (64 beat 32, 96, 128, 256 on a 2-core AVX-512 CPU)
@@ -55,6 +56,7 @@ class DenseEmbedder:
                  dtype: torch.dtype = torch.float32):
         if compute_tile < 1:
             raise ValueError(f"compute_tile must be positive (got {compute_tile})")
+        tune_allocator()  # window-sized tensors from the heap, not mmap'd per window
         self.device = torch.device(device)
         self.dtype = dtype  # the convolutions' (bfloat16/float16: cast once here); the sum of heads stays float32
         self.patch_size = model.config.patch_size
@@ -64,6 +66,8 @@ class DenseEmbedder:
         self.branches = model.config.branches()  # (key, modality, band indexes or None)
         self.layers: Dict[str, List[Tuple[torch.Tensor, torch.Tensor, bool]]] = {}
         self.heads: Dict[str, torch.Tensor] = {}
+        self._dilation: Dict[str, int] = {}  # each branch's dilation at its head (set by _branch_outputs)
+        self._joined_heads: Dict[tuple, torch.Tensor] = {}  # heads joined along their inputs (embed_channels_last)
         self.pixel = model.pixel is not None
         with torch.no_grad():
             fusion_w = model.fusion.weight.detach().double()
@@ -97,32 +101,85 @@ class DenseEmbedder:
 
     def embed(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Dict of (N, bands, H+P-1, W+P-1) → L2-normalised (N, D, H, W), as
-        :meth:`MMLGNet.embed_dense`."""
+        :meth:`MMLGNet.embed_dense` (in reduced precision a channels-last view of
+        :meth:`embed_channels_last`'s normalised result)."""
+        if self.dtype != torch.float32:
+            z = self.embed_channels_last(windows)
+            return z.div_(z.norm(dim=-1, keepdim=True).clamp_min_(1e-12)).permute(0, 3, 1, 2)
         any_x = windows[self.modalities[0]]
         h = any_x.shape[-2] - (self.patch_size - 1)
         w = any_x.shape[-1] - (self.patch_size - 1)
         out = None
         with torch.no_grad():
-            for m, modality, idx in self.branches:
-                x = windows[modality] if idx is None else windows[modality][:, idx]
-                x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-                d = 1
-                for weight, bias, pool in self.layers[m]:
-                    x = F.conv2d(x, weight, bias, dilation=d).relu_()
-                    if pool:
-                        x = _stride1_maxpool(x, d)
-                        d *= 2
-                y = F.conv2d(x, self.heads[m], None, dilation=d)[..., :h, :w].float()
-                out = y if out is None else out.add_(y)
-            if self.pixel:
-                halo = self.halo
-                x = torch.cat([windows[m] for m in self.modalities], dim=1)[..., halo:halo + h, halo:halo + w]
-                x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
-                for weight, bias, _pool in self.layers["pixel"]:
-                    x = F.conv2d(x, weight, bias).relu_()
-                y = F.conv2d(x, self.heads["pixel"], None).float()
+            for m, x in self._branch_outputs(windows):
+                y = F.conv2d(x, self.heads[m], None, dilation=self._dilation[m])[..., :h, :w].float()
                 out = y if out is None else out.add_(y)
             return F.normalize(out.add_(self.bias), dim=1)
+
+    def _branch_outputs(self, windows: Dict[str, torch.Tensor]):
+        """(branch key, its last feature map) per branch, ready for the branch's head (in
+        ``self.dtype``, channels-last)."""
+        for m, modality, idx in self.branches:
+            x = windows[modality] if idx is None else windows[modality][:, idx]
+            x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+            d = 1
+            for weight, bias, pool in self.layers[m]:
+                x = F.conv2d(x, weight, bias, dilation=d).relu_()
+                if pool:
+                    x = _stride1_maxpool(x, d)
+                    d *= 2
+            self._dilation[m] = d
+            yield m, x
+        if self.pixel:
+            any_x = windows[self.modalities[0]]
+            h = any_x.shape[-2] - (self.patch_size - 1)
+            w = any_x.shape[-1] - (self.patch_size - 1)
+            halo = self.halo
+            x = torch.cat([windows[m] for m in self.modalities], dim=1)[..., halo:halo + h, halo:halo + w]
+            x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
+            for weight, bias, _pool in self.layers["pixel"]:
+                x = F.conv2d(x, weight, bias).relu_()
+            self._dilation["pixel"] = 1
+            yield "pixel", x
+
+    def embed_channels_last(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused embedding before normalisation as a contiguous float32 (N, H, W, D)
+        (the reduced-precision path). Heads of the same kernel and dilation (every 1 × 1
+        head is one) run as one convolution over the branches' features joined along the
+        channels, each cut to exactly the output's pixels: one GEMM whose float32
+        accumulation sums the branches, a contiguous channels-last result read as (N, H, W, D),
+        so the normalisation and the comparison with text are row-major reductions and one GEMM."""
+        any_x = windows[self.modalities[0]]
+        h = any_x.shape[-2] - (self.patch_size - 1)
+        w = any_x.shape[-1] - (self.patch_size - 1)
+        groups: Dict[Tuple[int, int], List[Tuple[str, torch.Tensor]]] = {}
+        with torch.no_grad():
+            for m, x in self._branch_outputs(windows):
+                k = self.heads[m].shape[-1]
+                d = self._dilation[m] if k > 1 else 1
+                reach = (k - 1) * d
+                groups.setdefault((k, d), []).append((m, x[..., :h + reach, :w + reach]))
+            out = None
+            for (_k, d), members in groups.items():
+                keys = tuple(m for m, _x in members)
+                weight = self._joined_heads.get(keys)
+                if weight is None:
+                    weight = self._joined_heads[keys] = torch.cat([self.heads[m] for m in keys], dim=1).contiguous(
+                        memory_format=torch.channels_last)
+                x = torch.cat([x for _m, x in members], dim=1) if len(members) > 1 else members[0][1]
+                y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, None, dilation=d)
+                y = y.permute(0, 2, 3, 1)
+                out = y.float() if out is None else out.add_(y)
+            return out.contiguous().add_(self.bias.view(1, 1, 1, -1))
+
+    def _tile_similarity(self, sub: Dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (K, h, w) of one compute tile's pixels to ``text`` (K, D)."""
+        if self.dtype == torch.float32:
+            return torch.einsum("dhw,kd->khw", self.embed(sub)[0], text)
+        z = self.embed_channels_last(sub)[0]  # (h, w, D) float32
+        hh, ww, d = z.shape
+        z = z.view(-1, d)
+        return (z @ text.t()).div_(z.norm(dim=1, keepdim=True).clamp_min_(1e-12)).t().reshape(-1, hh, ww)
 
     def similarity(self, norm: Dict[str, np.ndarray], text: torch.Tensor) -> torch.Tensor:
         """Cosine similarity (K, h, w) of a window's pixels to ``text`` (K, D, L2-normalised).
@@ -139,8 +196,7 @@ class DenseEmbedder:
                     th, tw = min(t, h - r), min(t, w - c)
                     sub = {m: torch.from_numpy(norm[m][None, :, r:r + th + 2 * halo, c:c + tw + 2 * halo])
                            for m in self.modalities}
-                    emb = self.embed(sub)[0]  # (D, th, tw)
-                    out[:, r:r + th, c:c + tw] = torch.einsum("dhw,kd->khw", emb, text)
+                    out[:, r:r + th, c:c + tw] = self._tile_similarity(sub, text)
         return out
 
 
@@ -161,6 +217,9 @@ class EnsembleEmbedder(DenseEmbedder):
 
     def embed(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
         return self.join([e.embed(windows) for e in self.engines])
+
+    def _tile_similarity(self, sub: Dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("dhw,kd->khw", self.embed(sub)[0], text)
 
 
 def dense_embedder(model, device="cpu", compute_tile: int = COMPUTE_TILE,

@@ -103,6 +103,36 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
     return choice
 
 
+# What ``auto`` trains in where the device has native bfloat16: float32 until the accuracy
+# bench's rows in bfloat16 stay within seed noise of float32's (docs/experiments/022).
+TRAIN_AUTO_REDUCED = False
+
+
+def choose_training(precision: Optional[str], device) -> Choice:
+    """The precision of a training run's forward pass (autocast; the losses, the optimiser
+    and the weights stay float32). ``auto``: float32 unless :data:`TRAIN_AUTO_REDUCED` and the
+    device has bfloat16 natively; ``bfloat16`` on a CPU without it runs emulated (slower) with
+    a warning. Logs the choice and its reason."""
+    import torch
+
+    precision = (precision or "auto").strip().lower()
+    if precision == "auto":
+        precision = os.environ.get("RSVL_PRECISION", "").strip().lower() or "auto"
+    if precision not in PRECISIONS:
+        raise InputError(f"PRECISION must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    native, why = native_bfloat16(device)
+    if precision == "auto":
+        if native and TRAIN_AUTO_REDUCED:
+            return choose("auto", device)
+        reason = (f"auto: {why}, but training in bfloat16 is not the default (docs/experiments/022)" if native
+                  else f"auto: {why}")
+        log.info("training precision float32 (%s)", reason)
+        return Choice(torch.float32, "float32", reason)
+    if precision == "bfloat16" and not native:
+        log.warning("PRECISION bfloat16: %s; training will be slower than in float32", why)
+    return choose(precision, device)
+
+
 def agreement(reference: np.ndarray, reduced: np.ndarray, scale: float) -> Tuple[bool, str]:
     """Whether similarities ``reduced`` (K, N) give float32's ``reference`` (K, N) class map
     and confidences: (ok, the figures in words)."""

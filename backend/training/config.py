@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from ..errors import InputError
+from ..runtime.precision import PRECISIONS
 from .recipes import DEFAULT_RECIPE, RECIPE_NAMES
 
 LOSSES = ("supervised", "clip")  # rsvl.backend.models.mmlgnet.LOSSES (here without importing torch)
@@ -100,6 +101,12 @@ class TrainConfig:
     members: int = option(
         1, "--members", "a deep ensemble: this many models from seeds SEED, SEED+1000, ... in one model file, their "
         "similarities averaged (steadier, most of all with few labels; N times the time)", "MEMBERS", minimum=1)
+
+    precision: str = option(
+        "auto", "--precision", "the forward pass's arithmetic: auto (float32; see docs/experiments/022), float32, "
+        "bfloat16 (autocast; native on CPUs with AMX or AVX-512-BF16 and on CUDA GPUs of compute capability 8.0+) or "
+        "float16 (CUDA GPUs, with loss scaling); weights, losses and the saved model stay float32", "PRECISION",
+        PRECISIONS)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the parameter for a value no run could use."""

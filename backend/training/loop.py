@@ -18,6 +18,7 @@ hooks; apart, each would need the other's internals.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..runtime.allocator import tune_allocator
 from ..runtime.jobs import Job
 
 log = logging.getLogger("rsvl")
@@ -77,6 +79,10 @@ class TrainSettings:
     # The validation split's seed (None: ``seed``). An ensemble's members differ in ``seed``
     # (initial weights, batches, augmentation) and share this, so their validation figures add up.
     split_seed: Optional[int] = None
+    # The forward pass's arithmetic (:func:`rsvl.backend.runtime.precision.choose_training`):
+    # float32, or bfloat16 / float16 autocast (losses, optimiser and weights stay float32;
+    # float16 scales the loss against underflow).
+    precision: str = "float32"
 
 
 SCHEDULES = ("early-stopping", "one-cycle")
@@ -202,6 +208,8 @@ class _Stepper:
         self.tensors = {m: torch.from_numpy(p) for m, p in patches.items()}
         self.y = torch.from_numpy(y)
         self.step_size, self.net = settings.batch_size, None
+        self.dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.precision]
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype is torch.float16 else None
         # The epoch order comes from ``generator`` on every rank alike; augmentation draws differ per rank.
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.augment_generator = self.generator
@@ -216,6 +224,23 @@ class _Stepper:
                                                gradient_as_bucket_view=True,
                                                device_ids=[device] if device.type == "cuda" else None)
             self.augment_generator = torch.Generator().manual_seed(settings.seed + 7919 * (ranks.rank + 1))
+
+    def autocast(self):
+        """The forward pass's precision: autocast to ``settings.precision``, or nothing (float32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward_step(self, loss, optimiser) -> None:
+        """Gradients of ``loss`` and one optimiser step (float16: through the loss scaler)."""
+        optimiser.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimiser.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimiser)
+            self.scaler.update()
 
     def epoch_order(self, index: np.ndarray):
         """This process's samples of one epoch, in order (the whole epoch in one process)."""
@@ -248,8 +273,10 @@ class _Stepper:
         pool = next(iter(self.unlabelled.values())).shape[0]
         pick = torch.randint(0, pool, (self.settings.unlabelled_ratio * n_labelled,), generator=self.augment_generator)
         raw = {m: t[pick].to(self.device, non_blocking=True) for m, t in self.unlabelled.items()}
+        with torch.no_grad(), self.autocast():
+            z = self.teacher.embed(raw)
         with torch.no_grad():
-            prob = torch.softmax(self.teacher.logits(self.teacher.embed(raw)), dim=1)
+            prob = torch.softmax(self.teacher.logits(z.float()), dim=1)
             confidence, pseudo = prob.max(1)
             sure = (confidence >= self.settings.confidence).to(prob.dtype)
         self.pseudo[0] += int(sure.sum())
@@ -279,13 +306,15 @@ class _Stepper:
         if strong is not None:  # one forward pass (and batch-norm batch) for both parts
             batch = {m: torch.cat([x, strong[m]]) for m, x in batch.items()}
         n = b.numel()
-        if self.net is None:
-            features = model.branch_features(batch)
-            z = model.embed(batch, features)
-            groups = model.group_embeddings({k: f[:n] for k, f in features.items()}) if self.group_text else {}
-        else:
-            z, groups = self.net(batch)
-            groups = {k: g[:n] for k, g in groups.items()}
+        with self.autocast():
+            if self.net is None:
+                features = model.branch_features(batch)
+                z = model.embed(batch, features)
+                groups = model.group_embeddings({k: f[:n] for k, f in features.items()}) if self.group_text else {}
+            else:
+                z, groups = self.net(batch)
+                groups = {k: g[:n] for k, g in groups.items()}
+        z, groups = z.float(), {k: g.float() for k, g in groups.items()}  # the losses in float32
         z, z_u = z[:n], z[n:]
         z_all, y_all, groups_all, mix_all = z, yb, groups, mix
         if self.net is not None:  # the loss of the whole global batch, on every rank
@@ -333,9 +362,7 @@ def _epoch(stepper: _Stepper, optimiser, index, job: Job, epoch: int, n_epochs: 
     for bi, b in enumerate(stepper.batches(stepper.epoch_order(index))):
         job.step(((epoch - 1) + bi / n_batches) / n_epochs, f"epoch {epoch}/{n_epochs}")
         loss, z, yb = stepper.loss(b)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        stepper.backward_step(loss, optimiser)
         if after_step is not None:
             after_step()
         total += float(loss.detach()) * b.numel()
@@ -370,6 +397,7 @@ def train(model, patches: Dict[str, np.ndarray], y: np.ndarray, settings: TrainS
 
     if settings.schedule not in SCHEDULES:
         raise InputError(f"schedule must be one of {', '.join(SCHEDULES)} (got {settings.schedule!r})")
+    tune_allocator()  # batch-sized tensors from the heap, not mmap'd per step
     _seed_everything(settings.seed)
     train_idx, val_idx = split_validation(y, settings.validation_fraction,
                                           settings.seed if settings.split_seed is None else settings.split_seed)
