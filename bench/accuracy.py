@@ -314,7 +314,8 @@ def main(argv=None):
                     seconds = round(time.perf_counter() - t, 1)
                     api.classify(model, layers, classes, device="cpu")
                     record(split, seed, name, api.evaluate(classes, test).accuracy, epochs=trained.epochs_run,
-                           train_seconds=seconds, ema=trained.header["training"].get("ema"))
+                           train_seconds=seconds, ema=trained.header["training"].get("ema"),
+                           precision=trained.header["training"].get("precision"))
                     for row, path in dated:
                         for norm in ("model", "scene"):
                             api.classify(model, [LayerSpec(path, "ms"), layers[1]], classes, device="cpu",
@@ -343,14 +344,16 @@ def main(argv=None):
                     seconds = round(time.perf_counter() - t, 1)
                     api.classify(model, multi_layers, classes, device="cpu")
                     record("multi-sensor", seed, name_of(recipe), api.evaluate(classes, test).accuracy,
-                           epochs=trained.epochs_run, train_seconds=seconds, ema=trained.header["training"].get("ema"))
+                           epochs=trained.epochs_run, train_seconds=seconds, ema=trained.header["training"].get("ema"),
+                           precision=trained.header["training"].get("precision"))
                 for b in run_baselines(multi_layers, train, test, seed=seed, methods=BASELINES):
                     record("multi-sensor", seed, b.name, b.accuracy)
     table, goal = summarise(rows, args.recipes[0])
     result = {"inputs": {"ms": args.ms, "lidar": args.lidar, "labels": args.labels, "other_dates": args.other_dates,
                          "enmap": args.enmap},
               "enmap_fraction": args.enmap_fraction, "enmap_block": args.enmap_block,
-              "train_options": args.train_options, "fraction": args.fraction,
+              "train_options": args.train_options, "precision_env": os.environ.get("RSVL_PRECISION") or None,
+              "fraction": args.fraction,
               "multi_fraction": None if args.no_multi else args.multi_fraction,
               "checkerboard_block": args.block, "per_class": args.per_class,
               "small_classes": args.small_classes, "seeds": args.seeds,
@@ -400,7 +403,7 @@ def enmap_rows(args, tmp: str):
             api.classify(model, layers, classes, device="cpu")
             yield dict(split=split, seed=seed, method=f"rsvl --recipe {args.recipes[0]}",
                        acc=api.evaluate(classes, test).accuracy, epochs=trained.epochs_run, train_seconds=seconds,
-                       ema=trained.header["training"].get("ema"))
+                       ema=trained.header["training"].get("ema"), precision=trained.header["training"].get("precision"))
             for b in run_baselines(layers, train, test, seed=seed, methods=BASELINES):
                 yield dict(split=split, seed=seed, method=b.name, acc=b.accuracy)
 

@@ -220,10 +220,36 @@ def _speed_notes(r: dict) -> str:
         f"computation: on the {lg} × {lg} scene it runs at 1 / {r['dense_vs_classify_rate_large']:.2f} of the "
         f"dense engine's rate (goal ≤ 1.3: {goal[bool(r['classify_rate_goal_met'])]}); {s} × {s} at "
         f"{r['classify_pixels_per_s_small']:,.0f} pixels/s.",
+        *_precision_notes(r),
         "Timings on a shared machine vary with other processes (load average "
         f"{_load_average(r)} here); ratios are measured within one run, so take figures from a quiet run.",
     ]
     return "\n".join(f"- {n}" for n in notes)
+
+
+def _precision_notes(r: dict) -> List[str]:
+    """What the bfloat16 rows (``PRECISION``) say, where the run has them."""
+    if "dense_bf16_vs_fp32" not in r:
+        return []
+    notes = [
+        "Per precision (`PRECISION`, [docs/qgis.md](qgis.md#classify)): the bfloat16 rows run the same window and "
+        "ViT in bfloat16 (the engine's folded weights and the tower cast once; sums, normalisation and text "
+        f"scores in float32). This CPU ({r['bf16_native']}) multiplies bfloat16 "
+        f"{r['gemm_peak_gmacs_per_s_bf16'] / r['gemm_peak_gmacs_per_s']:.2f}× as fast as float32 "
+        f"({r['gemm_peak_gmacs_per_s_bf16']:.0f} against {r['gemm_peak_gmacs_per_s']:.0f} GMAC/s): the dense engine "
+        f"runs {r['dense_bf16_vs_fp32']:.2f}× float32 at {r['dense_fraction_of_bf16_peak']:.0%} of the bfloat16 peak "
+        f"(float32: {r['dense_fraction_of_gemm_peak']:.0%} of its own) with "
+        f"{r['dense_bf16_same_class']:.2%} of the class map unchanged, the ViT "
+        f"{r['zeroshot_tiles_per_s_bf16'] / r['zeroshot_tiles_per_s']:.2f}× "
+        f"({r['zeroshot_tiles_per_s_bf16']:.1f} against {r['zeroshot_tiles_per_s']:.1f} windows/s).",
+    ]
+    if "train_bf16_vs_fp32" in r:
+        notes.append(
+            f"Training (the paper-sized model, batch 128) in bfloat16 autocast: {r['train_samples_per_s_bf16']:,.0f} "
+            f"against {r['train_samples_per_s']:,.0f} samples/s ({r['train_bf16_vs_fp32']:.2f}×, best of three "
+            "interleaved runs); its accuracy against float32 training: `bench/accuracy_bf16_training.json` below "
+            "and [experiment 022](experiments/022-bfloat16-training.md).")
+    return notes
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -308,11 +334,14 @@ def accuracy_command(name: str, d: dict) -> str:
         flags.append(f"--block {d['checkerboard_block']}")
     if d.get("seeds", defaults["seeds"]) != defaults["seeds"]:
         flags.append("--seeds " + " ".join(str(s) for s in d["seeds"]))
+    if d.get("train_options"):
+        flags.append(f"--train-options '{json.dumps(d['train_options'])}'")
     if name != "accuracy.json":
         flags.append(f"--out bench/{name}")
-    if not flags:
+    env = f"RSVL_PRECISION={d['precision_env']} " if d.get("precision_env") else ""
+    if not flags and not env:
         return "make bench-accuracy"
-    return f"{PYTHON} bench/accuracy.py " + " ".join(flags)
+    return f"{env}{PYTHON} bench/accuracy.py " + " ".join(flags)
 
 
 def _seeds(seeds: List[int]) -> str:
@@ -429,7 +458,8 @@ def _accuracy_file(page: Page, acc, name: str, d: dict) -> None:
     inputs = d.get("inputs") or {}
     used = ", ".join(f"{k} `{Path(v).name}`" for k, v in inputs.items() if isinstance(v, str))
     page.add(f"Command: `{accuracy_command(name, d)}`. {_seeds(d['seeds'])}; inputs: {used or 'not recorded'}; "
-             f"machine: not recorded in the JSON; {_minutes(d.get('bench_seconds'))} in all. Rows:",
+             f"machine: not recorded in the JSON; {_minutes(d.get('bench_seconds'))} in all; rsvl trained in "
+             f"{_training_precision(d)}. Rows:",
              _row_notes(d, splits))
     columns, comp = comparison(table, acc.BASELINES)
     page.add("rsvl and the baselines side by side, OA / AA (mean of the seeds):", side_by_side(columns, comp))
@@ -447,6 +477,12 @@ def _accuracy_file(page: Page, acc, name: str, d: dict) -> None:
                   "deviations over the seeds")
     page.add("<details><summary>Every method: OA, AA and κ, mean ± standard deviation</summary>",
              acc.mean_table(table, len(d["seeds"])), "</details>")
+
+
+def _training_precision(d: dict) -> str:
+    """The precision rsvl's models trained in (rows before rsvl:train's PRECISION: float32)."""
+    seen = sorted({r["precision"] for r in d["rows"] if r.get("precision")})
+    return " and ".join(seen) if seen else "float32 (before rsvl:train's PRECISION)"
 
 
 def _accuracy_plot_rows(comp, rsvl: str):

@@ -103,15 +103,16 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
     return choice
 
 
-# What ``auto`` trains in where the device has native bfloat16: float32 until the accuracy
-# bench's rows in bfloat16 stay within seed noise of float32's (docs/experiments/022).
-TRAIN_AUTO_REDUCED = False
+# Whether ``auto`` trains in bfloat16 where the device has it natively: yes, since the
+# accuracy bench's rows trained in bfloat16 stay within the seeds' noise of float32's
+# (docs/experiments/022, bench/accuracy_bf16_training.json).
+TRAIN_AUTO_REDUCED = True
 
 
 def choose_training(precision: Optional[str], device) -> Choice:
     """The precision of a training run's forward pass (autocast; the losses, the optimiser
-    and the weights stay float32). ``auto``: float32 unless :data:`TRAIN_AUTO_REDUCED` and the
-    device has bfloat16 natively; ``bfloat16`` on a CPU without it runs emulated (slower) with
+    and the weights stay float32). ``auto``: bfloat16 where the device has it natively (and
+    :data:`TRAIN_AUTO_REDUCED`), else float32; ``bfloat16`` on a CPU without it runs emulated (slower) with
     a warning. Logs the choice and its reason."""
     import torch
 

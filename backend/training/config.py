@@ -103,9 +103,9 @@ class TrainConfig:
         "similarities averaged (steadier, most of all with few labels; N times the time)", "MEMBERS", minimum=1)
 
     precision: str = option(
-        "auto", "--precision", "the forward pass's arithmetic: auto (float32; see docs/experiments/022), float32, "
-        "bfloat16 (autocast; native on CPUs with AMX or AVX-512-BF16 and on CUDA GPUs of compute capability 8.0+) or "
-        "float16 (CUDA GPUs, with loss scaling); weights, losses and the saved model stay float32", "PRECISION",
+        "auto", "--precision", "the forward pass's arithmetic: auto (bfloat16 autocast where the device has it natively: a CPU "
+        "with AMX or AVX-512-BF16, a CUDA GPU of compute capability 8.0+; else float32), float32, bfloat16 or float16 "
+        "(CUDA GPUs, with loss scaling); weights, losses and the saved model stay float32", "PRECISION",
         PRECISIONS)
 
     def validate(self) -> None:
