@@ -58,6 +58,26 @@ def native_bfloat16(device) -> Tuple[bool, str]:
     return False, "the CPU has neither AMX nor AVX-512-BF16 (bfloat16 would be emulated, slower than float32)"
 
 
+def _asked(precision: Optional[str], device) -> Tuple[str, str]:
+    """(the precision asked, checked; " (RSVL_PRECISION)" where the environment gave it for auto)."""
+    import torch
+
+    precision, source = (precision or "auto").strip().lower(), ""
+    if precision == "auto" and os.environ.get("RSVL_PRECISION", "").strip():
+        precision, source = os.environ["RSVL_PRECISION"].strip().lower(), " (RSVL_PRECISION)"
+    if precision not in PRECISIONS:
+        raise InputError(f"PRECISION must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "float16" and torch.device(device).type != "cuda":
+        raise InputError("PRECISION float16 is for CUDA GPUs; on a CPU use bfloat16 or float32")
+    return precision, source
+
+
+def _dtypes() -> dict:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 @dataclass
 class Choice:
     dtype: object  # torch.dtype
@@ -71,18 +91,8 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
     both say yes. Logs the choice and its reason."""
     import torch
 
-    precision = (precision or "auto").strip().lower()
-    if precision == "auto" and os.environ.get("RSVL_PRECISION", "").strip():
-        precision = os.environ["RSVL_PRECISION"].strip().lower()
-        why_env = " (RSVL_PRECISION)"
-    else:
-        why_env = ""
-    if precision not in PRECISIONS:
-        raise InputError(f"PRECISION must be one of {', '.join(PRECISIONS)} (got {precision!r})")
-    device = torch.device(device)
-    if precision == "float16" and device.type != "cuda":
-        raise InputError("PRECISION float16 is for CUDA GPUs; on a CPU use bfloat16 or float32")
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    precision, why_env = _asked(precision, device)
+    dtypes = _dtypes()
     if precision != "auto":
         choice = Choice(dtypes[precision], precision, f"asked{why_env}")
         if precision != "float32" and check is not None:
@@ -116,22 +126,21 @@ def choose_training(precision: Optional[str], device) -> Choice:
     a warning. Logs the choice and its reason."""
     import torch
 
-    precision = (precision or "auto").strip().lower()
-    if precision == "auto":
-        precision = os.environ.get("RSVL_PRECISION", "").strip().lower() or "auto"
-    if precision not in PRECISIONS:
-        raise InputError(f"PRECISION must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    precision, source = _asked(precision, device)
     native, why = native_bfloat16(device)
     if precision == "auto":
         if native and TRAIN_AUTO_REDUCED:
-            return choose("auto", device)
-        reason = (f"auto: {why}, but training in bfloat16 is not the default (docs/experiments/022)" if native
-                  else f"auto: {why}")
-        log.info("training precision float32 (%s)", reason)
-        return Choice(torch.float32, "float32", reason)
-    if precision == "bfloat16" and not native:
-        log.warning("PRECISION bfloat16: %s; training will be slower than in float32", why)
-    return choose(precision, device)
+            choice = Choice(torch.bfloat16, "bfloat16", f"auto: {why}")
+        elif native:
+            choice = Choice(torch.float32, "float32", f"auto: {why}, but bfloat16 training is not the default")
+        else:
+            choice = Choice(torch.float32, "float32", f"auto: {why}")
+    else:
+        if precision == "bfloat16" and not native:
+            log.warning("PRECISION bfloat16: %s; training will be slower than in float32", why)
+        choice = Choice(_dtypes()[precision], precision, f"asked{source}")
+    log.info("training precision %s (%s)", choice.name, choice.reason)
+    return choice
 
 
 def agreement(reference: np.ndarray, reduced: np.ndarray, scale: float) -> Tuple[bool, str]:
