@@ -45,6 +45,13 @@ def test_auto_follows_the_hardware_and_the_models_check(monkeypatch, caplog):
     assert choice.dtype == torch.bfloat16 and "amx_bf16 and avx512_bf16" in choice.reason
     choice = P.choose("auto", "cpu", check=lambda dtype: (False, "the class map agrees on 98.00 %"))
     assert choice.dtype == torch.float32 and "but the class map agrees on 98.00 %: float32 kept" in choice.reason
+    # no /proc/cpuinfo flags (Windows, macOS): torch's CPU capability checks decide
+    monkeypatch.setattr(P, "cpu_flags", lambda: set())
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert P.native_bfloat16("cpu") == (True, "the CPU has avx512_bf16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert P.native_bfloat16("cpu")[0] is False
     monkeypatch.setenv("RSVL_PRECISION", "float32")
     assert P.choose("auto", "cpu", check=lambda dtype: (True, "")).reason == "asked (RSVL_PRECISION)"
     with pytest.raises(InputError, match="float16 is for CUDA GPUs"):
@@ -243,3 +250,19 @@ def test_allocator_thresholds(monkeypatch):
     monkeypatch.setattr(A, "_DONE", [False])
     calls.clear()
     assert A.tune_allocator() is True and A.tune_allocator() is True and len(calls) == 2  # once per process
+
+
+def test_float32_on_cuda_turns_tf32_off():
+    """PRECISION float32 on a CUDA device means float32: TF32 off for matmuls and cuDNN
+    convolutions (flags only: no GPU is needed); CPU runs and bfloat16 leave them alone."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "tf32"
+        P.configure_cuda(P.Choice(torch.float32, "float32", "asked"), "cpu")
+        P.configure_cuda(P.Choice(torch.bfloat16, "bfloat16", "asked"), "cuda")
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        P.configure_cuda(P.Choice(torch.float32, "float32", "asked"), "cuda")
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved

@@ -3,7 +3,7 @@
 
 ``auto`` takes bfloat16 only where the device multiplies bfloat16 natively — a CUDA GPU of
 compute capability 8.0 or newer, or a CPU with AMX (``amx_bf16``) or AVX-512-BF16
-(``avx512_bf16``) in its flags — **and** the model passes :func:`agreement` on the scene (the
+(``avx512_bf16``) in its flags (``/proc/cpuinfo``; elsewhere torch's own CPU checks) — **and** the model passes :func:`agreement` on the scene (the
 class map of a probe window agrees with float32 on at least 99.9 % of its pixels and the
 confidence moves by at most 0.01 at the 99.9th percentile); float32 everywhere else. The
 log says which was chosen and why. ``RSVL_PRECISION`` (e.g. ``float32``) stands for ``auto``
@@ -53,6 +53,9 @@ def native_bfloat16(device) -> Tuple[bool, str]:
         return ok, f"CUDA compute capability {major}.{minor} ({'>=' if ok else '<'} 8.0)"
     flags = cpu_flags()
     units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+    if not flags:  # no /proc/cpuinfo (Windows, macOS): torch's own checks of the CPU
+        probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+        units = [f for f, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
     if units:
         return True, f"the CPU has {' and '.join(units)}"
     return False, "the CPU has neither AMX nor AVX-512-BF16 (bfloat16 would be emulated, slower than float32)"
@@ -110,6 +113,7 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
             choice = Choice(torch.bfloat16, "bfloat16", f"auto: {why}; {detail}") if ok else \
                 Choice(torch.float32, "float32", f"auto: {why}, but {detail}: float32 kept")
     log.info("precision %s (%s)", choice.name, choice.reason)
+    configure_cuda(choice, device)
     return choice
 
 
@@ -140,7 +144,28 @@ def choose_training(precision: Optional[str], device) -> Choice:
             log.warning("PRECISION bfloat16: %s; training will be slower than in float32", why)
         choice = Choice(_dtypes()[precision], precision, f"asked{source}")
     log.info("training precision %s (%s)", choice.name, choice.reason)
+    configure_cuda(choice, device)
     return choice
+
+
+def configure_cuda(choice: Choice, device) -> None:
+    """On a CUDA device, make float32 mean float32: TF32 off for matrix products and cuDNN's
+    convolutions (cuDNN's is on by default), as on a CPU: ``fp32_precision = "ieee"`` of
+    ``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv`` (torch 2.9 and later), or
+    the older ``allow_tf32`` flags. bfloat16 and float16 keep torch's settings. Nothing on
+    other devices."""
+    import torch
+
+    if torch.device(device).type != "cuda" or choice.name != "float32":
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    log.info("CUDA float32: TF32 off for matrix products and convolutions")
 
 
 def agreement(reference: np.ndarray, reduced: np.ndarray, scale: float) -> Tuple[bool, str]:
