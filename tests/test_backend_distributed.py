@@ -171,6 +171,21 @@ def test_cluster_classify_is_identical_to_in_process(scene, model_file, thread_c
     assert not [p for p in os.listdir(tmp_path) if ".part" in p]
 
 
+def test_cluster_classify_in_bfloat16_is_identical_to_in_process(scene, model_file, thread_cluster, tmp_path):
+    """PRECISION bfloat16 reaches the workers (RunSpec.precision): their similarities are the
+    in-process bfloat16 engine's, not float32's."""
+    from rsvl.backend import api
+
+    for name, scheduler in (("here", None), ("dask", thread_cluster.scheduler_address)):
+        api.classify(model_file, layers(scene), str(tmp_path / f"{name}.tif"), similarity=str(tmp_path / f"{name}_sim.tif"),
+                     tile_size=TILE, device="cpu", scheduler=scheduler, precision="bfloat16")
+    api.classify(model_file, layers(scene), str(tmp_path / "f32.tif"), similarity=str(tmp_path / "f32_sim.tif"),
+                 tile_size=TILE, device="cpu", precision="float32")
+    assert_same_raster(tmp_path / "here_sim.tif", tmp_path / "dask_sim.tif")
+    with rasterio.open(tmp_path / "dask_sim.tif") as a, rasterio.open(tmp_path / "f32_sim.tif") as b:
+        assert not np.array_equal(a.read(), b.read())
+
+
 def test_cluster_query_with_warped_input_is_identical_to_in_process(scene, model_file, thread_cluster, tmp_path):
     from rsvl.backend import api
 
