@@ -145,6 +145,9 @@ def train(
         ranks = start(cfg.device)
         check_batch_size(cfg.batch_size, ranks.world_size)
     dev = ranks.device if ranks else resolve_device(cfg.device)
+    from .runtime.precision import choose_training
+
+    precision = choose_training(cfg.precision, dev).name  # before any reading: float16 on a CPU fails now
     with RasterStack(layers, reference=cfg.reference, align=cfg.align) as stack:
         job.step(0.0, "reading labels")
         label_source = open_labels(labels, stack.grid, cfg.class_field, class_name_field=cfg.class_name_field,
@@ -186,9 +189,6 @@ def train(
     group_text = setup.group_text
     config = ModelConfig(bands=band_counts, embed_dim=encoder.dim, patch_size=cfg.patch_size, **setup.config)
     cfg.members = int(cfg.members)
-    from .runtime.precision import choose_training
-
-    precision = choose_training(cfg.precision, dev).name
     models, outcomes, seeds = [], [], [cfg.seed + MEMBER_SEED_STEP * k for k in range(cfg.members)]
     for k, member_seed in enumerate(seeds):
         torch.manual_seed(member_seed)

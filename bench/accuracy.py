@@ -423,7 +423,7 @@ def enmap_only(args) -> int:
     data["mean"], data["goal"] = summarise(rows, args.recipes[0])
     data.setdefault("inputs", {})["enmap"] = args.enmap
     data.update({"enmap_fraction": args.enmap_fraction, "enmap_block": args.enmap_block,
-                 "train_options": args.train_options,
+                 "train_options": args.train_options, "precision_env": os.environ.get("RSVL_PRECISION") or None,
                  "enmap_seconds": round(time.perf_counter() - start, 1)})
     write_json(args.out, data)
     print_tables([r for r in data["mean"] if r["split"].startswith("EnMAP")],

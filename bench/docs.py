@@ -21,6 +21,7 @@ import importlib.util
 import json
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -335,7 +336,7 @@ def accuracy_command(name: str, d: dict) -> str:
     if d.get("seeds", defaults["seeds"]) != defaults["seeds"]:
         flags.append("--seeds " + " ".join(str(s) for s in d["seeds"]))
     if d.get("train_options"):
-        flags.append(f"--train-options '{json.dumps(d['train_options'])}'")
+        flags.append(f"--train-options {shlex.quote(json.dumps(d['train_options']))}")
     if name != "accuracy.json":
         flags.append(f"--out bench/{name}")
     env = f"RSVL_PRECISION={d['precision_env']} " if d.get("precision_env") else ""

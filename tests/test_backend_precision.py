@@ -33,6 +33,29 @@ def test_float32_engine_is_unchanged_and_bfloat16_is_close(random_model):
     assert "agrees with float32 on" in detail and isinstance(ok, bool)
 
 
+def test_reduced_engine_with_wider_heads_and_other_dilations():
+    """The bfloat16 engine's joined heads: branches of different depth (so different
+    dilations and head kernels larger than 1 x 1) beside a pixel branch, on a window that is
+    not square and smaller than the compute tile, against the readable dense path."""
+    from rsvl.backend.models.mmlgnet import MMLGNet, ModelConfig
+
+    torch.manual_seed(0)
+    model = MMLGNet(ModelConfig(bands={"hsi": 6, "lidar": 1}, embed_dim=16, patch_size=11,
+                                channels={"hsi": [8], "lidar": [8, 12]}, pixel_channels=[16]), 4).eval()
+    engine = DenseEmbedder(model, dtype=torch.bfloat16)
+    assert sorted(engine.heads[m].shape[-1] for m in ("hsi", "lidar")) != [1, 1]  # heads wider than 1 x 1
+    rng = np.random.default_rng(1)
+    norm = {"hsi": rng.standard_normal((6, 23, 47), dtype=np.float32),
+            "lidar": rng.standard_normal((1, 23, 47), dtype=np.float32)}
+    text = model.class_embeddings
+    with torch.no_grad():
+        reference = torch.einsum("dhw,kd->khw", model.embed_dense({m: torch.from_numpy(a)[None]
+                                                                   for m, a in norm.items()})[0], text)
+    reduced = engine.similarity(norm, text)
+    assert reduced.shape == reference.shape == (4, 13, 37)
+    assert float((reduced - reference).abs().max()) < 0.02
+
+
 def test_auto_follows_the_hardware_and_the_models_check(monkeypatch, caplog):
     monkeypatch.delenv("RSVL_PRECISION", raising=False)
     monkeypatch.setattr(P, "cpu_flags", lambda: {"avx2", "fma"})
@@ -193,6 +216,17 @@ def test_float16_training_scales_the_loss(random_model, monkeypatch):
     outcome = train(model, {"hsi": hsi}, y, settings, torch.device("cpu"), Job())
     assert scaled and set(scaled) == {torch.float32}  # every step scaled; the loss itself in float32
     assert outcome.history[-1]["val_oa"] >= 0.9
+    # a step the scaler skips (gradients overflowed at its first scale) moves neither the one-cycle
+    # schedule nor the weight average: torch would warn of a schedule stepped before the optimiser
+    import warnings
+
+    model = random_model({"hsi": 4}, 5, n_classes=2)
+    settings = TrainSettings(epochs=3, batch_size=32, learning_rate=3e-3, validation_fraction=0.0, seed=0,
+                             precision="float16", schedule="one-cycle", ema=0.9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, {"hsi": hsi * 1e4}, y, settings, torch.device("cpu"), Job())
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
 
 
 def test_fewshot_and_checkpoint_explorer_in_bfloat16(fewshot_scene, rgb_checkpoint, tmp_path):
@@ -227,42 +261,56 @@ def test_fewshot_and_checkpoint_explorer_in_bfloat16(fewshot_scene, rgb_checkpoi
 
 def test_allocator_thresholds(monkeypatch):
     """tune_allocator sets glibc's thresholds once (the engines' windows come from the heap),
-    leaves a user's MALLOC_*_ settings alone unless forced (Dask workers), and calls mallopt
-    with glibc's parameter numbers."""
+    leaves a user's MALLOC_*_ or GLIBC_TUNABLES malloc settings alone unless forced (Dask
+    workers), calls mallopt with glibc's parameter numbers, and tries only once per process
+    where mallopt refuses."""
     import ctypes
 
     from rsvl.backend.runtime import allocator as A
 
-    calls = []
+    calls, answer = [], [1]
 
     class FakeLibc:
         def mallopt(self, param, value):
             calls.append((param, value))
-            return 1
+            return answer[0]
 
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
-    monkeypatch.setattr(A, "_DONE", [False])
+    monkeypatch.setattr(A, "_DONE", [None])
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     assert A.tune_allocator() is False and calls == []
     assert A.tune_allocator(force=True) is True
     assert calls == [(-3, 32 * 2**20), (-1, 64 * 2**20)]
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
-    monkeypatch.setattr(A, "_DONE", [False])
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
+    monkeypatch.setattr(A, "_DONE", [None])
     calls.clear()
+    assert A.tune_allocator() is False and calls == []
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setattr(A, "_DONE", [None])
     assert A.tune_allocator() is True and A.tune_allocator() is True and len(calls) == 2  # once per process
+    monkeypatch.setattr(A, "_DONE", [None])
+    calls.clear()
+    answer[0] = 0  # a C library whose mallopt refuses: tried once, not on every engine
+    assert A.tune_allocator() is False and A.tune_allocator() is False and len(calls) == 1
 
 
-def test_float32_on_cuda_turns_tf32_off():
-    """PRECISION float32 on a CUDA device means float32: TF32 off for matmuls and cuDNN
-    convolutions (flags only: no GPU is needed); CPU runs and bfloat16 leave them alone."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    saved = matmul.fp32_precision, conv.fp32_precision
+def test_float32_on_cuda_turns_tf32_off(monkeypatch):
+    """On a CUDA device rsvl makes float32 mean float32 (TF32 off for matmuls and cuDNN
+    convolutions; flags only, no GPU needed) before the precision check, with the flags other
+    code still reads; a CPU run leaves them alone."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
     try:
-        matmul.fp32_precision = conv.fp32_precision = "tf32"
-        P.configure_cuda(P.Choice(torch.float32, "float32", "asked"), "cpu")
-        P.configure_cuda(P.Choice(torch.bfloat16, "bfloat16", "asked"), "cuda")
-        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
-        P.configure_cuda(P.Choice(torch.float32, "float32", "asked"), "cuda")
-        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        P.exact_float32_on_cuda("cpu")
+        P.choose("float32", "cpu")
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+        seen = []
+        monkeypatch.delenv("RSVL_PRECISION", raising=False)
+        monkeypatch.setattr(P, "native_bfloat16", lambda device: (True, "a GPU"))
+        P.choose("auto", "cuda", check=lambda dtype: (seen.append((matmul.allow_tf32, cudnn.allow_tf32)), (True, ""))[1])
+        assert seen == [(False, False)]  # the check's float32 reference is float32
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32  # and still readable
     finally:
-        matmul.fp32_precision, conv.fp32_precision = saved
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

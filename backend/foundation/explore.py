@@ -48,22 +48,22 @@ class CheckpointExplorer(Explorer):
             checkpoint, preset, device, layers, tile_size=tile_size, stride=stride, bands=bands, scale=scale,
             offset=offset, reference=reference)
         self.stack = self.setup.stack
-        try:
+        try:  # the layers stay open only for an explorer that exists
             boxes = as_boxes(tile_windows(self.stack.width, self.stack.height, self.tile, self.stride, edge="shift"))
             self.precision = choose_vit_precision(precision, self.fm, self.setup, boxes, None, self.device).name
-        except Exception:
+            self.templates, self.tokens = templates, resolution == "token"
+            self.cache = cache if cache is not None else EmbeddingCache()
+            self.model_path = checkpoint
+            self._texts = {}
+            self._lock = threading.Lock()
+            layer_key = [(s.layer.modality, str(s.layer.path), s.layer.nodata) for s in self.stack.sources]
+            self._base = hashlib.sha256(json.dumps([_fingerprint(checkpoint), self.fm.preset.name, layer_key,
+                                                    self.tile, self.stride, resolution, bands, scale, offset,
+                                                    reference, self.precision],
+                                                   default=str).encode()).hexdigest()[:24]
+        except BaseException:
             self.stack.close()
             raise
-        self.templates, self.tokens = templates, resolution == "token"
-        self.cache = cache if cache is not None else EmbeddingCache()
-        self.model_path = checkpoint
-        self._texts = {}
-        self._lock = threading.Lock()
-        layer_key = [(s.layer.modality, str(s.layer.path), s.layer.nodata) for s in self.stack.sources]
-        self._base = hashlib.sha256(json.dumps([_fingerprint(checkpoint), self.fm.preset.name, layer_key, self.tile,
-                                                self.stride, resolution, bands, scale, offset, reference,
-                                                self.precision],
-                                               default=str).encode()).hexdigest()[:24]
 
     def embed(self, extent: Optional[Sequence[float]] = None, max_pixels: int = MAX_PIXELS, progress=None,
               is_cancelled=None) -> View:

@@ -91,6 +91,7 @@ class FoundationModel:
     def use_precision(self, dtype) -> None:
         """Run the image tower in ``dtype`` from now on (the text tower stays float32)."""
         if dtype == self.dtype:
+            self._candidate = None  # the checked copy is not needed (float32 kept)
             return
         if self._candidate is not None and self._candidate[0] == dtype:
             self.model.visual = self._candidate[1]

@@ -18,25 +18,30 @@ import os
 log = logging.getLogger("rsvl")
 MMAP_THRESHOLD = 32 * 2**20  # glibc's own ceiling for its dynamic mmap threshold (64-bit)
 TRIM_THRESHOLD = 64 * 2**20  # free memory kept at the top of the heap before giving it back
-_DONE = [False]
+_DONE = [None]  # None: not tried yet in this process; else whether the thresholds are set
 
 
 def tune_allocator(force: bool = False) -> bool:
     """Set glibc's mmap threshold to 32 MiB and its trim threshold to 64 MiB in this process
-    (once): large blocks are reused from the heap, not mapped and unmapped per window. Left
-    alone where the user set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
-    (``force``: set all the same, as Dask workers do against their nanny's setting), and on
-    other C libraries. Returns whether the thresholds are set."""
-    if _DONE[0] and not force:
-        return True
-    if not force and any(os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+    (tried once): large blocks are reused from the heap, not mapped and unmapped per window.
+    Left alone where the user set ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or a
+    ``glibc.malloc`` tunable in ``GLIBC_TUNABLES`` (``force``: set all the same, as Dask
+    workers do against their nanny's setting), and on other C libraries (no ``mallopt``, or
+    one that refuses). Returns whether the thresholds are set."""
+    if _DONE[0] is not None and not force:
+        return _DONE[0]
+    user = any(os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or \
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    if user and not force:
+        _DONE[0] = False
         return False
     import ctypes
     import ctypes.util
 
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows)
+        _DONE[0] = False
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
     _DONE[0] = bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD) and mallopt(m_trim_threshold, TRIM_THRESHOLD))

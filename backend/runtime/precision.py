@@ -3,10 +3,13 @@
 
 ``auto`` takes bfloat16 only where the device multiplies bfloat16 natively — a CUDA GPU of
 compute capability 8.0 or newer, or a CPU with AMX (``amx_bf16``) or AVX-512-BF16
-(``avx512_bf16``) in its flags (``/proc/cpuinfo``; elsewhere torch's own CPU checks) — **and** the model passes :func:`agreement` on the scene (the
-class map of a probe window agrees with float32 on at least 99.9 % of its pixels and the
-confidence moves by at most 0.01 at the 99.9th percentile); float32 everywhere else. The
-log says which was chosen and why. ``RSVL_PRECISION`` (e.g. ``float32``) stands for ``auto``
+(``avx512_bf16``) in its flags (``/proc/cpuinfo``; elsewhere torch's own CPU checks) —
+**and** the model passes :func:`agreement` on the scene (the class map of a probe window
+agrees with float32 on at least 99.9 % of its pixels and the confidence moves by at most
+0.01 at the 99.9th percentile); float32 everywhere else. Training (:func:`choose_training`)
+has no model to check yet: ``auto`` trains in bfloat16 wherever the device has it natively.
+On CUDA, TF32 is turned off (:func:`exact_float32_on_cuda`). The log says which was chosen
+and why. ``RSVL_PRECISION`` (e.g. ``float32``) stands for ``auto``
 where it is set: runs that must be bit-identical across machines set it.
 
 Reduced precision casts the dense engine's folded weights once and runs its convolutions in
@@ -95,6 +98,7 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
     import torch
 
     precision, why_env = _asked(precision, device)
+    exact_float32_on_cuda(device)  # before the check: its reference is float32's map
     dtypes = _dtypes()
     if precision != "auto":
         choice = Choice(dtypes[precision], precision, f"asked{why_env}")
@@ -113,7 +117,6 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
             choice = Choice(torch.bfloat16, "bfloat16", f"auto: {why}; {detail}") if ok else \
                 Choice(torch.float32, "float32", f"auto: {why}, but {detail}: float32 kept")
     log.info("precision %s (%s)", choice.name, choice.reason)
-    configure_cuda(choice, device)
     return choice
 
 
@@ -131,6 +134,7 @@ def choose_training(precision: Optional[str], device) -> Choice:
     import torch
 
     precision, source = _asked(precision, device)
+    exact_float32_on_cuda(device)
     native, why = native_bfloat16(device)
     if precision == "auto":
         if native and TRAIN_AUTO_REDUCED:
@@ -144,28 +148,26 @@ def choose_training(precision: Optional[str], device) -> Choice:
             log.warning("PRECISION bfloat16: %s; training will be slower than in float32", why)
         choice = Choice(_dtypes()[precision], precision, f"asked{source}")
     log.info("training precision %s (%s)", choice.name, choice.reason)
-    configure_cuda(choice, device)
     return choice
 
 
-def configure_cuda(choice: Choice, device) -> None:
-    """On a CUDA device, make float32 mean float32: TF32 off for matrix products and cuDNN's
-    convolutions (cuDNN's is on by default), as on a CPU: ``fp32_precision = "ieee"`` of
-    ``torch.backends.cuda.matmul`` and ``torch.backends.cudnn.conv`` (torch 2.9 and later), or
-    the older ``allow_tf32`` flags. bfloat16 and float16 keep torch's settings. Nothing on
-    other devices."""
+def exact_float32_on_cuda(device) -> None:
+    """On a CUDA device, make float32 mean float32, as on a CPU: TF32 off for matrix products
+    and cuDNN's convolutions (``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32``; cuDNN's is on by default). Set before a precision
+    check (its reference is the float32 map) and kept for the run: a reduced-precision run's
+    float32 parts (sums, normalisation, text scores, losses) are then exact too. The older
+    flags, not torch 2.9's ``fp32_precision``: after the new API is set torch refuses to
+    read the old flags, which other code in the process (QGIS plugins, transformers) may
+    still do. Nothing on other devices."""
     import torch
 
-    if torch.device(device).type != "cuda" or choice.name != "float32":
+    if torch.device(device).type != "cuda":
         return
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-        conv.fp32_precision = "ieee"
-    else:
+    if torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    log.info("CUDA float32: TF32 off for matrix products and convolutions")
+        log.info("CUDA: TF32 off for matrix products and convolutions (float32 means float32)")
 
 
 def agreement(reference: np.ndarray, reduced: np.ndarray, scale: float) -> Tuple[bool, str]:

@@ -148,6 +148,13 @@ def predict_patches(model, patches: Dict[str, object], index: np.ndarray, batch_
     return torch.cat(out) if out else torch.zeros(0, model.class_embeddings.shape[0])
 
 
+def _grad_scaler(device):
+    """float16's loss scaler: ``torch.amp.GradScaler`` (torch 2.3+), else CUDA's own."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler()
+
+
 def _batch_embedder(model, groups: bool):
     """The part of a training step that DistributedDataParallel wraps (its ``forward`` is
     what DDP hooks): a batch → (embeddings, band-group embeddings)."""
@@ -209,7 +216,7 @@ class _Stepper:
         self.y = torch.from_numpy(y)
         self.step_size, self.net = settings.batch_size, None
         self.dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.precision]
-        self.scaler = torch.amp.GradScaler(device.type) if self.dtype is torch.float16 else None
+        self.scaler = _grad_scaler(device) if self.dtype is torch.float16 else None
         # The epoch order comes from ``generator`` on every rank alike; augmentation draws differ per rank.
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.augment_generator = self.generator
@@ -231,16 +238,21 @@ class _Stepper:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def backward_step(self, loss, optimiser) -> None:
-        """Gradients of ``loss`` and one optimiser step (float16: through the loss scaler)."""
+    def backward_step(self, loss, optimiser) -> bool:
+        """Gradients of ``loss`` and one optimiser step (float16: through the loss scaler).
+        Returns whether the optimiser stepped: the scaler skips a step whose gradients
+        overflowed (and lowers its scale), and then the schedule and the weight averages
+        must not advance either."""
         optimiser.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
             optimiser.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(optimiser)
-            self.scaler.update()
+            return True
+        self.scaler.scale(loss).backward()
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimiser)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale
 
     def epoch_order(self, index: np.ndarray):
         """This process's samples of one epoch, in order (the whole epoch in one process)."""
@@ -362,8 +374,7 @@ def _epoch(stepper: _Stepper, optimiser, index, job: Job, epoch: int, n_epochs: 
     for bi, b in enumerate(stepper.batches(stepper.epoch_order(index))):
         job.step(((epoch - 1) + bi / n_batches) / n_epochs, f"epoch {epoch}/{n_epochs}")
         loss, z, yb = stepper.loss(b)
-        stepper.backward_step(loss, optimiser)
-        if after_step is not None:
+        if stepper.backward_step(loss, optimiser) and after_step is not None:
             after_step()
         total += float(loss.detach()) * b.numel()
         count += b.numel()
