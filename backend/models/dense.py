@@ -66,8 +66,6 @@ class DenseEmbedder:
         self.branches = model.config.branches()  # (key, modality, band indexes or None)
         self.layers: Dict[str, List[Tuple[torch.Tensor, torch.Tensor, bool]]] = {}
         self.heads: Dict[str, torch.Tensor] = {}
-        self._dilation: Dict[str, int] = {}  # each branch's dilation at its head (set by _branch_outputs)
-        self._joined_heads: Dict[tuple, torch.Tensor] = {}  # heads joined along their inputs (embed_channels_last)
         self.pixel = model.pixel is not None
         with torch.no_grad():
             fusion_w = model.fusion.weight.detach().double()
@@ -95,6 +93,23 @@ class DenseEmbedder:
                 self.heads[m] = self._weight(head.view(head.shape[0], -1, s, s))
                 bias += fusion_m @ enc.fc.bias.detach().double()
             self.bias = bias.float().to(self.device)[None, :, None, None]
+        # Each branch's dilation at its head: doubled by every stride-1 pooling before it (the
+        # pixel branch's 1 x 1 blocks have none).
+        self.head_dilation = {m: 1 if m == "pixel" else 2 ** sum(1 for *_wb, pool in layers if pool)
+                              for m, layers in self.layers.items()}
+        self.head_groups = self._join_heads() if dtype != torch.float32 else []
+
+    def _join_heads(self) -> List[Tuple[Tuple[str, ...], int, int, torch.Tensor]]:
+        """(branch keys, dilation, reach, joined weight) per set of heads with the same kernel
+        and dilation (every 1 x 1 head is one): their weights joined along the inputs, so
+        :meth:`embed_channels_last` runs each set as one convolution."""
+        groups: Dict[Tuple[int, int], List[str]] = {}
+        for m, head in self.heads.items():
+            k = head.shape[-1]
+            groups.setdefault((k, self.head_dilation[m] if k > 1 else 1), []).append(m)
+        return [(tuple(keys), d, (k - 1) * d,
+                 torch.cat([self.heads[m] for m in keys], dim=1).contiguous(memory_format=torch.channels_last))
+                for (k, d), keys in groups.items()]
 
     def _weight(self, w: torch.Tensor) -> torch.Tensor:
         return w.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
@@ -106,19 +121,22 @@ class DenseEmbedder:
         if self.dtype != torch.float32:
             z = self.embed_channels_last(windows)
             return z.div_(z.norm(dim=-1, keepdim=True).clamp_min_(1e-12)).permute(0, 3, 1, 2)
-        any_x = windows[self.modalities[0]]
-        h = any_x.shape[-2] - (self.patch_size - 1)
-        w = any_x.shape[-1] - (self.patch_size - 1)
+        h, w = self._output_size(windows)
         out = None
         with torch.no_grad():
-            for m, x in self._branch_outputs(windows):
-                y = F.conv2d(x, self.heads[m], None, dilation=self._dilation[m])[..., :h, :w].float()
+            for m, x in self._branch_outputs(windows, h, w):
+                y = F.conv2d(x, self.heads[m], None, dilation=self.head_dilation[m])[..., :h, :w].float()
                 out = y if out is None else out.add_(y)
             return F.normalize(out.add_(self.bias), dim=1)
 
-    def _branch_outputs(self, windows: Dict[str, torch.Tensor]):
+    def _output_size(self, windows: Dict[str, torch.Tensor]) -> Tuple[int, int]:
+        """(h, w) of the pixels a window (with its halo) gives."""
+        any_x = windows[self.modalities[0]]
+        return any_x.shape[-2] - (self.patch_size - 1), any_x.shape[-1] - (self.patch_size - 1)
+
+    def _branch_outputs(self, windows: Dict[str, torch.Tensor], h: int, w: int):
         """(branch key, its last feature map) per branch, ready for the branch's head (in
-        ``self.dtype``, channels-last)."""
+        ``self.dtype``, channels-last); ``h`` × ``w`` the window's output pixels."""
         for m, modality, idx in self.branches:
             x = windows[modality] if idx is None else windows[modality][:, idx]
             x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
@@ -128,45 +146,30 @@ class DenseEmbedder:
                 if pool:
                     x = _stride1_maxpool(x, d)
                     d *= 2
-            self._dilation[m] = d
             yield m, x
         if self.pixel:
-            any_x = windows[self.modalities[0]]
-            h = any_x.shape[-2] - (self.patch_size - 1)
-            w = any_x.shape[-1] - (self.patch_size - 1)
             halo = self.halo
             x = torch.cat([windows[m] for m in self.modalities], dim=1)[..., halo:halo + h, halo:halo + w]
             x = x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
             for weight, bias, _pool in self.layers["pixel"]:
                 x = F.conv2d(x, weight, bias).relu_()
-            self._dilation["pixel"] = 1
             yield "pixel", x
 
     def embed_channels_last(self, windows: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The fused embedding before normalisation as a contiguous float32 (N, H, W, D)
         (the reduced-precision path). Heads of the same kernel and dilation (every 1 × 1
-        head is one) run as one convolution over the branches' features joined along the
-        channels, each cut to exactly the output's pixels: one GEMM whose float32
-        accumulation sums the branches, a contiguous channels-last result read as (N, H, W, D),
-        so the normalisation and the comparison with text are row-major reductions and one GEMM."""
-        any_x = windows[self.modalities[0]]
-        h = any_x.shape[-2] - (self.patch_size - 1)
-        w = any_x.shape[-1] - (self.patch_size - 1)
-        groups: Dict[Tuple[int, int], List[Tuple[str, torch.Tensor]]] = {}
+        head is one; :meth:`_join_heads`) run as one convolution over the branches' features
+        joined along the channels, each cut to exactly the output's pixels: one GEMM whose
+        float32 accumulation sums the branches, a contiguous channels-last result read as
+        (N, H, W, D), so the normalisation and the comparison with text are row-major
+        reductions and one GEMM."""
+        h, w = self._output_size(windows)
         with torch.no_grad():
-            for m, x in self._branch_outputs(windows):
-                k = self.heads[m].shape[-1]
-                d = self._dilation[m] if k > 1 else 1
-                reach = (k - 1) * d
-                groups.setdefault((k, d), []).append((m, x[..., :h + reach, :w + reach]))
+            features = dict(self._branch_outputs(windows, h, w))
             out = None
-            for (_k, d), members in groups.items():
-                keys = tuple(m for m, _x in members)
-                weight = self._joined_heads.get(keys)
-                if weight is None:
-                    weight = self._joined_heads[keys] = torch.cat([self.heads[m] for m in keys], dim=1).contiguous(
-                        memory_format=torch.channels_last)
-                x = torch.cat([x for _m, x in members], dim=1) if len(members) > 1 else members[0][1]
+            for keys, d, reach, weight in self.head_groups:
+                parts = [features[m][..., :h + reach, :w + reach] for m in keys]
+                x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
                 y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, None, dilation=d)
                 y = y.permute(0, 2, 3, 1)
                 out = y.float() if out is None else out.add_(y)
