@@ -191,11 +191,10 @@ def train_fewshot(
         if rows.size == 0:
             raise LabelError(f"TRAINING {os.path.basename(labels)!r} has no labelled pixel on the input grid")
         boxes = as_boxes(tile_windows(stack.width, stack.height, tile, stride, edge="shift"))
-        present = sorted(set(codes.tolist()))
-        names = [c.name for c in classes if c.code in present]
+        labelled = [c for c in classes if c.code in set(codes.tolist())]
         job.step(0.03, "encoding class names")
-        text = fm.text_embeddings(names, templates)
-        choose_vit_precision(precision, fm, setup, boxes, text, fm.device)
+        labelled_text = fm.text_embeddings([c.name for c in labelled], templates)  # the check's prompts, the head's start
+        choose_vit_precision(precision, fm, setup, boxes, labelled_text, fm.device)
         feats, ok = pixel_features(setup, boxes, rows, cols, tokens=resolution == "token",
                                    job=job.span(0.05, 0.85))
     if (~ok).any():
@@ -214,7 +213,8 @@ def train_fewshot(
             members = np.flatnonzero(y == k)
             n_val = int(round(validation_fraction * members.size)) if members.size > 1 else 0
             val[rng.permutation(members)[:n_val]] = True
-    text = fm.text_embeddings([c.name for c in classes], templates).cpu()  # cached: computed above
+    row = {c.code: i for i, c in enumerate(labelled)}
+    text = labelled_text[[row[c.code] for c in classes]].cpu()  # the classes left on valid pixels
     head, scale, history, best_epoch = fit_head(
         feats[~val], y[~val], text, epochs=epochs, learning_rate=learning_rate,
         val_features=feats[val] if val.any() else None, val_y=y[val] if val.any() else None, seed=seed)
@@ -265,8 +265,9 @@ def classify_fewshot(model_path: str, layers, output: str, *, confidence: Option
         check_outputs([("OUTPUT", output, pixels * np.dtype(class_dtype(header.classes)).itemsize),
                        ("OUTPUT_CONFIDENCE", confidence, pixels * 4), ("OUTPUT_SIMILARITY", similarity, pixels * 4 * k)])
         boxes = as_boxes(tile_windows(stack.width, stack.height, header.tile, header.stride, edge="shift"))
-        choose_vit_precision(precision, fm, setup, boxes, head.to(dev), dev)
-        scores = score_windows(setup, head.to(dev), boxes, tokens=header.resolution == "token",
+        head = head.to(dev)
+        choose_vit_precision(precision, fm, setup, boxes, head, dev)
+        scores = score_windows(setup, head, boxes, tokens=header.resolution == "token",
                                batch_size=batch_size, job=job.span(0.05, 0.9))
         write_maps(setup, scores, header.classes, [c.name for c in header.classes], output_similarity=similarity,
                    output=output, confidence=confidence, logit_scale=header.logit_scale, job=job.span(0.9, 1.0))

@@ -78,10 +78,11 @@ def _asked(precision: Optional[str], device) -> Tuple[str, str]:
     return precision, source
 
 
-def _dtypes() -> dict:
+def torch_dtype(name: str):
+    """The torch dtype of a precision's name (float32, bfloat16, float16)."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 @dataclass
@@ -99,11 +100,10 @@ def choose(precision: Optional[str], device, check: Optional[Callable[[object], 
 
     precision, why_env = _asked(precision, device)
     exact_float32_on_cuda(device)  # before the check: its reference is float32's map
-    dtypes = _dtypes()
     if precision != "auto":
-        choice = Choice(dtypes[precision], precision, f"asked{why_env}")
+        choice = Choice(torch_dtype(precision), precision, f"asked{why_env}")
         if precision != "float32" and check is not None:
-            ok, detail = check(dtypes[precision])
+            ok, detail = check(choice.dtype)
             if not ok:
                 log.warning("PRECISION %s: %s; the map may differ from float32's", precision, detail)
     else:
@@ -146,7 +146,7 @@ def choose_training(precision: Optional[str], device) -> Choice:
     else:
         if precision == "bfloat16" and not native:
             log.warning("PRECISION bfloat16: %s; training will be slower than in float32", why)
-        choice = Choice(_dtypes()[precision], precision, f"asked{source}")
+        choice = Choice(torch_dtype(precision), precision, f"asked{source}")
     log.info("training precision %s (%s)", choice.name, choice.reason)
     return choice
 

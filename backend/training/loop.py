@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..runtime.allocator import tune_allocator
 from ..runtime.jobs import Job
+from ..runtime.precision import torch_dtype
 
 log = logging.getLogger("rsvl")
 
@@ -215,7 +216,7 @@ class _Stepper:
         self.tensors = {m: torch.from_numpy(p) for m, p in patches.items()}
         self.y = torch.from_numpy(y)
         self.step_size, self.net = settings.batch_size, None
-        self.dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.precision]
+        self.dtype = torch_dtype(settings.precision)
         self.scaler = _grad_scaler(device) if self.dtype is torch.float16 else None
         # The epoch order comes from ``generator`` on every rank alike; augmentation draws differ per rank.
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -234,7 +235,7 @@ class _Stepper:
 
     def autocast(self):
         """The forward pass's precision: autocast to ``settings.precision``, or nothing (float32)."""
-        if self.dtype is None:
+        if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
